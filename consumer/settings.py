@@ -1,0 +1,62 @@
+"""Settings from TASK_HISTORY_* environment variables and a `.env` file."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from consumer.errors import ConfigurationError
+
+LogFormat = Literal["console", "json"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class Settings(BaseSettings):
+    """Everything the service reads from its environment; see README's Configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TASK_HISTORY_",
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+    )
+
+    database_url: str = "postgresql://postgres@localhost:5432/postgres"
+    amqp_url: str = "amqp://guest:guest@localhost:5672/"
+    log_format: LogFormat | None = Field(
+        default=None, description="console or json; unset: console on a terminal, else json"
+    )
+    log_level: LogLevel = "info"
+    unknown_task_retry_seconds: float = Field(default=300, ge=0)
+    create_missing_tasks: bool = False
+    expire_batch_size: int = Field(default=10_000, ge=1, le=1_000_000)
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_scheme(cls, value: str) -> str:
+        if not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must start with postgresql:// (or postgres://)")
+        return value
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_scheme(cls, value: str) -> str:
+        if not value.startswith(("amqp://", "amqps://")):
+            raise ValueError("must start with amqp:// or amqps://")
+        return value
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, with `overrides` (command-line flags) winning over the environment."""
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return Settings(**given)  # type: ignore[arg-type]  # keys are validated by pydantic
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        message = first["msg"].removeprefix("Value error, ")
+        raise ConfigurationError(
+            f"invalid setting TASK_HISTORY_{field.upper()}: {message}"
+        ) from None

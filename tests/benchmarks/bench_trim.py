@@ -1,0 +1,177 @@
+"""Benchmark: 500-row batch inserts into a history where every task is at the cap, trim on and off.
+
+Run from the repository root (needs a PostgreSQL; it creates and drops its own databases):
+
+    .venv/bin/python -m tests.benchmarks.bench_trim [--batches 60] [--json results.json]
+
+Both databases are clones of one template holding 300 tasks at the cap; batches alternate
+between them so the machine's noise falls on both alike. The insert is the consumer's own
+statement (`Store.insert_entries`). "Without trim" disables the trim trigger: the physical floor
+of the write itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from consumer.entries import ContextType
+from consumer.store import NewEntry, Store
+
+TASKS = 300
+CAP = 100
+BATCH = 500
+SERVER_ENV = ("TASK_HISTORY_BENCH_DATABASE_URL", "TASK_HISTORY_TEST_DATABASE_URL")
+LOCAL = "postgresql://postgres@localhost:5432/postgres"
+
+
+def server_url() -> str:
+    """The server to benchmark on."""
+    return next((os.environ[n] for n in SERVER_ENV if os.environ.get(n)), LOCAL)
+
+
+def database(url: str, name: str) -> str:
+    """`url` pointing at database `name`."""
+    return urlunsplit(urlsplit(url)._replace(path="/" + name))
+
+
+def realistic_rows(
+    rng: random.Random, tasks: list[uuid.UUID], count: int, start: datetime
+) -> list[NewEntry]:
+    """Rows like agents send: mostly short content, a long tail, metadata on half of them."""
+    types = list(ContextType)
+    rows = []
+    for n in range(count):
+        size = min(8000, int(rng.lognormvariate(5.5, 1.0)))  # median ~250 characters
+        metadata = None
+        if rng.random() < 0.5:
+            metadata = json.dumps({"tool": "pytest", "exit_code": rng.randint(0, 2), "n": n})
+        rows.append(
+            NewEntry(
+                id=uuid.uuid4(),
+                task_id=rng.choice(tasks),
+                workspace_id=None,
+                session_id=None,
+                context_type=rng.choice(types).value,
+                content="x" * max(1, size),
+                metadata=metadata,
+                created_at=start + timedelta(microseconds=n),
+            )
+        )
+    return rows
+
+
+async def admin(url: str, *statements: str) -> None:
+    """Run statements on the server's maintenance database."""
+    connection = await asyncpg.connect(url)
+    try:
+        for statement in statements:
+            await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+async def run(batches: int) -> dict[str, object]:
+    """Build the at-cap template, clone it twice, and time alternating batches."""
+    server = server_url()
+    tag = uuid.uuid4().hex[:8]
+    template, trimmed, untrimmed = (f"th_bench_{k}_{tag}" for k in ("tpl", "trim", "notrim"))
+    rng = random.Random(7)
+    tasks = [uuid.uuid4() for _ in range(TASKS)]
+    await admin(server, f'CREATE DATABASE "{template}"')
+    try:
+        async with Store(database(server, template), max_connections=1) as store:
+            await store.migrate()
+            for task in tasks:
+                await store.create_task(task)
+            fill_start = datetime.now(UTC) - timedelta(hours=1)
+            fill = [
+                row._replace(task_id=tasks[n % TASKS])
+                for n, row in enumerate(realistic_rows(rng, tasks, TASKS * CAP, fill_start))
+            ]
+            for k in range(0, len(fill), 5000):
+                await store.insert_entries(fill[k : k + 5000])
+        await admin(
+            server,
+            f'CREATE DATABASE "{trimmed}" TEMPLATE "{template}"',
+            f'CREATE DATABASE "{untrimmed}" TEMPLATE "{template}"',
+        )
+        await admin(
+            database(server, untrimmed),
+            "ALTER TABLE task_build_history DISABLE TRIGGER task_build_history_trim",
+        )
+        for name in (trimmed, untrimmed):
+            await admin(database(server, name), "VACUUM ANALYZE")
+
+        work = [
+            realistic_rows(rng, tasks, BATCH, datetime.now(UTC) + timedelta(seconds=n))
+            for n in range(batches + 3)
+        ]
+        seconds = {trimmed: 0.0, untrimmed: 0.0}
+        async with (
+            Store(database(server, trimmed), max_connections=1) as with_trim,
+            Store(database(server, untrimmed), max_connections=1) as without_trim,
+        ):
+            for n, batch in enumerate(work):
+                for name, store in ((trimmed, with_trim), (untrimmed, without_trim)):
+                    started = time.perf_counter()
+                    await store.insert_entries(batch)
+                    if n >= 3:  # the first batches warm caches and plans
+                        seconds[name] += time.perf_counter() - started
+            sizes = await with_trim.pool.fetch(
+                "SELECT count(*) AS n FROM task_build_history GROUP BY task_id"
+            )
+            if {r["n"] for r in sizes} != {CAP}:
+                sys.exit("benchmark: the trim left a task off the cap; the figures are void")
+        rows = batches * BATCH
+        with_rate, without_rate = rows / seconds[trimmed], rows / seconds[untrimmed]
+        return {
+            "benchmark": "trim",
+            "when": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": f"{platform.node()} {os.cpu_count()} cores, {platform.python_version()}",
+            "batches": batches,
+            "batch_rows": BATCH,
+            "tasks_at_cap": TASKS,
+            "rows_per_s_with_trim": round(with_rate),
+            "rows_per_s_without_trim": round(without_rate),
+            "ratio": round(with_rate / without_rate, 3),
+        }
+    finally:
+        await admin(
+            server,
+            *(
+                f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)'
+                for n in (trimmed, untrimmed, template)
+            ),
+        )
+
+
+def main() -> None:
+    """Parse arguments, run, print a table, and write JSON when asked."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, default=60, help="timed batches per side")
+    parser.add_argument("--json", type=Path, help="also write the result to this file")
+    args = parser.parse_args()
+    result = asyncio.run(run(args.batches))
+    print(f"500-row batches into {TASKS} tasks at the cap ({result['batches']} per side)")
+    print(f"  with trim     {result['rows_per_s_with_trim']:>8} rows/s")
+    print(f"  without trim  {result['rows_per_s_without_trim']:>8} rows/s")
+    print(f"  ratio         {result['ratio']:>8}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Fixtures: a real PostgreSQL for every test, each test in its own database."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from consumer.store import Store
+
+DATABASE_ENV = "TASK_HISTORY_TEST_DATABASE_URL"
+LOCAL_DATABASE = "postgresql://postgres@localhost:5432/postgres"
+T = TypeVar("T")
+
+
+def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine on a private loop, leaving pytest-asyncio's loops alone."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coroutine)
+    finally:
+        loop.close()
+
+
+def answers(host: str, port: int) -> bool:
+    """Whether something accepts TCP connections at host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def with_database(url: str, name: str) -> str:
+    """`url` pointing at database `name` instead."""
+    return urlunsplit(urlsplit(url)._replace(path="/" + name))
+
+
+async def admin(server_url: str, *statements: str) -> None:
+    """Run statements on the server's maintenance database."""
+    connection = await asyncpg.connect(server_url)
+    try:
+        for statement in statements:
+            await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    """A PostgreSQL server: $TASK_HISTORY_TEST_DATABASE_URL, else localhost, else a container."""
+    if url := os.environ.get(DATABASE_ENV):
+        yield url
+        return
+    if answers("localhost", 5432):
+        yield LOCAL_DATABASE
+        return
+    try:
+        from testcontainers.postgres import PostgresContainer  # noqa: PLC0415  # only without a server
+
+        container = PostgresContainer("postgres:16-alpine", driver=None)
+        container.start()
+    except Exception as exc:  # noqa: BLE001  # any failure here means: no server to test against
+        pytest.fail(
+            f"no PostgreSQL to test against: set {DATABASE_ENV}, start one on localhost:5432,"
+            f" or start Docker so testcontainers can run one ({type(exc).__name__}: {exc})",
+            pytrace=False,
+        )
+    try:
+        yield container.get_connection_url()
+    finally:
+        container.stop()
+
+
+def new_database_name(prefix: str) -> str:
+    """A database name no other test run uses."""
+    return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def template_database(postgres_server_url: str) -> Iterator[str]:
+    """A database migrated once per test run, cloned by every test that needs a schema."""
+    name = new_database_name("th_template")
+    run_sync(admin(postgres_server_url, f'CREATE DATABASE "{name}"'))
+
+    async def migrate() -> None:
+        async with Store(with_database(postgres_server_url, name), max_connections=1) as store:
+            await store.migrate()
+
+    run_sync(migrate())
+    yield name
+    run_sync(admin(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def database_url(postgres_server_url: str, template_database: str) -> Iterator[str]:
+    """A migrated database of this test's own, dropped afterwards."""
+    name = new_database_name("th_test")
+    run_sync(admin(postgres_server_url, f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"'))
+    yield with_database(postgres_server_url, name)
+    run_sync(admin(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def empty_database_url(postgres_server_url: str) -> Iterator[str]:
+    """An empty database of this test's own, dropped afterwards."""
+    name = new_database_name("th_empty")
+    run_sync(admin(postgres_server_url, f'CREATE DATABASE "{name}"'))
+    yield with_database(postgres_server_url, name)
+    run_sync(admin(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    """An open store on this test's migrated database."""
+    async with Store(database_url) as opened:
+        yield opened
+
+
+@pytest.fixture
+async def sql(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A plain connection, as psql or another application would write to the tables."""
+    connection = await asyncpg.connect(database_url)
+    yield connection
+    await connection.close()

@@ -1,0 +1,53 @@
+"""Helpers shared by the tests: tasks and rows written the way any SQL client would."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+
+async def new_task(sql: asyncpg.Connection) -> uuid.UUID:
+    """Create a task row and return its id."""
+    task_id = uuid.uuid4()
+    await sql.execute("INSERT INTO tasks (id) VALUES ($1)", task_id)
+    return task_id
+
+
+def at(seconds: float) -> datetime:
+    """A fixed, recent point in time plus `seconds`."""
+    return datetime.now(UTC).replace(microsecond=0) - timedelta(days=1) + timedelta(seconds=seconds)
+
+
+async def insert_rows(
+    sql: asyncpg.Connection,
+    rows: Sequence[tuple[uuid.UUID, datetime]],
+    *,
+    content_prefix: str = "row",
+) -> list[uuid.UUID]:
+    """Insert (task, created_at) rows in one statement, in order; return their new ids."""
+    ids = [uuid.uuid4() for _ in rows]
+    await sql.execute(
+        """
+        INSERT INTO task_build_history (id, task_id, context_type, content, created_at)
+        SELECT id, task_id, 'agent_turn', $4 || ' ' || n, created_at
+        FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[]) WITH ORDINALITY
+            AS r (id, task_id, created_at, n)
+        ORDER BY n
+        """,
+        ids,
+        [task for task, _ in rows],
+        [created for _, created in rows],
+        content_prefix,
+    )
+    return ids
+
+
+async def kept_ids(sql: asyncpg.Connection, task_id: uuid.UUID) -> list[uuid.UUID]:
+    """The ids a task still has, oldest first, expired or not."""
+    records = await sql.fetch(
+        "SELECT id FROM task_build_history WHERE task_id = $1 ORDER BY created_at, seq", task_id
+    )
+    return [record["id"] for record in records]

@@ -1,0 +1,91 @@
+"""Settings from the environment, and secrets kept out of logs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import structlog
+
+from consumer.errors import ConfigurationError, TaskHistoryError
+from consumer.logs import configure_logging, redact, url_secrets
+from consumer.settings import load_settings
+
+
+class TestSettings:
+    """pydantic-settings with the contract's names."""
+
+    @pytest.fixture(autouse=True)
+    def clean_environment(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """No TASK_HISTORY_* variable from the caller's shell leaks into these tests."""
+        for name in [n for n in os.environ if n.startswith("TASK_HISTORY_")]:
+            monkeypatch.delenv(name)
+
+    def test_defaults(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        """With nothing set, the contract's defaults apply."""
+        monkeypatch.chdir(tmp_path)
+        settings = load_settings()
+        assert settings.database_url == "postgresql://postgres@localhost:5432/postgres"
+        assert settings.amqp_url == "amqp://guest:guest@localhost:5672/"
+        assert settings.unknown_task_retry_seconds == 300
+        assert settings.create_missing_tasks is False
+        assert settings.log_format is None
+
+    def test_environment_and_dotenv(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        """TASK_HISTORY_* variables are read, and a .env file in the working directory too."""
+        monkeypatch.chdir(tmp_path)
+        (tmp_path / ".env").write_text("TASK_HISTORY_CREATE_MISSING_TASKS=true\n")
+        monkeypatch.setenv("TASK_HISTORY_UNKNOWN_TASK_RETRY_SECONDS", "0")
+        settings = load_settings()
+        assert settings.create_missing_tasks is True
+        assert settings.unknown_task_retry_seconds == 0
+
+    def test_flags_override_the_environment(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A value given to load_settings wins; None means: not given."""
+        monkeypatch.setenv("TASK_HISTORY_DATABASE_URL", "postgresql://env/db")
+        assert load_settings(database_url="postgresql://flag/db").database_url == (
+            "postgresql://flag/db"
+        )
+        assert load_settings(database_url=None).database_url == "postgresql://env/db"
+
+    def test_invalid_value_names_the_variable(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A bad value raises one readable line naming the variable."""
+        monkeypatch.setenv("TASK_HISTORY_DATABASE_URL", "mysql://nope")
+        with pytest.raises(ConfigurationError, match="TASK_HISTORY_DATABASE_URL: must start"):
+            load_settings()
+
+
+class TestRedaction:
+    """Passwords never reach a log line or an error message."""
+
+    def test_url_passwords_are_masked(self) -> None:
+        """user:password@ in any URL becomes user:***@."""
+        text = "failed: postgresql://app:s3cr3t@db:5432/x and amqp://u:p%40ss@mq/"
+        assert redact(text) == "failed: postgresql://app:***@db:5432/x and amqp://u:***@mq/"
+
+    def test_known_secrets_are_masked_anywhere(self) -> None:
+        """A password given as a secret is masked even outside a URL."""
+        secrets = url_secrets("postgresql://app:hunter2@db/x", "amqp://guest@mq/")
+        assert secrets == ["hunter2"]
+        assert redact("auth hunter2 refused", secrets) == "auth *** refused"
+
+    def test_log_lines_are_redacted(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """A JSON log line carrying a URL and an exception shows no password."""
+        configure_logging(log_format="json", level="info", secrets=["hunter2"])
+        structlog.get_logger().error(
+            "connect failed", url="postgresql://app:hunter2@db/x", error=OSError("hunter2")
+        )
+        line = capsys.readouterr().err
+        assert "hunter2" not in line
+        assert json.loads(line)["event"] == "connect failed"
+
+
+class TestErrors:
+    """The exception base."""
+
+    def test_docstring_is_the_default_message(self) -> None:
+        """An error raised without a message says what its docstring says."""
+        assert str(ConfigurationError()) == "The configuration is invalid."
+        assert str(TaskHistoryError("custom")) == "custom"
