@@ -13,21 +13,24 @@ import structlog
 from rich.console import Console
 from rich.table import Table
 
+from consumer.broker import Broker
 from consumer.entries import HistoryEntry
 from consumer.errors import ConfigurationError, TaskHistoryError
 from consumer.logs import configure_logging, redact, url_secrets
 from consumer.settings import Settings, load_settings
 from consumer.store import Store
+from consumer.worker import consume as run_consumer
+from consumer.worker import topology_of
 
 PROG = "task-history"
 T = TypeVar("T")
 
 
-def _settings(ctx: click.Context) -> Settings:
-    """Settings with the global flags applied, and logging set up from them (once)."""
+def _settings(ctx: click.Context, **overrides: object) -> Settings:
+    """Settings with the global flags (and a command's `overrides`) applied; logging set up."""
     root = ctx.find_root()
     if not isinstance(root.obj, Settings):
-        settings = load_settings(**root.params)
+        settings = load_settings(**root.params, **overrides)
         configure_logging(
             log_format=settings.log_format,
             level=settings.log_level,
@@ -64,11 +67,11 @@ def cli(**_flags: str | None) -> None:
 
 
 @cli.command()
+@click.option("--skip-broker", is_flag=True, help="Migrate the database only; declare nothing.")
 @click.pass_context
-def migrate(ctx: click.Context) -> None:
-    """Apply the pending SQL migrations, once each (safe from several replicas at once)."""
+def migrate(ctx: click.Context, *, skip_broker: bool) -> None:
+    """Apply the pending SQL migrations and declare the AMQP topology (both idempotent)."""
     settings = _settings(ctx)
-    log = structlog.get_logger()
 
     async def run() -> list[str]:
         async with Store(settings.database_url, max_connections=1) as store:
@@ -79,7 +82,28 @@ def migrate(ctx: click.Context) -> None:
         click.echo(f"applied {name}")
     if not applied:
         click.echo("database is up to date")
-    log.info("migrated", applied=applied)
+    structlog.get_logger().info("migrated", applied=applied)
+    if not skip_broker:
+
+        async def declare() -> None:
+            async with Broker(settings.amqp_url, topology=topology_of(settings)) as broker:
+                await broker.declare()
+
+        _run(declare)
+        click.echo(f"declared exchange {settings.exchange} and queue {settings.queue}")
+
+
+@cli.command()
+@click.option("--batch-size", type=click.IntRange(1, 10_000), help="[TASK_HISTORY_BATCH_SIZE]")
+@click.option(
+    "--batch-wait-ms", type=click.IntRange(0, 60_000), help="[TASK_HISTORY_BATCH_WAIT_MS]"
+)
+@click.option("--prefetch", type=click.IntRange(1, 65_535), help="[TASK_HISTORY_PREFETCH]")
+@click.pass_context
+def consume(ctx: click.Context, /, **options: int | None) -> None:
+    """Move events from RabbitMQ to PostgreSQL until SIGTERM or SIGINT."""
+    settings = _settings(ctx, **options)
+    _run(lambda: run_consumer(settings))
 
 
 @cli.command()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict
@@ -35,3 +35,16 @@ class HistoryEntry(BaseModel):
     metadata: dict[str, Any] | None
     created_at: datetime
     expires_at: datetime
+
+
+class NewEntry(NamedTuple):
+    """One row to insert; `metadata` is JSON text (an object) or None."""
+
+    id: UUID
+    task_id: UUID
+    workspace_id: UUID | None
+    session_id: UUID | None
+    context_type: str
+    content: str
+    metadata: str | None
+    created_at: datetime

@@ -33,3 +33,15 @@ class DatabaseUnavailableError(StoreError):
 
 class ConcurrencyConflictError(StoreError):
     """A concurrent transaction got in the way (deadlock or serialization); retry."""
+
+
+class DataRejectedError(StoreError):
+    """The database refused the data of a row (a constraint or a value it can't store)."""
+
+
+class BrokerError(TaskHistoryError):
+    """The message broker refused the operation."""
+
+
+class BrokerUnavailableError(BrokerError):
+    """The message broker can't be reached; the operation can be retried."""

@@ -32,6 +32,29 @@ class Settings(BaseSettings):
     unknown_task_retry_seconds: float = Field(default=300, ge=0)
     create_missing_tasks: bool = False
     expire_batch_size: int = Field(default=10_000, ge=1, le=1_000_000)
+    expire_interval_seconds: float = Field(default=300, ge=0)
+
+    # The consumer's batching: a batch is written when full or when its first event has
+    # waited batch_wait_ms; while one batch is written the next fills.
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+    batch_wait_ms: int = Field(default=50, ge=0, le=60_000)
+    prefetch: int | None = Field(default=None, ge=1, le=65_535)
+    retry_backoff_max_seconds: float = Field(default=30, gt=0)
+    shutdown_timeout_seconds: float = Field(default=30, ge=0)
+    unknown_task_retry_delay_seconds: float = Field(default=10, gt=0)
+
+    # The AMQP topology of contract §2.
+    exchange: str = "task_build_history"
+    queue: str = "task_build_history.events"
+    dead_letter_exchange: str = "task_build_history.dlx"
+    dead_letter_queue: str = "task_build_history.dead"
+    retry_queue: str = "task_build_history.retry"
+    delivery_limit: int = Field(default=20, ge=1)
+
+    @property
+    def effective_prefetch(self) -> int:
+        """Unacked messages the broker may send; by default two batches (written, filling)."""
+        return self.prefetch or 2 * self.batch_size
 
     @field_validator("database_url")
     @classmethod

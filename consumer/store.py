@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, NamedTuple, Self
+from typing import Any, Self
 from uuid import UUID
 
 import asyncpg
 
 from consumer import migrations
-from consumer.entries import HistoryEntry
+from consumer.entries import HistoryEntry, NewEntry
 from consumer.errors import (
     ConcurrencyConflictError,
     ConfigurationError,
     DatabaseUnavailableError,
+    DataRejectedError,
     NotMigratedError,
     StoreError,
 )
@@ -25,6 +26,7 @@ from consumer.logs import redact
 
 # Advisory lock keys (pg_advisory_lock's bigint form), one per job that must run alone.
 MIGRATE_LOCK = 0x7461736B_0001
+EXPIRE_LOCK = 0x7461736B_0002
 
 _ENTRY = (
     "SELECT id, task_id, workspace_id, session_id, context_type, content, metadata,"
@@ -64,7 +66,11 @@ RETURNING id
 """
 _DELETE_TASK_HISTORY = "SELECT task_build_history_delete_task_v1($1)"
 _EXPIRE_BATCH = "SELECT task_build_history_expire_batch_v1($1)"
-_CREATE_TASK = "INSERT INTO tasks (id) VALUES ($1) ON CONFLICT (id) DO NOTHING"
+_CREATE_TASKS = "INSERT INTO tasks (id) SELECT unnest($1::uuid[]) ON CONFLICT (id) DO NOTHING"
+_MISSING_TASKS = (
+    "SELECT t.id FROM unnest($1::uuid[]) AS t (id)"
+    " WHERE NOT EXISTS (SELECT 1 FROM tasks WHERE tasks.id = t.id)"
+)
 _LIMITS = "SELECT max_entries_per_task, retention FROM task_build_history_settings"
 
 _MIGRATIONS_TABLE = """
@@ -78,6 +84,7 @@ _APPLIED = "SELECT name, checksum FROM task_history_migrations"
 _HAS_MIGRATIONS_TABLE = "SELECT to_regclass('task_history_migrations') IS NOT NULL"
 _RECORD_MIGRATION = "INSERT INTO task_history_migrations (name, checksum) VALUES ($1, $2)"
 _LOCK = "SELECT pg_advisory_lock($1)"
+_TRY_LOCK = "SELECT pg_try_advisory_lock($1)"
 _UNLOCK = "SELECT pg_advisory_unlock($1)"
 
 
@@ -88,10 +95,22 @@ def _translated() -> Iterator[None]:
         yield
     except asyncpg.ClientConfigurationError as exc:
         raise ConfigurationError(f"invalid database URL: {redact(str(exc))}") from exc
+    except asyncpg.ForeignKeyViolationError as exc:
+        # The task was checked a moment ago and deleted since: looking again sorts it out.
+        raise ConcurrencyConflictError(redact(str(exc))) from exc
+    except (
+        asyncpg.DataError,
+        asyncpg.IntegrityConstraintViolationError,
+        asyncpg.exceptions.ProgramLimitExceededError,
+    ) as exc:
+        raise DataRejectedError(redact(str(exc))) from exc
+    except asyncpg.InterfaceError as exc:
+        if isinstance(exc, ValueError):  # the driver could not encode a value of the row
+            raise DataRejectedError(redact(str(exc))) from exc
+        raise DatabaseUnavailableError(f"database unavailable: {redact(str(exc))}") from exc
     except (
         OSError,
         TimeoutError,
-        asyncpg.InterfaceError,
         asyncpg.PostgresConnectionError,
         asyncpg.exceptions.OperatorInterventionError,
         asyncpg.TooManyConnectionsError,
@@ -113,19 +132,6 @@ async def _init_connection(connection: asyncpg.Connection) -> None:
     await connection.set_type_codec(
         "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
     )
-
-
-class NewEntry(NamedTuple):
-    """One row to insert; `metadata` is JSON text (an object) or None."""
-
-    id: UUID
-    task_id: UUID
-    workspace_id: UUID | None
-    session_id: UUID | None
-    context_type: str
-    content: str
-    metadata: str | None
-    created_at: datetime
 
 
 def _entry(record: asyncpg.Record) -> HistoryEntry:
@@ -226,17 +232,27 @@ class Store:
             applied = dict(await self._fetch(_APPLIED))
         migrations.check_applied(available, applied)
 
-    async def limits(self) -> tuple[int, float]:
-        """The cap on entries per task, and the retention in seconds, as the database has them."""
+    async def limits(self) -> tuple[int, timedelta]:
+        """The cap on entries per task, and the retention, as the database has them now."""
         rows = await self._fetch(_LIMITS)
-        return rows[0]["max_entries_per_task"], rows[0]["retention"].total_seconds()
+        return rows[0]["max_entries_per_task"], rows[0]["retention"]
 
     # Tasks
 
     async def create_task(self, task_id: UUID) -> None:
         """Create the task row if it doesn't exist."""
+        await self.create_tasks([task_id])
+
+    async def create_tasks(self, task_ids: Collection[UUID]) -> None:
+        """Create the task rows that don't exist."""
         with _translated():
-            await self.pool.execute(_CREATE_TASK, task_id)
+            await self.pool.execute(_CREATE_TASKS, list(task_ids))
+
+    async def missing_tasks(self, task_ids: Collection[UUID]) -> set[UUID]:
+        """Which of `task_ids` have no row in `tasks`."""
+        if not task_ids:
+            return set()
+        return {record["id"] for record in await self._fetch(_MISSING_TASKS, list(task_ids))}
 
     # Writes
 
@@ -286,9 +302,26 @@ class Store:
 
     async def expire(self, *, batch_size: int = 10_000) -> int:
         """Delete every expired entry, `batch_size` per transaction; return how many went."""
-        total = 0
-        while True:
-            deleted = int(await self._fetchval(_EXPIRE_BATCH, batch_size))
-            total += deleted
-            if deleted < batch_size:
-                return total
+        with _translated():
+            async with self.pool.acquire() as connection:
+                return await _expire_on(connection, batch_size)
+
+    async def expire_exclusively(self, *, batch_size: int = 10_000) -> int | None:
+        """Like `expire`, unless another replica is expiring right now: then None at once."""
+        with _translated():
+            async with self.pool.acquire() as connection:
+                if not await connection.fetchval(_TRY_LOCK, EXPIRE_LOCK):
+                    return None
+                try:
+                    return await _expire_on(connection, batch_size)
+                finally:
+                    await connection.execute(_UNLOCK, EXPIRE_LOCK)
+
+
+async def _expire_on(connection: asyncpg.Connection, batch_size: int) -> int:
+    total = 0
+    while True:
+        deleted = int(await connection.fetchval(_EXPIRE_BATCH, batch_size))
+        total += deleted
+        if deleted < batch_size:
+            return total

@@ -12,12 +12,24 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+import structlog
 
+from consumer.broker import Broker, Topology
+from consumer.settings import Settings, load_settings
 from consumer.store import Store
 
 DATABASE_ENV = "TASK_HISTORY_TEST_DATABASE_URL"
 LOCAL_DATABASE = "postgresql://postgres@localhost:5432/postgres"
+AMQP_ENV = "TASK_HISTORY_TEST_AMQP_URL"
+LOCAL_AMQP = "amqp://guest:guest@localhost:5672/"
 T = TypeVar("T")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    """Each test starts with structlog's defaults, whatever a CLI test configured before."""
+    yield
+    structlog.reset_defaults()
 
 
 def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -130,3 +142,72 @@ async def sql(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     connection = await asyncpg.connect(database_url)
     yield connection
     await connection.close()
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> Iterator[str]:
+    """A RabbitMQ: $TASK_HISTORY_TEST_AMQP_URL, else localhost, else a container."""
+    if url := os.environ.get(AMQP_ENV):
+        yield url
+        return
+    if answers("localhost", 5672):
+        yield LOCAL_AMQP
+        return
+    try:
+        from testcontainers.core.container import DockerContainer  # noqa: PLC0415
+        from testcontainers.core.waiting_utils import wait_for_logs  # noqa: PLC0415
+
+        container = DockerContainer("rabbitmq:3.13-alpine").with_exposed_ports(5672)
+        container.start()
+        wait_for_logs(container, "Server startup complete", timeout=120)
+    except Exception as exc:  # noqa: BLE001  # any failure here means: no broker to test against
+        pytest.fail(
+            f"no RabbitMQ to test against: set {AMQP_ENV}, start one on localhost:5672,"
+            f" or start Docker so testcontainers can run one ({type(exc).__name__}: {exc})",
+            pytrace=False,
+        )
+    try:
+        host, port = container.get_container_host_ip(), container.get_exposed_port(5672)
+        yield f"amqp://guest:guest@{host}:{port}/"
+    finally:
+        container.stop()
+
+
+@pytest.fixture
+async def topology(amqp_url: str) -> AsyncIterator[Topology]:
+    """Exchanges and queues of this test's own, declared, and deleted afterwards."""
+    prefix = new_database_name("th")
+    names = Topology(
+        exchange=prefix,
+        queue=f"{prefix}.events",
+        dead_letter_exchange=f"{prefix}.dlx",
+        dead_letter_queue=f"{prefix}.dead",
+        retry_queue=f"{prefix}.retry",
+    )
+    async with Broker(amqp_url, topology=names) as broker:
+        await broker.declare()
+    yield names
+    async with Broker(amqp_url, topology=names) as broker:
+        for queue in (names.queue, names.dead_letter_queue, names.retry_queue):
+            await broker.channel.queue_delete(queue)
+        for exchange in (names.exchange, names.dead_letter_exchange):
+            await broker.channel.exchange_delete(exchange)
+
+
+@pytest.fixture
+def settings(database_url: str, amqp_url: str, topology: Topology) -> Settings:
+    """Consumer settings for this test's database and topology, tuned for quick tests."""
+    return load_settings(
+        database_url=database_url,
+        amqp_url=amqp_url,
+        exchange=topology.exchange,
+        queue=topology.queue,
+        dead_letter_exchange=topology.dead_letter_exchange,
+        dead_letter_queue=topology.dead_letter_queue,
+        retry_queue=topology.retry_queue,
+        batch_wait_ms=20,
+        unknown_task_retry_seconds=0,
+        expire_interval_seconds=0,
+        retry_backoff_max_seconds=1,
+        log_format="json",
+    )

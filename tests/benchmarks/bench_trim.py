@@ -15,77 +15,53 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import random
 import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
-
-from consumer.entries import ContextType
-from consumer.store import NewEntry, Store
+from consumer.entries import NewEntry
+from consumer.store import Store
+from tests.benchmarks.common import (
+    CONTEXT_TYPES,
+    admin,
+    content,
+    database,
+    database_server,
+    machine,
+    metadata,
+    now_iso,
+)
 
 TASKS = 300
 CAP = 100
 BATCH = 500
-SERVER_ENV = ("TASK_HISTORY_BENCH_DATABASE_URL", "TASK_HISTORY_TEST_DATABASE_URL")
-LOCAL = "postgresql://postgres@localhost:5432/postgres"
-
-
-def server_url() -> str:
-    """The server to benchmark on."""
-    return next((os.environ[n] for n in SERVER_ENV if os.environ.get(n)), LOCAL)
-
-
-def database(url: str, name: str) -> str:
-    """`url` pointing at database `name`."""
-    return urlunsplit(urlsplit(url)._replace(path="/" + name))
 
 
 def realistic_rows(
     rng: random.Random, tasks: list[uuid.UUID], count: int, start: datetime
 ) -> list[NewEntry]:
-    """Rows like agents send: mostly short content, a long tail, metadata on half of them."""
-    types = list(ContextType)
-    rows = []
-    for n in range(count):
-        size = min(8000, int(rng.lognormvariate(5.5, 1.0)))  # median ~250 characters
-        metadata = None
-        if rng.random() < 0.5:
-            metadata = json.dumps({"tool": "pytest", "exit_code": rng.randint(0, 2), "n": n})
-        rows.append(
-            NewEntry(
-                id=uuid.uuid4(),
-                task_id=rng.choice(tasks),
-                workspace_id=None,
-                session_id=None,
-                context_type=rng.choice(types).value,
-                content="x" * max(1, size),
-                metadata=metadata,
-                created_at=start + timedelta(microseconds=n),
-            )
+    """Rows like agents send, spread at random over `tasks`."""
+    return [
+        NewEntry(
+            id=uuid.uuid4(),
+            task_id=rng.choice(tasks),
+            workspace_id=None,
+            session_id=None,
+            context_type=rng.choice(CONTEXT_TYPES),
+            content=content(rng),
+            metadata=metadata(rng, n),
+            created_at=start + timedelta(microseconds=n),
         )
-    return rows
-
-
-async def admin(url: str, *statements: str) -> None:
-    """Run statements on the server's maintenance database."""
-    connection = await asyncpg.connect(url)
-    try:
-        for statement in statements:
-            await connection.execute(statement)
-    finally:
-        await connection.close()
+        for n in range(count)
+    ]
 
 
 async def run(batches: int) -> dict[str, object]:
     """Build the at-cap template, clone it twice, and time alternating batches."""
-    server = server_url()
+    server = database_server()
     tag = uuid.uuid4().hex[:8]
     template, trimmed, untrimmed = (f"th_bench_{k}_{tag}" for k in ("tpl", "trim", "notrim"))
     rng = random.Random(7)
@@ -139,8 +115,8 @@ async def run(batches: int) -> dict[str, object]:
         with_rate, without_rate = rows / seconds[trimmed], rows / seconds[untrimmed]
         return {
             "benchmark": "trim",
-            "when": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": f"{platform.node()} {os.cpu_count()} cores, {platform.python_version()}",
+            "when": now_iso(),
+            "machine": machine(),
             "batches": batches,
             "batch_rows": BATCH,
             "tasks_at_cap": TASKS,

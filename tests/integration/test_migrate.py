@@ -175,9 +175,10 @@ class TestMigrateCommand:
         self, empty_database_url: str, capsys: pytest.CaptureFixture[str]
     ) -> None:
         """The first run lists the files it applied, the second says all is up to date."""
-        assert main(["--database-url", empty_database_url, "migrate"]) == 0
+        arguments = ["--database-url", empty_database_url, "migrate", "--skip-broker"]
+        assert main(arguments) == 0
         assert capsys.readouterr().out.splitlines() == [
             f"applied {m.name}" for m in migrations.discover()
         ]
-        assert main(["--database-url", empty_database_url, "migrate"]) == 0
+        assert main(arguments) == 0
         assert capsys.readouterr().out == "database is up to date\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from datetime import timedelta
 
 import asyncpg
 import pytest
@@ -93,7 +94,7 @@ class TestCountsAndDeletes:
 
     async def test_limits(self, store: Store) -> None:
         """The database holds the two limits: 100 entries and 20 days."""
-        assert await store.limits() == (100, 20 * 86400)
+        assert await store.limits() == (100, timedelta(days=20))
 
 
 class TestShowCommand:

@@ -1,0 +1,368 @@
+"""RabbitMQ: the topology of contract §2, consuming, and confirmed dead-letter and retry copies."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self
+
+import aio_pika
+import aio_pika.exceptions
+from aio_pika.abc import (
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+)
+
+from consumer.errors import BrokerError, BrokerUnavailableError
+from consumer.events import ErrorCode
+from consumer.logs import redact
+
+# Headers of contract §2, and the consumer's own for unknown-task retries.
+ERROR = "x-error"
+ERROR_DETAIL = "x-error-detail"
+ORIGINAL_ROUTING_KEY = "x-original-routing-key"
+FAILED_AT = "x-failed-at"
+REPLAY_COUNT = "x-replay-count"
+WAITING_SINCE = "x-unknown-task-since"
+RECEIVED_AT = "x-received-at"
+RETRY_COUNT = "x-retry-count"
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """The names of contract §2; each is a setting, so tests and environments can share a vhost."""
+
+    exchange: str = "task_build_history"
+    queue: str = "task_build_history.events"
+    dead_letter_exchange: str = "task_build_history.dlx"
+    dead_letter_queue: str = "task_build_history.dead"
+    retry_queue: str = "task_build_history.retry"
+    delivery_limit: int = 20
+
+    def queue_arguments(self) -> dict[str, Any]:
+        """The main queue: quorum, poison messages to the dead-letter exchange, never dropped."""
+        return {
+            "x-queue-type": "quorum",
+            "x-delivery-limit": self.delivery_limit,
+            "x-dead-letter-exchange": self.dead_letter_exchange,
+            "x-dead-letter-strategy": "at-least-once",
+            # at-least-once dead-lettering requires it: a full queue refuses, never drops.
+            "x-overflow": "reject-publish",
+        }
+
+    def retry_queue_arguments(self) -> dict[str, Any]:
+        """The retry queue: each message waits its own TTL, then goes back to the main queue."""
+        return {
+            "x-queue-type": "quorum",
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": self.queue,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
+
+
+def routing_key(context_type: str) -> str:
+    """The routing key an event is published with: `history.<context_type>`."""
+    return f"history.{context_type}"
+
+
+def original_routing_key(message: AbstractIncomingMessage) -> str:
+    """The key the message was first published with, even after a retry or a replay."""
+    headers = message.headers or {}
+    first = headers.get(ORIGINAL_ROUTING_KEY)
+    if isinstance(first, bytes):
+        first = first.decode("utf-8", "replace")
+    return first if isinstance(first, str) and first else (message.routing_key or "")
+
+
+def dead_letter_headers(
+    headers: dict[str, Any], *, code: ErrorCode, detail: str, routing_key: str, failed_at: datetime
+) -> dict[str, Any]:
+    """The original headers plus the contract's error headers."""
+    return {
+        **headers,
+        ERROR: code.value,
+        ERROR_DETAIL: " ".join(detail.split())[:1000],  # one line, of a readable length
+        ORIGINAL_ROUTING_KEY: routing_key,
+        FAILED_AT: failed_at.isoformat(),
+    }
+
+
+def retry_headers(
+    headers: dict[str, Any], *, routing_key: str, since: datetime, received_at: datetime
+) -> dict[str, Any]:
+    """The original headers plus what a retry needs to know when it comes back."""
+    return {
+        **headers,
+        ORIGINAL_ROUTING_KEY: routing_key,
+        WAITING_SINCE: headers.get(WAITING_SINCE) or since.isoformat(),
+        RECEIVED_AT: headers.get(RECEIVED_AT) or received_at.isoformat(),
+        RETRY_COUNT: int(headers.get(RETRY_COUNT) or 0) + 1,
+    }
+
+
+def header_time(message: AbstractIncomingMessage, name: str) -> datetime | None:
+    """A timestamp header written by this consumer; None if absent, malformed or naive."""
+    value = (message.headers or {}).get(name)
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    # Anyone can set a header: a time without an offset can't be compared, so it counts as none.
+    return parsed if parsed.tzinfo is not None else None
+
+
+def plan_acks(tags: Sequence[int], *, outstanding: Sequence[int]) -> tuple[int | None, list[int]]:
+    """How to ack `tags`: (tag for one multiple-ack, or None; tags to ack one by one).
+
+    One `multiple=True` ack is safe only when the tags are exactly every outstanding tag up to
+    the highest: anything else in that range would be acked too, and acking it again later
+    closes the channel.
+    """
+    if not tags:
+        return None, []
+    distinct = set(tags)
+    highest = max(distinct)
+    below = {tag for tag in outstanding if tag <= highest}
+    if below == distinct:
+        return highest, []
+    return None, sorted(distinct)
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    """Turn client and socket errors into the project's, with no secret in the message."""
+    try:
+        yield
+    except aio_pika.exceptions.ChannelPreconditionFailed as exc:
+        raise BrokerError(
+            f"the broker refused the topology (declared before with other arguments?): "
+            f"{redact(str(exc))}"
+        ) from exc
+    except aio_pika.exceptions.ProbableAuthenticationError as exc:
+        raise BrokerError(f"the broker refused the credentials: {redact(str(exc))}") from exc
+    except (
+        OSError,
+        TimeoutError,
+        aio_pika.exceptions.AMQPConnectionError,
+        aio_pika.exceptions.ChannelInvalidStateError,
+        aio_pika.exceptions.ChannelClosed,
+    ) as exc:
+        detail = redact(str(exc)) or type(exc).__name__
+        raise BrokerUnavailableError(f"broker unavailable: {detail}") from exc
+    except aio_pika.exceptions.AMQPError as exc:
+        raise BrokerError(redact(str(exc)) or type(exc).__name__) from exc
+
+
+MessageHandler = Callable[[AbstractIncomingMessage], Awaitable[None]]
+
+
+class Broker:
+    """A robust connection with one confirming channel: consume, dead-letter, retry, ack."""
+
+    def __init__(self, url: str, *, topology: Topology) -> None:
+        """Prepare a broker client for `url`; `connect()` (or `async with`) connects."""
+        self._url = url
+        self.topology = topology
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractRobustChannel | None = None
+        self._queue: AbstractQueue | None = None
+        self._consumer_tag: str | None = None
+        self._dead_letters: aio_pika.abc.AbstractExchange | None = None
+        # Delivery tags handed to us and not yet acked, on the channel that delivered them.
+        self._outstanding: set[int] = set()
+        self._delivering_channel: object = None
+
+    async def connect(self) -> None:
+        """Open the connection and a channel with publisher confirms."""
+        with _translated():
+            self._connection = await aio_pika.connect_robust(self._url)
+            self._channel = await self._connection.channel(
+                publisher_confirms=True, on_return_raises=True
+            )
+
+    async def close(self) -> None:
+        """Close the connection."""
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            await connection.close()
+
+    async def __aenter__(self) -> Self:
+        """Connect."""
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Close."""
+        await self.close()
+
+    @property
+    def channel(self) -> AbstractRobustChannel:
+        """The open channel; using a broker before `connect()` is a bug."""
+        if self._channel is None:
+            raise BrokerError("the broker is not connected")
+        return self._channel
+
+    async def declare(self) -> None:
+        """Declare the exchanges and queues, idempotently; the same arguments every time."""
+        t = self.topology
+        with _translated():
+            channel = self.channel
+            exchange = await channel.declare_exchange(
+                t.exchange, aio_pika.ExchangeType.TOPIC, durable=True
+            )
+            self._dead_letters = await channel.declare_exchange(
+                t.dead_letter_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+            )
+            self._queue = await channel.declare_queue(
+                t.queue, durable=True, arguments=t.queue_arguments()
+            )
+            await self._queue.bind(exchange, "history.#")
+            dead = await channel.declare_queue(
+                t.dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"}
+            )
+            await dead.bind(self._dead_letters, "#")
+            await channel.declare_queue(
+                t.retry_queue, durable=True, arguments=t.retry_queue_arguments()
+            )
+
+    async def consume(self, handler: MessageHandler, *, prefetch: int) -> None:
+        """Start delivering messages of the main queue to `handler`, `prefetch` unacked at most."""
+        if self._queue is None:
+            await self.declare()
+        assert self._queue is not None  # noqa: S101  # declare() sets it
+        queue = self._queue
+
+        async def deliver(message: AbstractIncomingMessage) -> None:
+            # An async callback: aio-pika wraps a plain one and formats a warning per message.
+            channel = message.channel
+            if channel is not self._delivering_channel:
+                # A new channel after a reconnect: tags restart, the old ones are void.
+                self._delivering_channel = channel
+                self._outstanding = set()
+            if message.delivery_tag is not None:
+                self._outstanding.add(message.delivery_tag)
+            await handler(message)
+
+        with _translated():
+            await self.channel.set_qos(prefetch_count=prefetch)
+            self._consumer_tag = await queue.consume(deliver, no_ack=False)
+
+    async def cancel(self) -> None:
+        """Stop deliveries; returns when the broker has confirmed that no more will come."""
+        if self._queue is not None and self._consumer_tag is not None:
+            tag, self._consumer_tag = self._consumer_tag, None
+            with _translated():
+                await self._queue.cancel(tag)
+
+    async def ack(self, messages: Sequence[AbstractIncomingMessage]) -> int:
+        """Ack messages, in one frame where that is safe; return how many could not be acked.
+
+        A message from a channel that has since closed can't be acked: the broker redelivers
+        it, and the idempotent insert absorbs the copy.
+        """
+        live = self._live(messages)
+        by_tag = {m.delivery_tag: m for m in live if m.delivery_tag is not None}
+        multiple, singles = plan_acks(list(by_tag), outstanding=list(self._outstanding))
+        try:
+            with _translated():
+                if multiple is not None:
+                    await by_tag[multiple].ack(multiple=True)
+                for tag in singles:
+                    await by_tag[tag].ack()
+        except BrokerUnavailableError:
+            return len(messages)
+        self._outstanding.difference_update(by_tag)
+        return len(messages) - len(live)
+
+    def holds_any(self, messages: Sequence[AbstractIncomingMessage]) -> bool:
+        """Whether any of `messages` can still be acked: delivered on the channel open now."""
+        return bool(self._live(messages))
+
+    def _live(self, messages: Sequence[AbstractIncomingMessage]) -> list[AbstractIncomingMessage]:
+        live = []
+        for message in messages:
+            try:
+                channel = message.channel
+            except aio_pika.exceptions.ChannelInvalidStateError:
+                continue
+            if channel is self._delivering_channel and message.delivery_tag is not None:
+                live.append(message)
+        return live
+
+    async def dead_letter(
+        self, message: AbstractIncomingMessage, *, code: ErrorCode, detail: str, now: datetime
+    ) -> None:
+        """Publish a copy to the dead-letter exchange with the error headers, confirmed."""
+        if self._dead_letters is None:
+            await self.declare()
+        assert self._dead_letters is not None  # noqa: S101  # declare() sets it
+        key = original_routing_key(message)
+        headers = dead_letter_headers(
+            dict(message.headers or {}), code=code, detail=detail, routing_key=key, failed_at=now
+        )
+        with _translated():
+            await self._dead_letters.publish(_copy(message, headers), routing_key=key)
+
+    async def retry_later(
+        self,
+        message: AbstractIncomingMessage,
+        *,
+        delay: float,
+        since: datetime,
+        received_at: datetime,
+    ) -> None:
+        """Park a copy in the retry queue for `delay` seconds; wait for the confirm."""
+        headers = retry_headers(
+            dict(message.headers or {}),
+            routing_key=original_routing_key(message),
+            since=since,
+            received_at=received_at,
+        )
+        copy = _copy(message, headers, expiration=delay)
+        with _translated():
+            await self.channel.default_exchange.publish(copy, routing_key=self.topology.retry_queue)
+
+    async def publish_all(self, publishes: Sequence[Awaitable[None]]) -> None:
+        """Run publishes concurrently, so their confirms overlap; raise the first failure."""
+        if publishes:
+            await asyncio.gather(*publishes)
+
+
+def _copy(
+    message: AbstractIncomingMessage, headers: dict[str, Any], *, expiration: float | None = None
+) -> aio_pika.Message:
+    """The same body and properties, persistent, with new headers.
+
+    user_id is left out: the broker refuses a user_id other than the publishing connection's.
+    """
+    return aio_pika.Message(
+        body=message.body,
+        headers=headers,
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        priority=message.priority,
+        correlation_id=message.correlation_id,
+        reply_to=message.reply_to,
+        expiration=expiration,
+        message_id=message.message_id,
+        timestamp=message.timestamp,
+        type=message.type,
+        app_id=message.app_id,
+    )

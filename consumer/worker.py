@@ -1,0 +1,352 @@
+"""The consumer: deliveries in, one statement per batch, acks out; outages waited out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+
+from consumer.batcher import Inbox, backoff
+from consumer.broker import RECEIVED_AT, WAITING_SINCE, Broker, Topology, header_time
+from consumer.entries import NewEntry
+from consumer.errors import (
+    BrokerError,
+    BrokerUnavailableError,
+    ConcurrencyConflictError,
+    DatabaseUnavailableError,
+    DataRejectedError,
+    TaskHistoryError,
+)
+from consumer.events import ErrorCode, InvalidEventError, check_retention, parse_event
+from consumer.settings import Settings
+from consumer.store import Store
+
+log = structlog.get_logger("consumer")
+
+# Failures worth waiting out: the batch stays unacked (never nacked: on RabbitMQ 3.10 every
+# nack counts toward the delivery limit) and is written again after a pause.
+RETRYABLE = (DatabaseUnavailableError, ConcurrencyConflictError, BrokerError)
+RETENTION_REFRESH_SECONDS = 30.0
+
+
+@dataclass(slots=True)
+class Delivery:
+    """A message as it arrived, and when."""
+
+    message: AbstractIncomingMessage
+    received_at: datetime
+
+
+@dataclass(slots=True)
+class Rejected:
+    """A message to dead-letter, and why."""
+
+    delivery: Delivery
+    code: ErrorCode
+    detail: str
+
+
+class Worker:
+    """Moves events from the queue to the table until stopped."""
+
+    def __init__(self, settings: Settings) -> None:
+        """Prepare a worker; `run()` connects and consumes."""
+        self._settings = settings
+        self._store = Store(settings.database_url, max_connections=3)
+        self._broker = Broker(settings.amqp_url, topology=topology_of(settings))
+        self._inbox: Inbox[Delivery] = Inbox(
+            max_size=settings.batch_size, max_wait=settings.batch_wait_ms / 1000
+        )
+        self._stopping = asyncio.Event()
+        self._deadline = float("inf")
+        self._retention = timedelta(0)
+        self._retention_read_at = float("-inf")
+
+    def stop(self) -> None:
+        """Stop taking messages; what is in hand is written and acked before `run` returns."""
+        if not self._stopping.is_set():
+            log.info("stopping", in_hand=len(self._inbox))
+            loop = asyncio.get_running_loop()
+            self._deadline = loop.time() + self._settings.shutdown_timeout_seconds
+            self._stopping.set()
+            self._inbox.interrupt()
+
+    async def run(self) -> None:
+        """Connect (waiting for both servers if need be), consume until stopped, close."""
+        try:
+            if not await self._until_up("database", self._store.open):
+                return
+            await self._store.check_schema()
+            if not await self._until_up("broker", self._broker.connect):
+                return
+            await self._broker.declare()
+            await self._consume()
+        finally:
+            await self._broker.close()
+            await self._store.close()
+
+    async def _consume(self) -> None:
+        await self._broker.consume(self._deliver, prefetch=self._settings.effective_prefetch)
+        log.info(
+            "consuming",
+            queue=self._broker.topology.queue,
+            batch_size=self._settings.batch_size,
+            batch_wait_ms=self._settings.batch_wait_ms,
+            prefetch=self._settings.effective_prefetch,
+        )
+        expiry = asyncio.create_task(self._expire_periodically())
+        try:
+            while not self._stopping.is_set():
+                batch = await self._inbox.take()
+                if batch:
+                    await self._handle(batch)
+        finally:
+            expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await expiry
+        with contextlib.suppress(BrokerError):
+            await self._broker.cancel()  # after this no delivery comes; the inbox is all
+        while len(self._inbox):
+            await self._handle(self._inbox.take_nowait())
+        log.info("stopped")
+
+    async def _deliver(self, message: AbstractIncomingMessage) -> None:
+        self._inbox.put(Delivery(message, datetime.now(UTC)))
+
+    async def _until_up(self, name: str, connect: Callable[[], Awaitable[None]]) -> bool:
+        """Connect, retrying with backoff while the server is down; False if stopped first."""
+        attempt = 0
+        while not self._stopping.is_set():
+            try:
+                await connect()
+            except (DatabaseUnavailableError, BrokerUnavailableError) as exc:
+                attempt += 1
+                delay = backoff(attempt, cap=self._settings.retry_backoff_max_seconds)
+                log.warning(
+                    "server unavailable; retrying",
+                    server=name,
+                    attempt=attempt,
+                    retry_in=round(delay, 2),
+                    error=str(exc),
+                )
+                await self._pause(delay)
+            else:
+                return True
+        return False
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep; cut short by a stop, and never past the shutdown deadline."""
+        if self._stopping.is_set():
+            remaining = self._deadline - asyncio.get_running_loop().time()
+            await asyncio.sleep(max(0.0, min(seconds, remaining)))
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
+
+    async def _handle(self, batch: list[Delivery]) -> None:
+        """Write a batch and ack it, retrying until it works, its channel closes, or time is up."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        attempt = 0
+        while True:
+            try:
+                await self._process(batch, started)
+            except RETRYABLE as exc:
+                if not self._broker.holds_any([d.message for d in batch]):
+                    log.warning(
+                        "batch dropped: its channel closed, the broker redelivers it",
+                        size=len(batch),
+                    )
+                    return
+                attempt += 1
+                delay = backoff(attempt, cap=self._settings.retry_backoff_max_seconds)
+                if self._stopping.is_set() and loop.time() + delay > self._deadline:
+                    log.warning(
+                        "shutdown timeout: batch left unacked, the broker redelivers it",
+                        size=len(batch),
+                        error=str(exc),
+                    )
+                    return
+                log.warning(
+                    "batch failed; retrying",
+                    attempt=attempt,
+                    retry_in=round(delay, 2),
+                    size=len(batch),
+                    error=str(exc),
+                )
+                await self._pause(delay)
+            else:
+                return
+
+    async def _process(self, batch: list[Delivery], started: float) -> None:
+        now = datetime.now(UTC)
+        retention = await self._current_retention()
+        rejected: list[Rejected] = []
+        valid: list[tuple[Delivery, NewEntry]] = []
+        for delivery in batch:
+            message = delivery.message
+            try:
+                entry = parse_event(
+                    message.body,
+                    message_id=message.message_id,
+                    received_at=header_time(message, RECEIVED_AT) or delivery.received_at,
+                )
+                check_retention(entry, retention=retention, now=now)
+            except InvalidEventError as exc:
+                rejected.append(Rejected(delivery, exc.code, exc.detail))
+            else:
+                valid.append((delivery, entry))
+
+        valid, waiting, unknown = await self._sort_out_unknown_tasks(valid, now)
+        rejected += unknown
+        stored, refused = await self._insert(valid)
+        rejected += refused
+
+        publishes = [
+            self._broker.dead_letter(r.delivery.message, code=r.code, detail=r.detail, now=now)
+            for r in rejected
+        ]
+        publishes += [
+            self._broker.retry_later(
+                d.message,
+                delay=self._settings.unknown_task_retry_delay_seconds,
+                since=since,
+                received_at=d.received_at,
+            )
+            for d, since in waiting
+        ]
+        await self._broker.publish_all(publishes)
+        unacked = await self._broker.ack([d.message for d in batch])
+
+        for r in rejected:
+            log.warning(
+                "dead-lettered",
+                message_id=r.delivery.message.message_id,
+                code=r.code.value,
+                detail=r.detail,
+            )
+        log.info(
+            "batch",
+            size=len(batch),
+            stored=stored,
+            duplicates=len(valid) - stored - len(refused),
+            dead_lettered=len(rejected),
+            waiting_for_task=len(waiting),
+            unacked=unacked,
+            ms=round((asyncio.get_running_loop().time() - started) * 1000, 1),
+        )
+
+    async def _sort_out_unknown_tasks(
+        self, valid: list[tuple[Delivery, NewEntry]], now: datetime
+    ) -> tuple[list[tuple[Delivery, NewEntry]], list[tuple[Delivery, datetime]], list[Rejected]]:
+        """Split off events whose task doesn't exist: (to store, to retry later, to dead-letter)."""
+        missing = await self._store.missing_tasks({entry.task_id for _, entry in valid})
+        if not missing:
+            return valid, [], []
+        if self._settings.create_missing_tasks:
+            await self._store.create_tasks(missing)
+            return valid, [], []
+        window = self._settings.unknown_task_retry_seconds
+        keep: list[tuple[Delivery, NewEntry]] = []
+        waiting: list[tuple[Delivery, datetime]] = []
+        rejected: list[Rejected] = []
+        for delivery, entry in valid:
+            if entry.task_id not in missing:
+                keep.append((delivery, entry))
+                continue
+            since = header_time(delivery.message, WAITING_SINCE) or now
+            waited = (now - since).total_seconds()
+            if waited >= window:
+                detail = f"task_id: no task {entry.task_id} exists"
+                if window:
+                    detail += f" (retried for {round(waited)} s)"
+                rejected.append(Rejected(delivery, ErrorCode.UNKNOWN_TASK, detail))
+            else:
+                waiting.append((delivery, since))
+        return keep, waiting, rejected
+
+    async def _insert(self, rows: list[tuple[Delivery, NewEntry]]) -> tuple[int, list[Rejected]]:
+        """Insert in one statement; if the database refuses a row, bisect to find which.
+
+        Halves are written in order, so arrival order holds; a refused row costs about
+        log2(batch) extra statements, never one statement per row.
+        """
+        if not rows:
+            return 0, []
+        try:
+            return len(await self._store.insert_entries([entry for _, entry in rows])), []
+        except DataRejectedError as exc:
+            if len(rows) == 1:
+                detail = f"the database refused the row: {exc}"
+                return 0, [Rejected(rows[0][0], ErrorCode.DATABASE_REJECTED, detail)]
+        middle = len(rows) // 2
+        first_stored, first_refused = await self._insert(rows[:middle])
+        second_stored, second_refused = await self._insert(rows[middle:])
+        return first_stored + second_stored, first_refused + second_refused
+
+    async def _current_retention(self) -> timedelta:
+        """The retention setting, read again every half minute so a change applies soon."""
+        now = asyncio.get_running_loop().time()
+        if now - self._retention_read_at > RETENTION_REFRESH_SECONDS:
+            _, self._retention = await self._store.limits()
+            self._retention_read_at = now
+        return self._retention
+
+    async def _expire_periodically(self) -> None:
+        """Run expiry every interval; an advisory lock keeps it to one replica at a time."""
+        interval = self._settings.expire_interval_seconds
+        if interval <= 0:
+            return
+        while True:
+            try:
+                deleted = await self._store.expire_exclusively(
+                    batch_size=self._settings.expire_batch_size
+                )
+            except TaskHistoryError as exc:
+                log.warning("expiry failed; trying again next interval", error=str(exc))
+            else:
+                if deleted is None:
+                    log.debug("expiry skipped: another replica is running it")
+                else:
+                    log.info("expired", deleted=deleted)
+            await asyncio.sleep(interval)
+
+
+def topology_of(settings: Settings) -> Topology:
+    """The broker names and limits the settings give."""
+    return Topology(
+        exchange=settings.exchange,
+        queue=settings.queue,
+        dead_letter_exchange=settings.dead_letter_exchange,
+        dead_letter_queue=settings.dead_letter_queue,
+        retry_queue=settings.retry_queue,
+        delivery_limit=settings.delivery_limit,
+    )
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
+    """Call `stop` on SIGTERM or SIGINT while inside; restore the defaults on the way out."""
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for number in signals:
+        loop.add_signal_handler(number, stop)
+    try:
+        yield
+    finally:
+        for number in signals:
+            loop.remove_signal_handler(number)
+
+
+async def consume(settings: Settings) -> None:
+    """Run the consumer until SIGTERM or SIGINT."""
+    worker = Worker(settings)
+    with stop_on_signals(worker.stop):
+        await worker.run()

@@ -1,0 +1,86 @@
+"""What the benchmarks share: where the servers are, scratch databases, realistic events."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import random
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from consumer.entries import ContextType
+
+LOCAL_DATABASE = "postgresql://postgres@localhost:5432/postgres"
+LOCAL_AMQP = "amqp://guest:guest@localhost:5672/"
+CONTEXT_TYPES = [c.value for c in ContextType]
+
+
+def database_server() -> str:
+    """The PostgreSQL server to benchmark on."""
+    for name in ("TASK_HISTORY_BENCH_DATABASE_URL", "TASK_HISTORY_TEST_DATABASE_URL"):
+        if os.environ.get(name):
+            return os.environ[name]
+    return LOCAL_DATABASE
+
+
+def amqp_server() -> str:
+    """The RabbitMQ to benchmark on."""
+    for name in ("TASK_HISTORY_BENCH_AMQP_URL", "TASK_HISTORY_TEST_AMQP_URL"):
+        if os.environ.get(name):
+            return os.environ[name]
+    return LOCAL_AMQP
+
+
+def database(url: str, name: str) -> str:
+    """`url` pointing at database `name`."""
+    return urlunsplit(urlsplit(url)._replace(path="/" + name))
+
+
+async def admin(url: str, *statements: str) -> None:
+    """Run statements, one after the other, on the database at `url`."""
+    connection = await asyncpg.connect(url)
+    try:
+        for statement in statements:
+            await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(prefix: str) -> AsyncIterator[str]:
+    """A new empty database, dropped on the way out; yields its URL."""
+    server = database_server()
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    await admin(server, f'CREATE DATABASE "{name}"')
+    try:
+        yield database(server, name)
+    finally:
+        await admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def content(rng: random.Random) -> str:
+    """Text the size agents send: median about 250 characters, a long tail up to 8,000."""
+    return "x" * max(1, min(8000, int(rng.lognormvariate(5.5, 1.0))))
+
+
+def metadata(rng: random.Random, n: int) -> str | None:
+    """Small JSON metadata on half the events."""
+    if rng.random() < 0.5:
+        return json.dumps({"tool": "pytest", "exit_code": rng.randint(0, 2), "n": n})
+    return None
+
+
+def machine() -> str:
+    """A line saying where the figures come from."""
+    return f"{platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def now_iso() -> str:
+    """The time now, for the result file."""
+    return datetime.now(UTC).isoformat(timespec="seconds")

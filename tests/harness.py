@@ -1,0 +1,256 @@
+"""Driving the consumer from tests: publish, run it (in-process or as a process), wait, inspect."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self, TypeVar
+
+import aio_pika
+import asyncpg
+from aio_pika.abc import AbstractIncomingMessage
+
+from consumer.broker import Topology
+from consumer.settings import Settings
+from consumer.worker import Worker
+
+T = TypeVar("T")
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+
+def event(task_id: uuid.UUID, content: str = "did something", **fields: object) -> dict[str, Any]:
+    """A valid event body for `task_id`, with `fields` added or replaced."""
+    return {"task_id": str(task_id), "context_type": "agent_turn", "content": content, **fields}
+
+
+class Bus:
+    """A test's own connection to the broker: publish like an agent, read the dead letters."""
+
+    def __init__(self, url: str, topology: Topology) -> None:
+        """Use `topology`'s names on the broker at `url`."""
+        self._url = url
+        self.topology = topology
+        self._connection: aio_pika.abc.AbstractConnection | None = None
+        self._channel: aio_pika.abc.AbstractChannel | None = None
+
+    async def __aenter__(self) -> Self:
+        """Connect, with publisher confirms."""
+        self._connection = await aio_pika.connect(self._url)
+        self._channel = await self._connection.channel(publisher_confirms=True)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Disconnect."""
+        if self._connection is not None:
+            await self._connection.close()
+
+    @property
+    def channel(self) -> aio_pika.abc.AbstractChannel:
+        """The open channel."""
+        assert self._channel is not None
+        return self._channel
+
+    async def publish(
+        self,
+        body: dict[str, Any] | bytes,
+        *,
+        routing_key: str | None = None,
+        message_id: str | None = None,
+        headers: dict[str, Any] | None = None,
+    ) -> None:
+        """Publish one message to the history exchange, persistent, confirmed."""
+        if isinstance(body, dict):
+            routing_key = routing_key or f"history.{body.get('context_type', 'unknown')}"
+            body = json.dumps(body).encode()
+        exchange = await self.channel.get_exchange(self.topology.exchange)
+        await exchange.publish(
+            aio_pika.Message(
+                body,
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=message_id,
+                headers=headers,
+            ),
+            routing_key=routing_key or "history.agent_turn",
+        )
+
+    async def publish_many(self, bodies: Iterable[dict[str, Any] | bytes]) -> None:
+        """Publish in order, confirms overlapping in windows of 200."""
+        pending: list[Awaitable[None]] = []
+        for body in bodies:
+            pending.append(self.publish(body))
+            if len(pending) == 200:
+                await asyncio.gather(*pending)
+                pending = []
+        await asyncio.gather(*pending)
+
+    async def depth(self, queue: str) -> int:
+        """The exact number of ready messages in `queue` (a passive declare)."""
+        declared = await self.channel.declare_queue(queue, passive=True)
+        count = declared.declaration_result.message_count
+        assert count is not None
+        return count
+
+    async def dead_letters(self) -> list[AbstractIncomingMessage]:
+        """Take every message in the dead-letter queue, in order."""
+        queue = await self.channel.declare_queue(self.topology.dead_letter_queue, passive=True)
+        taken = []
+        while (message := await queue.get(fail=False, no_ack=True)) is not None:
+            taken.append(message)
+        return taken
+
+
+async def wait_for(
+    probe: Callable[[], Awaitable[T]],
+    done: Callable[[T], bool],
+    *,
+    timeout: float = 30,
+    what: str = "condition",
+) -> T:
+    """Poll `probe` until `done(value)`; on timeout fail, saying what was last seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if done(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out after {timeout} s waiting for {what}; last saw {value!r}"
+            )
+        await asyncio.sleep(0.1)
+
+
+async def count_rows(database_url: str) -> int:
+    """How many history rows the database holds."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        return int(await connection.fetchval("SELECT count(*) FROM task_build_history"))
+    finally:
+        await connection.close()
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Worker]:
+    """A consumer running in this process until the block ends; then stopped and awaited."""
+    worker = Worker(settings)
+    task = asyncio.create_task(worker.run())
+    try:
+        yield worker
+    finally:
+        if not task.done():
+            worker.stop()
+        await asyncio.wait_for(task, timeout=60)
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """`settings` as TASK_HISTORY_* variables, for a consumer in another process."""
+    environment = {
+        key: value for key, value in os.environ.items() if not key.startswith("TASK_HISTORY_")
+    }
+    for name, value in settings.model_dump(exclude_none=True).items():
+        environment[f"TASK_HISTORY_{name.upper()}"] = (
+            str(value).lower() if isinstance(value, bool) else str(value)
+        )
+    return environment
+
+
+@dataclass
+class ConsumerProcess:
+    """`task-history consume` in a process of its own, its log kept in a file."""
+
+    settings: Settings
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    def start(self) -> None:
+        """Start it."""
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "consumer", "consume"],
+            cwd=self.log_path.parent,
+            env=settings_environment(self.settings),
+            stdout=log,
+            stderr=log,
+        )
+        log.close()
+
+    def signal(self, number: int) -> None:
+        """Send it a signal."""
+        assert self.process is not None
+        self.process.send_signal(number)
+
+    async def exit_code(self, *, timeout: float = 60) -> int:
+        """Wait for it to exit; its exit code."""
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while (code := self.process.poll()) is None:
+            if time.monotonic() > deadline:
+                self.process.kill()
+                raise AssertionError(f"consumer still running after {timeout} s:\n{self.log()}")
+            await asyncio.sleep(0.05)
+        return code
+
+    def log(self) -> str:
+        """What it logged so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """Make sure it is gone."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+class TcpProxy:
+    """A TCP forwarder the test can cut, to play an outage between the consumer and a server."""
+
+    def __init__(self, host: str, port: int) -> None:
+        """Forward to host:port."""
+        self._target = (host, port)
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.port = 0
+
+    async def start(self) -> None:
+        """Listen (on the same port again after a cut)."""
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def cut(self) -> None:
+        """Refuse new connections and reset the open ones."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(*self._target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers |= {writer, upstream_writer}
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                sink.transport.abort()
+
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+        self._writers -= {writer, upstream_writer}

@@ -1,0 +1,290 @@
+"""The consumer end to end: real broker, real database, events in, rows and dead letters out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from consumer.broker import Topology
+from consumer.settings import Settings
+from tests.harness import Bus, count_rows, event, running, wait_for
+from tests.helpers import new_task
+
+
+async def contents(sql: asyncpg.Connection, task: uuid.UUID) -> list[str]:
+    """A task's contents, oldest first."""
+    rows = await sql.fetch(
+        "SELECT content FROM task_build_history WHERE task_id = $1 ORDER BY created_at, seq", task
+    )
+    return [row["content"] for row in rows]
+
+
+class TestStoring:
+    """Valid events become rows: in order, capped, once."""
+
+    async def test_105_events_keep_5_to_104(
+        self, settings: Settings, amqp_url: str, topology: Topology, sql: asyncpg.Connection
+    ) -> None:
+        """105 events with rising timestamps leave events 5 to 104."""
+        task = await new_task(sql)
+        start = datetime.now(UTC) - timedelta(minutes=10)
+        async with Bus(amqp_url, topology) as bus, running(settings):
+            await bus.publish_many(
+                event(task, f"event {n}", created_at=(start + timedelta(seconds=n)).isoformat())
+                for n in range(105)
+            )
+            await wait_for(lambda: contents(sql, task), lambda c: c[-1:] == ["event 104"])
+        assert await contents(sql, task) == [f"event {n}" for n in range(5, 105)]
+
+    async def test_without_created_at_the_last_100_published_stay(
+        self, settings: Settings, amqp_url: str, topology: Topology, sql: asyncpg.Connection
+    ) -> None:
+        """Events without created_at keep publish order: the last 100 published stay."""
+        task = await new_task(sql)
+        async with Bus(amqp_url, topology) as bus, running(settings):
+            await bus.publish_many(event(task, f"event {n}") for n in range(130))
+            await wait_for(lambda: contents(sql, task), lambda c: c[-1:] == ["event 129"])
+        assert await contents(sql, task) == [f"event {n}" for n in range(30, 130)]
+
+    async def test_the_same_id_three_times_is_one_row(
+        self, settings: Settings, amqp_url: str, topology: Topology, sql: asyncpg.Connection
+    ) -> None:
+        """A redelivered or republished event is stored once."""
+        task, same = await new_task(sql), str(uuid.uuid4())
+        async with Bus(amqp_url, topology) as bus, running(settings):
+            for _ in range(3):
+                await bus.publish(event(task, "once", id=same))
+            await bus.publish(event(task, "last"))
+            await wait_for(lambda: contents(sql, task), lambda c: "last" in c)
+        assert await contents(sql, task) == ["once", "last"]
+        assert await sql.fetchval("SELECT id::text FROM task_build_history LIMIT 1") == same
+
+    async def test_message_id_is_the_id_when_the_body_has_none(
+        self, settings: Settings, amqp_url: str, topology: Topology, sql: asyncpg.Connection
+    ) -> None:
+        """With no id in the body, a UUID message_id is the idempotency key."""
+        task, message_id = await new_task(sql), str(uuid.uuid4())
+        async with Bus(amqp_url, topology) as bus, running(settings):
+            await bus.publish(event(task), message_id=message_id)
+            await bus.publish(event(task), message_id=message_id)
+            await bus.publish(event(task, "last"))
+            await wait_for(lambda: contents(sql, task), lambda c: "last" in c)
+        ids = await sql.fetch("SELECT id::text FROM task_build_history ORDER BY seq")
+        assert len(ids) == 2
+        assert ids[0]["id"] == message_id
+
+    async def test_string_metadata_is_stored_as_an_object(
+        self, settings: Settings, amqp_url: str, topology: Topology, sql: asyncpg.Connection
+    ) -> None:
+        """The seed's `metadata: string` holding JSON lands as a jsonb object."""
+        task = await new_task(sql)
+        async with Bus(amqp_url, topology) as bus, running(settings):
+            await bus.publish(event(task, metadata='{"tool": "pytest", "passed": 3}'))
+            await bus.publish(event(task, "plain", metadata={"k": [1, 2]}))
+            await wait_for(lambda: count_rows(settings.database_url), lambda n: n == 2)
+        rows = await sql.fetch(
+            "SELECT metadata, jsonb_typeof(metadata) AS kind FROM task_build_history ORDER BY seq"
+        )
+        assert [json.loads(r["metadata"]) for r in rows] == [
+            {"tool": "pytest", "passed": 3},
+            {"k": [1, 2]},
+        ]
+        assert {r["kind"] for r in rows} == {"object"}
+
+    async def test_all_fields_land_in_their_columns(
+        self, settings: Settings, amqp_url: str, topology: Topology, sql: asyncpg.Connection
+    ) -> None:
+        """Every field of the event is stored, and expires_at is 20 days after created_at."""
+        task, workspace, session, entry = await new_task(sql), *(uuid.uuid4() for _ in range(3))
+        created = datetime(2026, 11, 20, 8, 30, tzinfo=UTC)
+        body = event(
+            task,
+            "status is done",
+            id=str(entry),
+            workspace_id=str(workspace),
+            session_id=str(session),
+            context_type="status_change",
+            created_at="2026-11-20T09:30:00+01:00",
+            unknown_future_field=True,
+        )
+        async with Bus(amqp_url, topology) as bus, running(settings):
+            await bus.publish(body)
+            await wait_for(lambda: count_rows(settings.database_url), lambda n: n == 1)
+        row = await sql.fetchrow("SELECT * FROM task_build_history")
+        assert row is not None
+        assert (row["id"], row["task_id"], row["workspace_id"], row["session_id"]) == (
+            entry,
+            task,
+            workspace,
+            session,
+        )
+        assert (row["context_type"], row["content"], row["metadata"]) == (
+            "status_change",
+            "status is done",
+            None,
+        )
+        assert row["created_at"] == created
+        assert row["expires_at"] == created + timedelta(days=20)
+
+
+def bad_bodies(task: uuid.UUID) -> list[tuple[str, bytes | dict[str, Any], str]]:
+    """(code, body, a word the detail must hold) for every rule of contract §1."""
+    future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    old = (datetime.now(UTC) - timedelta(days=21)).isoformat()
+    good = event(task)
+    without = {key: value for key, value in good.items() if key != "content"}
+    nan = b'{"task_id": "%s", "context_type": "error", "content": "x", "metadata": {"n": NaN}}'
+    nan %= str(task).encode()
+    nan = b'{"task_id": "%s", "context_type": "error", "content": "x", "metadata": {"n": NaN}}'
+    nan %= str(task).encode()
+    return [
+        ("invalid_json", b"{not json", "JSON"),
+        ("invalid_json", b"", "JSON"),
+        ("invalid_json", b'{"task_id": "\xff\xfe"}', "JSON"),
+        ("invalid_event", b"[1, 2]", "object"),
+        ("invalid_event", {"context_type": "agent_turn", "content": "x"}, "task_id"),
+        ("invalid_event", {**event(task), "task_id": "not-a-uuid"}, "task_id"),
+        ("invalid_event", event(task, workspace_id="nope"), "workspace_id"),
+        ("invalid_event", event(task, session_id=12), "session_id"),
+        ("invalid_event", event(task, context_type="gossip"), "context_type"),
+        ("invalid_event", without, "content"),
+        ("invalid_event", event(task, ""), "content"),
+        ("invalid_event", event(task, "x" * 65_537), "content"),
+        ("invalid_event", event(task, "nul \x00 here"), "NUL"),
+        ("invalid_event", {**good, "content": 42}, "content"),
+        ("invalid_event", event(task, metadata=[1, 2]), "metadata"),
+        ("invalid_event", event(task, metadata="not json"), "metadata"),
+        ("invalid_event", event(task, metadata="[1]"), "metadata"),
+        ("invalid_event", event(task, metadata={"big": "y" * 65_536}), "metadata"),
+        ("invalid_event", event(task, metadata={"nul": "a\x00b"}), "NUL"),
+        ("invalid_event", nan, "NaN"),
+        ("invalid_event", event(task, created_at="2026-11-20T10:00:00"), "created_at"),
+        ("invalid_event", event(task, created_at=future), "future"),
+        ("invalid_event", event(task, created_at=1_700_000_000), "created_at"),
+        ("invalid_event", event(task, id="not-a-uuid"), "id"),
+        ("expired", event(task, created_at=old), "retention"),
+        ("too_large", event(task, "z" * 60_000, padding="p" * (1 << 20)), "bytes"),
+        ("unknown_task", event(uuid.uuid4()), "no task"),
+    ]
+
+
+class TestBadInput:
+    """Invalid messages are dead-lettered with a reason; the valid ones around them are stored."""
+
+    async def test_a_burst_with_every_kind_of_bad_body(
+        self, settings: Settings, amqp_url: str, topology: Topology, sql: asyncpg.Connection
+    ) -> None:
+        """200 valid events interleaved with each bad body: exactly the valid ones are stored."""
+        task = await new_task(sql)
+        bad = bad_bodies(task)
+        async with Bus(amqp_url, topology) as bus:
+            for n in range(200):
+                await bus.publish(event(task, f"valid {n}"))
+                if n % 7 == 0 and n // 7 < len(bad):
+                    code, body, _ = bad[n // 7]
+                    await bus.publish(body, routing_key=f"history.case{n // 7}", message_id=code)
+            async with running(settings):
+                await wait_for(
+                    lambda: bus.depth(topology.dead_letter_queue),
+                    lambda n: n == len(bad),
+                    what="every bad message dead-lettered",
+                )
+                await wait_for(lambda: contents(sql, task), lambda c: c[-1:] == ["valid 199"])
+            dead = await bus.dead_letters()
+        assert await contents(sql, task) == [f"valid {n}" for n in range(100, 200)]
+        assert await sql.fetchval("SELECT entries FROM task_build_history_counts") == 100
+        assert len(dead) == len(bad)
+        for case, (message, (code, body, word)) in enumerate(zip(dead, bad, strict=True)):
+            headers = message.headers
+            assert (headers["x-error"], message.message_id) == (code, code), headers
+            assert word.lower() in str(headers["x-error-detail"]).lower(), headers
+            assert headers["x-original-routing-key"] == f"history.case{case}"
+            assert datetime.fromisoformat(str(headers["x-failed-at"])).tzinfo is not None
+            assert "x-replay-count" not in headers
+            expected = body if isinstance(body, bytes) else json.dumps(body).encode()
+            assert message.body == expected
+
+    async def test_a_row_the_database_refuses_is_found_by_bisection(
+        self, settings: Settings, amqp_url: str, topology: Topology, sql: asyncpg.Connection
+    ) -> None:
+        """A row refused by a database constraint is dead-lettered alone; the rest are stored."""
+        task = await new_task(sql)
+        await sql.execute(
+            "ALTER TABLE task_build_history ADD CONSTRAINT no_poison CHECK (content <> 'poison')"
+        )
+        bodies = [event(task, f"ok {n}") for n in range(60)]
+        bodies[37] = event(task, "poison")
+        async with Bus(amqp_url, topology) as bus:
+            await bus.publish_many(bodies)
+            async with running(settings):
+                await wait_for(lambda: bus.depth(topology.dead_letter_queue), lambda n: n == 1)
+                await wait_for(lambda: count_rows(settings.database_url), lambda n: n == 59)
+            (dead,) = await bus.dead_letters()
+        assert dead.headers["x-error"] == "database_rejected"
+        assert "no_poison" in str(dead.headers["x-error-detail"])
+        assert await contents(sql, task) == [f"ok {n}" for n in range(60) if n != 37]
+
+
+class TestUnknownTasks:
+    """Events for a task that doesn't exist (yet)."""
+
+    async def test_no_retry_window_dead_letters_at_once(
+        self, settings: Settings, amqp_url: str, topology: Topology
+    ) -> None:
+        """With a window of 0 the event is dead-lettered as unknown_task straight away."""
+        missing = uuid.uuid4()
+        async with Bus(amqp_url, topology) as bus, running(settings):
+            await bus.publish(event(missing))
+            await wait_for(lambda: bus.depth(topology.dead_letter_queue), lambda n: n == 1)
+            (dead,) = await bus.dead_letters()
+        assert dead.headers["x-error"] == "unknown_task"
+        assert str(missing) in str(dead.headers["x-error-detail"])
+
+    async def test_an_event_waits_for_its_task(
+        self, settings: Settings, amqp_url: str, topology: Topology, sql: asyncpg.Connection
+    ) -> None:
+        """Within the window the event is retried and stored once its task appears."""
+        waiting = settings.model_copy(
+            update={"unknown_task_retry_seconds": 60, "unknown_task_retry_delay_seconds": 0.3}
+        )
+        task = uuid.uuid4()
+        async with Bus(amqp_url, topology) as bus, running(waiting):
+            await bus.publish(event(task, "early bird"))
+            await asyncio.sleep(1.0)
+            assert await count_rows(settings.database_url) == 0
+            await sql.execute("INSERT INTO tasks (id) VALUES ($1)", task)
+            await wait_for(lambda: contents(sql, task), lambda c: c == ["early bird"])
+            assert await bus.depth(topology.dead_letter_queue) == 0
+            assert await bus.depth(topology.retry_queue) == 0
+
+    async def test_after_the_window_it_is_dead_lettered(
+        self, settings: Settings, amqp_url: str, topology: Topology
+    ) -> None:
+        """An event whose task never appears is dead-lettered once the window has passed."""
+        short = settings.model_copy(
+            update={"unknown_task_retry_seconds": 1, "unknown_task_retry_delay_seconds": 0.3}
+        )
+        async with Bus(amqp_url, topology) as bus, running(short):
+            await bus.publish(event(uuid.uuid4()), routing_key="history.agent_turn")
+            await wait_for(lambda: bus.depth(topology.dead_letter_queue), lambda n: n == 1)
+            (dead,) = await bus.dead_letters()
+        assert dead.headers["x-error"] == "unknown_task"
+        assert "retried for" in str(dead.headers["x-error-detail"])
+        assert dead.headers["x-original-routing-key"] == "history.agent_turn"
+        assert int(str(dead.headers["x-retry-count"])) >= 2
+
+    async def test_create_missing_tasks(
+        self, settings: Settings, amqp_url: str, topology: Topology, sql: asyncpg.Connection
+    ) -> None:
+        """With create_missing_tasks the task row is created and the event stored."""
+        creating = settings.model_copy(update={"create_missing_tasks": True})
+        task = uuid.uuid4()
+        async with Bus(amqp_url, topology) as bus, running(creating):
+            await bus.publish(event(task, "made it"))
+            await wait_for(lambda: contents(sql, task), lambda c: c == ["made it"])
+        assert await sql.fetchval("SELECT count(*) FROM tasks WHERE id = $1", task) == 1

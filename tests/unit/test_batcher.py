@@ -1,0 +1,334 @@
+"""Batching decisions without I/O: when the inbox hands out a batch, how long to back off."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import TypeVar
+
+import pytest
+
+from consumer.batcher import Inbox, backoff
+
+T = TypeVar("T")
+
+# A short max_wait for batches that must wait, and a long one for batches that must not.
+SHORT_WAIT = 0.05
+LONG_WAIT = 60.0
+# A generous bound for "promptly": far below LONG_WAIT, far above any scheduling noise.
+PROMPTLY = 1.0
+
+
+def loop_time() -> float:
+    """The running loop's clock, the one the inbox measures with."""
+    return asyncio.get_running_loop().time()
+
+
+async def settle() -> None:
+    """Let every ready task run a few steps, without letting any timer's time pass on purpose."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+async def take_promptly(inbox: Inbox[T]) -> list[T]:
+    """The next batch, failing the test if it doesn't come promptly."""
+    async with asyncio.timeout(PROMPTLY):
+        return await inbox.take()
+
+
+class TestConstruction:
+    """An inbox needs room for at least one item and starts empty."""
+
+    @pytest.mark.parametrize("max_size", [0, -1])
+    def test_max_size_below_one(self, max_size: int) -> None:
+        """A max_size under 1 is refused."""
+        with pytest.raises(ValueError, match=r"^max_size must be at least 1$"):
+            Inbox[int](max_size=max_size, max_wait=SHORT_WAIT)
+
+    async def test_starts_empty(self) -> None:
+        """A new inbox holds nothing and hands out an empty batch on demand."""
+        inbox = Inbox[int](max_size=3, max_wait=SHORT_WAIT)
+        assert len(inbox) == 0
+        assert inbox.take_nowait() == []
+
+    async def test_len_counts_waiting_items(self) -> None:
+        """The length is the number of items put and not yet taken."""
+        inbox = Inbox[int](max_size=2, max_wait=SHORT_WAIT)
+        for item in range(5):
+            inbox.put(item)
+        assert len(inbox) == 5
+        inbox.take_nowait()
+        assert len(inbox) == 3
+
+
+class TestFullBatch:
+    """A batch of max_size items goes out at once, without waiting for max_wait."""
+
+    async def test_full_batch_at_once(self) -> None:
+        """Items already filling a batch are returned without waiting."""
+        inbox = Inbox[int](max_size=3, max_wait=LONG_WAIT)
+        for item in range(3):
+            inbox.put(item)
+        assert await take_promptly(inbox) == [0, 1, 2]
+        assert len(inbox) == 0
+
+    async def test_waiting_take_wakes_when_batch_fills(self) -> None:
+        """A take waiting on a partial batch returns as soon as the batch is full."""
+        inbox = Inbox[str](max_size=3, max_wait=LONG_WAIT)
+        inbox.put("a")
+        task = asyncio.create_task(inbox.take())
+        await settle()
+        assert not task.done()
+        inbox.put("b")
+        await settle()
+        assert not task.done()
+        inbox.put("c")
+        async with asyncio.timeout(PROMPTLY):
+            assert await task == ["a", "b", "c"]
+
+    async def test_take_waits_for_first_item(self) -> None:
+        """A take on an empty inbox waits, then returns once an item fills the batch."""
+        inbox = Inbox[str](max_size=1, max_wait=LONG_WAIT)
+        task = asyncio.create_task(inbox.take())
+        await settle()
+        assert not task.done()
+        inbox.put("only")
+        async with asyncio.timeout(PROMPTLY):
+            assert await task == ["only"]
+
+    async def test_items_beyond_max_size_stay(self) -> None:
+        """Items past max_size are left in the inbox for the next take."""
+        inbox = Inbox[int](max_size=2, max_wait=LONG_WAIT)
+        for item in range(5):
+            inbox.put(item)
+        assert await take_promptly(inbox) == [0, 1]
+        assert len(inbox) == 3
+        assert await take_promptly(inbox) == [2, 3]
+        assert len(inbox) == 1
+        assert inbox.take_nowait() == [4]
+        assert len(inbox) == 0
+
+    async def test_max_size_one(self) -> None:
+        """With max_size 1 every item is a batch of its own."""
+        inbox = Inbox[int](max_size=1, max_wait=LONG_WAIT)
+        inbox.put(7)
+        inbox.put(8)
+        assert await take_promptly(inbox) == [7]
+        assert await take_promptly(inbox) == [8]
+
+
+class TestPartialBatch:
+    """A batch short of max_size goes out once its first item has waited max_wait."""
+
+    async def test_returned_after_max_wait(self) -> None:
+        """A lone item is returned after about max_wait, not before and not much later."""
+        inbox = Inbox[str](max_size=10, max_wait=SHORT_WAIT)
+        start = loop_time()
+        inbox.put("a")
+        batch = await take_promptly(inbox)
+        elapsed = loop_time() - start
+        assert batch == ["a"]
+        assert elapsed >= SHORT_WAIT * 0.8
+        assert elapsed < PROMPTLY
+
+    async def test_not_returned_before_max_wait(self) -> None:
+        """A partial batch is held back while its first item is younger than max_wait."""
+        inbox = Inbox[str](max_size=10, max_wait=LONG_WAIT)
+        inbox.put("a")
+        task = asyncio.create_task(inbox.take())
+        await asyncio.sleep(SHORT_WAIT)
+        assert not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert len(inbox) == 1
+
+    async def test_late_items_join_the_batch(self) -> None:
+        """Items put while the first one waits go out in the same batch."""
+        inbox = Inbox[str](max_size=10, max_wait=SHORT_WAIT)
+        inbox.put("a")
+        task = asyncio.create_task(inbox.take())
+        await settle()
+        inbox.put("b")
+        inbox.put("c")
+        async with asyncio.timeout(PROMPTLY):
+            assert await task == ["a", "b", "c"]
+
+    async def test_first_item_already_old(self) -> None:
+        """A take returns at once when the first item has already waited max_wait."""
+        inbox = Inbox[str](max_size=10, max_wait=SHORT_WAIT)
+        inbox.put("a")
+        await asyncio.sleep(SHORT_WAIT * 2)
+        task = asyncio.create_task(inbox.take())
+        await settle()
+        assert task.done()
+        assert task.result() == ["a"]
+
+    async def test_remainder_goes_out_after_max_wait(self) -> None:
+        """Items left over from a full batch are returned after at most about max_wait."""
+        inbox = Inbox[int](max_size=2, max_wait=SHORT_WAIT)
+        for item in range(3):
+            inbox.put(item)
+        assert await take_promptly(inbox) == [0, 1]
+        assert await take_promptly(inbox) == [2]
+        assert len(inbox) == 0
+
+
+class TestOrder:
+    """Items go out in the order they were put."""
+
+    async def test_order_within_a_batch(self) -> None:
+        """A batch lists its items in arrival order."""
+        items = ["delta", "alpha", "charlie", "bravo"]
+        inbox = Inbox[str](max_size=4, max_wait=LONG_WAIT)
+        for item in items:
+            inbox.put(item)
+        assert await take_promptly(inbox) == items
+
+    async def test_order_across_batches(self) -> None:
+        """Consecutive batches continue the arrival order without gaps or repeats."""
+        items = random.sample(range(1000), 10)
+        inbox = Inbox[int](max_size=3, max_wait=LONG_WAIT)
+        for item in items:
+            inbox.put(item)
+        batches = [await take_promptly(inbox) for _ in range(3)]
+        batches.append(inbox.take_nowait())
+        assert [len(batch) for batch in batches] == [3, 3, 3, 1]
+        assert [item for batch in batches for item in batch] == items
+
+
+class TestInterrupt:
+    """After interrupt(), take returns at once with whatever is there."""
+
+    async def test_waiting_take_on_empty_inbox(self) -> None:
+        """A take waiting for a first item returns an empty batch when interrupted."""
+        inbox = Inbox[int](max_size=3, max_wait=LONG_WAIT)
+        task = asyncio.create_task(inbox.take())
+        await settle()
+        assert not task.done()
+        inbox.interrupt()
+        async with asyncio.timeout(PROMPTLY):
+            assert await task == []
+
+    async def test_waiting_take_on_partial_batch(self) -> None:
+        """A take waiting out max_wait returns the partial batch when interrupted."""
+        inbox = Inbox[int](max_size=3, max_wait=LONG_WAIT)
+        inbox.put(1)
+        inbox.put(2)
+        task = asyncio.create_task(inbox.take())
+        await settle()
+        assert not task.done()
+        inbox.interrupt()
+        async with asyncio.timeout(PROMPTLY):
+            assert await task == [1, 2]
+
+    async def test_interrupt_before_take(self) -> None:
+        """A take after interrupt() on an empty inbox returns an empty batch at once."""
+        inbox = Inbox[int](max_size=3, max_wait=LONG_WAIT)
+        inbox.interrupt()
+        assert await take_promptly(inbox) == []
+
+    async def test_interrupt_lasts(self) -> None:
+        """Every later take returns at once too, with new items or with nothing."""
+        inbox = Inbox[str](max_size=3, max_wait=LONG_WAIT)
+        inbox.interrupt()
+        assert await take_promptly(inbox) == []
+        inbox.put("late")
+        assert await take_promptly(inbox) == ["late"]
+        assert await take_promptly(inbox) == []
+
+    async def test_interrupt_keeps_max_size(self) -> None:
+        """An interrupted inbox still hands out at most max_size items per batch, in order."""
+        inbox = Inbox[int](max_size=2, max_wait=LONG_WAIT)
+        for item in range(3):
+            inbox.put(item)
+        inbox.interrupt()
+        assert await take_promptly(inbox) == [0, 1]
+        assert await take_promptly(inbox) == [2]
+        assert await take_promptly(inbox) == []
+
+
+class TestTakeNowait:
+    """take_nowait hands out the batch as it stands, without waiting."""
+
+    async def test_empty(self) -> None:
+        """An empty inbox gives an empty batch."""
+        assert Inbox[int](max_size=2, max_wait=LONG_WAIT).take_nowait() == []
+
+    async def test_partial_batch(self) -> None:
+        """A partial batch is handed out without waiting for max_wait."""
+        inbox = Inbox[int](max_size=5, max_wait=LONG_WAIT)
+        inbox.put(1)
+        inbox.put(2)
+        assert inbox.take_nowait() == [1, 2]
+        assert len(inbox) == 0
+        assert inbox.take_nowait() == []
+
+    async def test_at_most_max_size(self) -> None:
+        """At most max_size items are handed out; the rest stay, in order."""
+        inbox = Inbox[int](max_size=2, max_wait=LONG_WAIT)
+        for item in range(5):
+            inbox.put(item)
+        assert inbox.take_nowait() == [0, 1]
+        assert inbox.take_nowait() == [2, 3]
+        assert inbox.take_nowait() == [4]
+        assert inbox.take_nowait() == []
+
+
+def lowest(low: float, _high: float) -> float:
+    """A stand-in for random.uniform that always draws the lower bound."""
+    return low
+
+
+def highest(_low: float, high: float) -> float:
+    """A stand-in for random.uniform that always draws the upper bound."""
+    return high
+
+
+class TestBackoff:
+    """Retry delays double from the base, stop at the cap, and are jittered."""
+
+    @pytest.mark.parametrize(
+        ("attempt", "delay"),
+        [(1, 0.2), (2, 0.4), (3, 0.8), (4, 1.6), (6, 6.4), (8, 25.6), (9, 30.0), (50, 30.0)],
+    )
+    def test_within_half_and_full_delay(self, attempt: int, delay: float) -> None:
+        """Each delay lies between half and all of base doubled per attempt, capped."""
+        for _ in range(200):
+            assert delay / 2 <= backoff(attempt) <= delay
+
+    def test_grows(self) -> None:
+        """Below the cap, a later attempt never waits less than an earlier one."""
+        for _ in range(50):
+            delays = [backoff(attempt) for attempt in range(1, 9)]
+            assert delays == sorted(delays)
+        assert backoff(8) > backoff(1)
+
+    def test_doubles_without_jitter(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """With the jitter at its top the delay doubles per attempt up to the cap."""
+        monkeypatch.setattr(random, "uniform", highest)
+        delays = [backoff(attempt) for attempt in range(1, 11)]
+        expected = [0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 30.0, 30.0]
+        assert delays == pytest.approx(expected)
+
+    def test_jitter_lower_bound(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """With the jitter at its bottom the delay is half the full delay."""
+        monkeypatch.setattr(random, "uniform", lowest)
+        assert backoff(1) == pytest.approx(0.1)
+        assert backoff(4) == pytest.approx(0.8)
+        assert backoff(100) == pytest.approx(15.0)
+
+    @pytest.mark.parametrize("attempt", [9, 20, 64, 1_000, 10**9])
+    def test_capped(self, attempt: int) -> None:
+        """Any attempt past the cap waits between half the cap and the cap, without overflow."""
+        assert 15.0 <= backoff(attempt) <= 30.0
+
+    def test_custom_base_and_cap(self) -> None:
+        """The base and the cap are parameters."""
+        assert 0.5 <= backoff(1, base=1.0, cap=5.0) <= 1.0
+        assert 1.0 <= backoff(2, base=1.0, cap=5.0) <= 2.0
+        assert 2.5 <= backoff(10, base=1.0, cap=5.0) <= 5.0
+
+    def test_jittered(self) -> None:
+        """Repeated delays for one attempt differ, so replicas spread out."""
+        assert len({backoff(5) for _ in range(100)}) > 1

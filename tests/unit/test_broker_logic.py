@@ -1,0 +1,414 @@
+"""The broker's pure decisions: names, arguments, headers and ack plans, without a broker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any, cast
+
+import pytest
+from aio_pika.abc import AbstractIncomingMessage
+
+from consumer.broker import (
+    ERROR,
+    ERROR_DETAIL,
+    FAILED_AT,
+    ORIGINAL_ROUTING_KEY,
+    RECEIVED_AT,
+    REPLAY_COUNT,
+    RETRY_COUNT,
+    WAITING_SINCE,
+    Topology,
+    dead_letter_headers,
+    header_time,
+    original_routing_key,
+    plan_acks,
+    retry_headers,
+    routing_key,
+)
+from consumer.entries import ContextType
+from consumer.events import ErrorCode
+
+NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+
+
+@dataclass
+class FakeMessage:
+    """The two attributes of an incoming message that the pure functions read."""
+
+    headers: dict[str, Any] | None = field(default_factory=dict)
+    routing_key: str | None = "history.agent_turn"
+
+
+def message(
+    headers: dict[str, Any] | None = None, routing_key: str | None = "history.agent_turn"
+) -> AbstractIncomingMessage:
+    """A stand-in incoming message with these headers and routing key."""
+    return cast("AbstractIncomingMessage", FakeMessage(headers=headers, routing_key=routing_key))
+
+
+class TestTopologyNames:
+    """The default names are the contract's."""
+
+    def test_default_names(self) -> None:
+        """Exchange, queue, dead-letter exchange and queue have the contract's names."""
+        topology = Topology()
+        assert topology.exchange == "task_build_history"
+        assert topology.queue == "task_build_history.events"
+        assert topology.dead_letter_exchange == "task_build_history.dlx"
+        assert topology.dead_letter_queue == "task_build_history.dead"
+
+    def test_retry_queue_and_limit(self) -> None:
+        """The consumer's own retry queue and delivery limit have their defaults."""
+        topology = Topology()
+        assert topology.retry_queue == "task_build_history.retry"
+        assert topology.delivery_limit == 20
+
+    def test_names_are_settings(self) -> None:
+        """Every name can be chosen, so environments can share a vhost."""
+        topology = Topology(
+            exchange="e",
+            queue="q",
+            dead_letter_exchange="dlx",
+            dead_letter_queue="dlq",
+            retry_queue="rq",
+            delivery_limit=5,
+        )
+        assert (topology.exchange, topology.queue) == ("e", "q")
+        assert (topology.dead_letter_exchange, topology.dead_letter_queue) == ("dlx", "dlq")
+        assert (topology.retry_queue, topology.delivery_limit) == ("rq", 5)
+
+    def test_equal_by_value(self) -> None:
+        """Two topologies with the same names are equal."""
+        assert Topology() == Topology()
+        assert Topology(queue="other") != Topology()
+
+
+class TestQueueArguments:
+    """The main queue is a quorum queue that dead-letters safely and never drops."""
+
+    def test_default_arguments(self) -> None:
+        """The main queue's arguments are exactly the contract's."""
+        assert Topology().queue_arguments() == {
+            "x-queue-type": "quorum",
+            "x-delivery-limit": 20,
+            "x-dead-letter-exchange": "task_build_history.dlx",
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
+
+    def test_follow_settings(self) -> None:
+        """The delivery limit and dead-letter exchange come from the topology."""
+        arguments = Topology(dead_letter_exchange="other.dlx", delivery_limit=3).queue_arguments()
+        assert arguments["x-dead-letter-exchange"] == "other.dlx"
+        assert arguments["x-delivery-limit"] == 3
+
+    def test_fresh_dict_each_time(self) -> None:
+        """Changing one returned dict doesn't change the next."""
+        topology = Topology()
+        first = topology.queue_arguments()
+        first["x-overflow"] = "drop-head"
+        assert topology.queue_arguments()["x-overflow"] == "reject-publish"
+
+
+class TestRetryQueueArguments:
+    """The retry queue sends each expired message back to the main queue."""
+
+    def test_default_arguments(self) -> None:
+        """Expired retries go through the default exchange to the main queue, safely."""
+        assert Topology().retry_queue_arguments() == {
+            "x-queue-type": "quorum",
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": "task_build_history.events",
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
+
+    def test_follows_queue_name(self) -> None:
+        """Retries return to whichever main queue the topology names."""
+        arguments = Topology(queue="other.events").retry_queue_arguments()
+        assert arguments["x-dead-letter-routing-key"] == "other.events"
+
+
+class TestRoutingKey:
+    """Events are published with `history.<context_type>`."""
+
+    @pytest.mark.parametrize("context_type", list(ContextType))
+    def test_each_context_type(self, context_type: ContextType) -> None:
+        """Each context type has its own key under `history.`."""
+        assert routing_key(context_type) == f"history.{context_type.value}"
+
+    def test_example(self) -> None:
+        """The contract's example key is produced."""
+        assert routing_key("agent_turn") == "history.agent_turn"
+
+
+class TestOriginalRoutingKey:
+    """The first routing key survives retries and replays."""
+
+    def test_from_header(self) -> None:
+        """The header wins over the key the copy was delivered with."""
+        copy = message({ORIGINAL_ROUTING_KEY: "history.error"}, "task_build_history.events")
+        assert original_routing_key(copy) == "history.error"
+
+    def test_header_as_bytes(self) -> None:
+        """A header that arrives as bytes is decoded."""
+        copy = message({ORIGINAL_ROUTING_KEY: b"history.error"}, "task_build_history.events")
+        assert original_routing_key(copy) == "history.error"
+
+    def test_without_header(self) -> None:
+        """A first delivery uses its own routing key."""
+        assert original_routing_key(message({}, "history.chat_message")) == "history.chat_message"
+
+    def test_without_headers_at_all(self) -> None:
+        """A message with no headers table uses its own routing key."""
+        assert original_routing_key(message(None, "history.chat_message")) == "history.chat_message"
+
+    @pytest.mark.parametrize("value", ["", b"", 42, None])
+    def test_unusable_header(self, value: object) -> None:
+        """An empty or non-text header falls back to the message's routing key."""
+        assert original_routing_key(message({ORIGINAL_ROUTING_KEY: value})) == "history.agent_turn"
+
+    def test_no_routing_key_anywhere(self) -> None:
+        """With neither a header nor a routing key, the key is empty."""
+        assert original_routing_key(message({}, None)) == ""
+
+
+class TestHeaderTime:
+    """Timestamp headers written by the consumer are read back, or None."""
+
+    def test_string(self) -> None:
+        """An ISO 8601 string is read with its offset."""
+        value = message({RECEIVED_AT: "2025-01-01T12:00:00+00:00"})
+        assert header_time(value, RECEIVED_AT) == NOW
+
+    def test_bytes(self) -> None:
+        """A header that arrives as bytes is decoded first."""
+        value = message({WAITING_SINCE: b"2025-01-01T14:00:00+02:00"})
+        result = header_time(value, WAITING_SINCE)
+        assert result == NOW
+        assert result is not None
+        assert result.utcoffset() == timedelta(hours=2)
+
+    def test_round_trip(self) -> None:
+        """What the consumer writes with isoformat() it reads back unchanged."""
+        since = datetime(2024, 6, 30, 23, 59, 59, 123456, tzinfo=timezone(timedelta(hours=-7)))
+        assert header_time(message({WAITING_SINCE: since.isoformat()}), WAITING_SINCE) == since
+
+    def test_missing(self) -> None:
+        """A header that isn't there is None."""
+        assert header_time(message({"other": "2025-01-01T12:00:00+00:00"}), RECEIVED_AT) is None
+
+    def test_no_headers(self) -> None:
+        """A message without a headers table has no timestamp."""
+        assert header_time(message(None), RECEIVED_AT) is None
+
+    def test_naive_is_none(self) -> None:
+        """A time without an offset (anyone can set a header) counts as no time at all."""
+        assert header_time(message({RECEIVED_AT: "2025-01-01T12:00:00"}), RECEIVED_AT) is None
+
+    @pytest.mark.parametrize("value", ["yesterday", "", b"\xff\xfe", 1735732800, None])
+    def test_unreadable(self, value: object) -> None:
+        """A value that isn't an ISO 8601 string is None, not an error."""
+        assert header_time(message({RECEIVED_AT: value}), RECEIVED_AT) is None
+
+
+class TestDeadLetterHeaders:
+    """A dead-lettered copy keeps its headers and gains the contract's error headers."""
+
+    def test_error_headers(self) -> None:
+        """The code, detail, original key and failure time are set."""
+        headers = dead_letter_headers(
+            {},
+            code=ErrorCode.INVALID_EVENT,
+            detail="content: String should have at least 1 character",
+            routing_key="history.agent_turn",
+            failed_at=NOW,
+        )
+        assert headers == {
+            ERROR: "invalid_event",
+            ERROR_DETAIL: "content: String should have at least 1 character",
+            ORIGINAL_ROUTING_KEY: "history.agent_turn",
+            FAILED_AT: "2025-01-01T12:00:00+00:00",
+        }
+
+    def test_header_names(self) -> None:
+        """The header names are the contract's."""
+        assert (ERROR, ERROR_DETAIL, ORIGINAL_ROUTING_KEY, FAILED_AT, REPLAY_COUNT) == (
+            "x-error",
+            "x-error-detail",
+            "x-original-routing-key",
+            "x-failed-at",
+            "x-replay-count",
+        )
+
+    def test_keeps_original_headers(self) -> None:
+        """Headers already on the message, such as the replay count, are kept."""
+        original = {"trace-id": "abc", REPLAY_COUNT: 2}
+        headers = dead_letter_headers(
+            original,
+            code=ErrorCode.UNKNOWN_TASK,
+            detail="task_id: no such task",
+            routing_key="history.error",
+            failed_at=NOW,
+        )
+        assert headers["trace-id"] == "abc"
+        assert headers[REPLAY_COUNT] == 2
+        assert headers[ERROR] == "unknown_task"
+
+    def test_replaces_earlier_error(self) -> None:
+        """A message that failed before carries only the latest error."""
+        original = {ERROR: "unknown_task", ERROR_DETAIL: "old", FAILED_AT: "2024-01-01T00:00:00"}
+        headers = dead_letter_headers(
+            original,
+            code=ErrorCode.EXPIRED,
+            detail="new",
+            routing_key="history.error",
+            failed_at=NOW,
+        )
+        assert headers[ERROR] == "expired"
+        assert headers[ERROR_DETAIL] == "new"
+        assert headers[FAILED_AT] == NOW.isoformat()
+
+    def test_does_not_change_input(self) -> None:
+        """The headers passed in are left as they were."""
+        original: dict[str, Any] = {"trace-id": "abc"}
+        dead_letter_headers(
+            original, code=ErrorCode.TOO_LARGE, detail="big", routing_key="k", failed_at=NOW
+        )
+        assert original == {"trace-id": "abc"}
+
+    def test_detail_on_one_line(self) -> None:
+        """Newlines, tabs and runs of spaces in the detail become single spaces."""
+        headers = dead_letter_headers(
+            {},
+            code=ErrorCode.DATABASE_REJECTED,
+            detail="  first line\n\tsecond   line\r\n",
+            routing_key="k",
+            failed_at=NOW,
+        )
+        assert headers[ERROR_DETAIL] == "first line second line"
+
+    def test_detail_bounded(self) -> None:
+        """A very long detail is cut to 1000 characters."""
+        headers = dead_letter_headers(
+            {}, code=ErrorCode.INVALID_EVENT, detail="x" * 5000, routing_key="k", failed_at=NOW
+        )
+        assert headers[ERROR_DETAIL] == "x" * 1000
+
+    def test_failed_at_keeps_offset(self) -> None:
+        """The failure time is RFC 3339 with its offset."""
+        failed_at = datetime(2025, 1, 1, 14, 0, tzinfo=timezone(timedelta(hours=2)))
+        headers = dead_letter_headers(
+            {}, code=ErrorCode.EXPIRED, detail="d", routing_key="k", failed_at=failed_at
+        )
+        assert headers[FAILED_AT] == "2025-01-01T14:00:00+02:00"
+
+
+class TestRetryHeaders:
+    """A retry copy records its first key, when the wait began, and how often it was tried."""
+
+    def test_first_retry(self) -> None:
+        """The first retry sets every retry header and counts 1."""
+        received = NOW - timedelta(seconds=3)
+        headers = retry_headers(
+            {"trace-id": "abc"}, routing_key="history.agent_turn", since=NOW, received_at=received
+        )
+        assert headers == {
+            "trace-id": "abc",
+            ORIGINAL_ROUTING_KEY: "history.agent_turn",
+            WAITING_SINCE: NOW.isoformat(),
+            RECEIVED_AT: received.isoformat(),
+            RETRY_COUNT: 1,
+        }
+
+    def test_later_retry_keeps_first_times(self) -> None:
+        """A later retry keeps the first wait and receive times and counts on."""
+        first = retry_headers(
+            {}, routing_key="history.error", since=NOW, received_at=NOW - timedelta(seconds=1)
+        )
+        later = NOW + timedelta(minutes=2)
+        second = retry_headers(first, routing_key="history.error", since=later, received_at=later)
+        third = retry_headers(second, routing_key="history.error", since=later, received_at=later)
+        assert second[WAITING_SINCE] == NOW.isoformat()
+        assert second[RECEIVED_AT] == (NOW - timedelta(seconds=1)).isoformat()
+        assert second[RETRY_COUNT] == 2
+        assert third[WAITING_SINCE] == NOW.isoformat()
+        assert third[RETRY_COUNT] == 3
+
+    def test_times_read_back(self) -> None:
+        """The times written are the times header_time reads back."""
+        received = NOW - timedelta(seconds=1)
+        headers = retry_headers({}, routing_key="k", since=NOW, received_at=received)
+        copy = message(headers)
+        assert header_time(copy, WAITING_SINCE) == NOW
+        assert header_time(copy, RECEIVED_AT) == received
+
+    def test_count_from_text(self) -> None:
+        """A retry count that arrives as text still counts on."""
+        headers = retry_headers({RETRY_COUNT: "4"}, routing_key="k", since=NOW, received_at=NOW)
+        assert headers[RETRY_COUNT] == 5
+
+    def test_does_not_change_input(self) -> None:
+        """The headers passed in are left as they were."""
+        original: dict[str, Any] = {RETRY_COUNT: 1}
+        retry_headers(original, routing_key="k", since=NOW, received_at=NOW)
+        assert original == {RETRY_COUNT: 1}
+
+
+class TestPlanAcks:
+    """One multiple-ack only when it would ack exactly the given tags."""
+
+    def test_empty(self) -> None:
+        """No tags means no ack at all."""
+        assert plan_acks([], outstanding=[1, 2, 3]) == (None, [])
+
+    def test_empty_with_nothing_outstanding(self) -> None:
+        """No tags and nothing outstanding also means no ack."""
+        assert plan_acks([], outstanding=[]) == (None, [])
+
+    def test_all_outstanding(self) -> None:
+        """Tags that are every outstanding tag go in one multiple-ack of the highest."""
+        assert plan_acks([1, 2, 3], outstanding=[1, 2, 3]) == (3, [])
+
+    def test_all_outstanding_up_to_highest(self) -> None:
+        """Outstanding tags above the highest don't prevent a multiple-ack."""
+        assert plan_acks([1, 2, 3], outstanding=[1, 2, 3, 4, 5]) == (3, [])
+
+    def test_order_does_not_matter(self) -> None:
+        """Tags in any order still make one multiple-ack of the highest."""
+        assert plan_acks([3, 1, 2], outstanding=[2, 3, 1]) == (3, [])
+
+    def test_after_earlier_acks(self) -> None:
+        """Tags already acked and gone from the outstanding set leave room for a multiple-ack."""
+        assert plan_acks([4, 5, 6], outstanding=[4, 5, 6, 7]) == (6, [])
+
+    def test_single_tag(self) -> None:
+        """The lowest outstanding tag alone is one multiple-ack of itself."""
+        assert plan_acks([1], outstanding=[1, 2]) == (1, [])
+
+    def test_gap_means_singles(self) -> None:
+        """An outstanding tag between the given ones forces single acks."""
+        assert plan_acks([1, 3], outstanding=[1, 2, 3]) == (None, [1, 3])
+
+    def test_lower_outstanding_means_singles(self) -> None:
+        """An outstanding tag below the given ones forces single acks."""
+        assert plan_acks([2, 3], outstanding=[1, 2, 3]) == (None, [2, 3])
+
+    def test_singles_sorted(self) -> None:
+        """Single acks come in ascending tag order."""
+        assert plan_acks([9, 2, 5], outstanding=[1, 2, 5, 9]) == (None, [2, 5, 9])
+
+    def test_tags_not_outstanding_mean_singles(self) -> None:
+        """Tags that are not outstanding are never folded into a multiple-ack of others."""
+        assert plan_acks([1, 3], outstanding=[2, 3]) == (None, [1, 3])
+        assert plan_acks([3, 5], outstanding=[4, 5]) == (None, [3, 5])
+
+    def test_duplicate_tags_once(self) -> None:
+        """A tag given twice is acked once."""
+        assert plan_acks([2, 2], outstanding=[1, 2]) == (None, [2])
+        assert plan_acks([1, 1], outstanding=[1]) == (1, [])
+
+    def test_single_tag_not_lowest(self) -> None:
+        """A lone tag above another outstanding tag is acked on its own."""
+        assert plan_acks([2], outstanding=[1, 2]) == (None, [2])
