@@ -45,6 +45,18 @@ class Topology:
     retry_queue: str = "task_build_history.retry"
     delivery_limit: int = 20
 
+    @classmethod
+    def named(cls, base: str, *, delivery_limit: int = 20) -> Topology:
+        """Every name derived from one, as the defaults are: `base`, `base.events`, ..."""
+        return cls(
+            exchange=base,
+            queue=f"{base}.events",
+            dead_letter_exchange=f"{base}.dlx",
+            dead_letter_queue=f"{base}.dead",
+            retry_queue=f"{base}.retry",
+            delivery_limit=delivery_limit,
+        )
+
     def queue_arguments(self) -> dict[str, Any]:
         """The main queue: quorum, poison messages to the dead-letter exchange, never dropped."""
         return {
@@ -97,13 +109,21 @@ def dead_letter_headers(
 def retry_headers(
     headers: dict[str, Any], *, routing_key: str, since: datetime, received_at: datetime
 ) -> dict[str, Any]:
-    """The original headers plus what a retry needs to know when it comes back."""
+    """The original headers plus what a retry needs to know when it comes back.
+
+    `since` and `received_at` are the values the consumer worked with (read from these headers
+    when they were valid): written every time, so a malformed header can't reset the window.
+    """
+    try:
+        count = int(headers.get(RETRY_COUNT) or 0)
+    except (TypeError, ValueError):
+        count = 0
     return {
         **headers,
         ORIGINAL_ROUTING_KEY: routing_key,
-        WAITING_SINCE: headers.get(WAITING_SINCE) or since.isoformat(),
-        RECEIVED_AT: headers.get(RECEIVED_AT) or received_at.isoformat(),
-        RETRY_COUNT: int(headers.get(RETRY_COUNT) or 0) + 1,
+        WAITING_SINCE: since.isoformat(),
+        RECEIVED_AT: received_at.isoformat(),
+        RETRY_COUNT: count + 1,
     }
 
 
@@ -240,6 +260,15 @@ class Broker:
             await channel.declare_queue(
                 t.retry_queue, durable=True, arguments=t.retry_queue_arguments()
             )
+
+    async def delete(self) -> None:
+        """Delete the exchanges and queues, messages and all (tests and teardown only)."""
+        t = self.topology
+        with _translated():
+            for queue in (t.queue, t.dead_letter_queue, t.retry_queue):
+                await self.channel.queue_delete(queue)
+            for exchange in (t.exchange, t.dead_letter_exchange):
+                await self.channel.exchange_delete(exchange)
 
     async def consume(self, handler: MessageHandler, *, prefetch: int) -> None:
         """Start delivering messages of the main queue to `handler`, `prefetch` unacked at most."""

@@ -95,7 +95,7 @@ class Event(BaseModel):
         if isinstance(value, str):
             try:
                 value = json.loads(value)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nested deeper than Python goes
                 raise ValueError("is a string that does not hold JSON") from None
             if not isinstance(value, dict):
                 # pydantic reports ValueError (not TypeError) raised here as a validation error
@@ -127,7 +127,12 @@ def _metadata_text(metadata: dict[str, Any] | None) -> str | None:
         ) from None
     if _ESCAPED_NUL.search(text):
         raise InvalidEventError(ErrorCode.INVALID_EVENT, "metadata: contains a NUL character")
-    size = len(text.encode("utf-8"))
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate, from \ud800 inside the string form
+        raise InvalidEventError(
+            ErrorCode.INVALID_EVENT, "metadata: contains an unpaired UTF-16 surrogate"
+        ) from None
     if size > MAX_METADATA_BYTES:
         raise InvalidEventError(
             ErrorCode.INVALID_EVENT,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -58,17 +59,25 @@ class Settings(BaseSettings):
 
     @field_validator("database_url")
     @classmethod
-    def _postgres_scheme(cls, value: str) -> str:
-        if not value.startswith(("postgresql://", "postgres://")):
-            raise ValueError("must start with postgresql:// (or postgres://)")
-        return value
+    def _postgres_url(cls, value: str) -> str:
+        return _url(value, ("postgresql", "postgres"))
 
     @field_validator("amqp_url")
     @classmethod
-    def _amqp_scheme(cls, value: str) -> str:
-        if not value.startswith(("amqp://", "amqps://")):
-            raise ValueError("must start with amqp:// or amqps://")
-        return value
+    def _amqp_url(cls, value: str) -> str:
+        return _url(value, ("amqp", "amqps"))
+
+
+def _url(value: str, schemes: tuple[str, ...]) -> str:
+    """`value` if it is a URL with one of `schemes` and a well-formed host and port."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  # parsing the port is the check
+    except ValueError as exc:
+        raise ValueError(f"is not a valid URL ({exc})") from None
+    if parts.scheme not in schemes:
+        raise ValueError(f"must start with {schemes[0]}:// (or {schemes[1]}://)")
+    return value
 
 
 def load_settings(**overrides: object) -> Settings:

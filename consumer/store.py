@@ -163,6 +163,11 @@ class Store:
             await self._pool.close()
             self._pool = None
 
+    async def reconnect(self) -> None:
+        """Replace every pooled connection with a new one as it is next used."""
+        if self._pool is not None:
+            await self._pool.expire_connections()
+
     async def __aenter__(self) -> Self:
         """Open the store."""
         await self.open()

@@ -18,9 +18,10 @@ from consumer.entries import NewEntry
 from consumer.errors import (
     BrokerError,
     BrokerUnavailableError,
-    ConcurrencyConflictError,
     DatabaseUnavailableError,
     DataRejectedError,
+    NotMigratedError,
+    StoreError,
     TaskHistoryError,
 )
 from consumer.events import ErrorCode, InvalidEventError, check_retention, parse_event
@@ -29,18 +30,47 @@ from consumer.store import Store
 
 log = structlog.get_logger("consumer")
 
-# Failures worth waiting out: the batch stays unacked (never nacked: on RabbitMQ 3.10 every
-# nack counts toward the delivery limit) and is written again after a pause.
-RETRYABLE = (DatabaseUnavailableError, ConcurrencyConflictError, BrokerError)
+# Failures of a batch that are waited out: the batch stays unacked (never nacked: on RabbitMQ
+# 3.10 every nack counts toward the delivery limit) and is written again after a pause. That
+# is every database or broker error, not only lost connections: a read-only failover, a full
+# disk or a revoked grant must not crash-loop the consumer into dead-lettering valid events.
+# A row the database refuses for its data never gets here: bisection dead-letters it alone.
+RETRYABLE = (StoreError, NotMigratedError, BrokerError)
 RETENTION_REFRESH_SECONDS = 30.0
 
 
 @dataclass(slots=True)
 class Delivery:
-    """A message as it arrived, and when."""
+    """A message as it arrived, and when; parsed once, however often its batch is retried."""
 
     message: AbstractIncomingMessage
     received_at: datetime
+    parsed: NewEntry | InvalidEventError | None = None
+
+    def parse(self) -> NewEntry:
+        """The message as a row, or InvalidEventError; an id generated here is kept for retries."""
+        if self.parsed is None:
+            self.parsed = _parse(self)
+        if isinstance(self.parsed, InvalidEventError):
+            raise self.parsed
+        return self.parsed
+
+
+def _parse(delivery: Delivery) -> NewEntry | InvalidEventError:
+    message = delivery.message
+    try:
+        return parse_event(
+            message.body,
+            message_id=message.message_id,
+            received_at=header_time(message, RECEIVED_AT) or delivery.received_at,
+        )
+    except InvalidEventError as exc:
+        return exc
+    except Exception as exc:  # one odd message must not stop the others: it alone fails
+        log.exception("event could not be validated", message_id=message.message_id)
+        return InvalidEventError(
+            ErrorCode.INVALID_EVENT, f"could not be validated: {type(exc).__name__}: {exc}"
+        )
 
 
 @dataclass(slots=True)
@@ -181,6 +211,10 @@ class Worker:
                     size=len(batch),
                     error=str(exc),
                 )
+                if isinstance(exc, StoreError | NotMigratedError):
+                    # Fresh connections next time: after a failover the old ones may still
+                    # point at a server that went read-only.
+                    await self._store.reconnect()
                 await self._pause(delay)
             else:
                 return
@@ -191,13 +225,8 @@ class Worker:
         rejected: list[Rejected] = []
         valid: list[tuple[Delivery, NewEntry]] = []
         for delivery in batch:
-            message = delivery.message
             try:
-                entry = parse_event(
-                    message.body,
-                    message_id=message.message_id,
-                    received_at=header_time(message, RECEIVED_AT) or delivery.received_at,
-                )
+                entry = delivery.parse()
                 check_retention(entry, retention=retention, now=now)
             except InvalidEventError as exc:
                 rejected.append(Rejected(delivery, exc.code, exc.detail))
@@ -218,7 +247,7 @@ class Worker:
                 d.message,
                 delay=self._settings.unknown_task_retry_delay_seconds,
                 since=since,
-                received_at=d.received_at,
+                received_at=header_time(d.message, RECEIVED_AT) or d.received_at,
             )
             for d, since in waiting
         ]

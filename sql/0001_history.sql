@@ -88,6 +88,46 @@ CREATE TRIGGER task_build_history_expires_at
     EXECUTE FUNCTION task_build_history_set_expires_at_v1();
 
 
+-- Deletes each given task's oldest entries past the cap. The caller holds the tasks' counter
+-- rows (locked in task order), so no other writer changes these tasks meanwhile; each DELETE
+-- is a new statement and sees every row committed before the locks were granted.
+CREATE FUNCTION task_build_history_trim_tasks_v1(over_task uuid[], over_by integer[], cap integer)
+RETURNS void
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+    expected bigint;
+    deleted bigint;
+    idle integer := 0;
+BEGIN
+    WHILE over_task IS NOT NULL LOOP
+        SELECT sum(n) INTO expected FROM unnest(over_by) AS n;
+        DELETE FROM task_build_history
+        WHERE ctid = ANY (ARRAY(
+            SELECT oldest.ctid
+            FROM unnest(over_task, over_by) AS o (task_id, n)
+            CROSS JOIN LATERAL (
+                SELECT h.ctid FROM task_build_history AS h
+                WHERE h.task_id = o.task_id
+                ORDER BY h.created_at, h.seq
+                LIMIT o.n
+            ) AS oldest
+        ));
+        GET DIAGNOSTICS deleted = ROW_COUNT;
+        EXIT WHEN deleted >= expected;
+        -- Two passes in a row that find nothing to delete: the counters claim rows that aren't
+        -- there (someone bypassed the triggers); stop rather than spin.
+        idle := CASE WHEN deleted = 0 THEN idle + 1 ELSE 0 END;
+        EXIT WHEN idle >= 2;
+        -- A row picked was updated (new ctid) or deleted by someone else meanwhile: ask the
+        -- counters, kept exact by the uncount trigger, what is still over the cap.
+        SELECT array_agg(task_id), array_agg(entries - cap) INTO over_task, over_by
+        FROM task_build_history_counts
+        WHERE task_id = ANY (over_task) AND entries > cap;
+    END LOOP;
+END
+$$;
+
+
 -- Once per INSERT or COPY statement: count the new rows, then delete each task's oldest rows
 -- past the cap.
 CREATE FUNCTION task_build_history_trim_v1() RETURNS trigger
@@ -99,9 +139,9 @@ DECLARE
 BEGIN
     SELECT max_entries_per_task INTO STRICT cap FROM task_build_history_settings;
 
-    -- Statement 1: the upsert locks each touched counter row, in task order, so concurrent
-    -- writers of one task queue up here, and batches that mix tasks can't deadlock. In READ
-    -- COMMITTED the upsert adds to the newest committed count, even one committed while we waited.
+    -- The upsert locks each touched counter row, in task order, so concurrent writers of one
+    -- task queue up here, and batches that mix tasks can't deadlock. In READ COMMITTED the
+    -- upsert adds to the newest committed count, even one committed while we waited.
     WITH counted AS (
         INSERT INTO task_build_history_counts AS c (task_id, entries)
         SELECT task_id, count(*) FROM new_rows GROUP BY task_id ORDER BY task_id
@@ -111,23 +151,9 @@ BEGIN
     SELECT array_agg(task_id), array_agg(entries - cap) INTO over_task, over_by
     FROM counted WHERE entries > cap;
 
-    IF over_task IS NULL THEN
-        RETURN NULL;
-    END IF;
-
-    -- Statement 2 takes a new snapshot, after the locks: it sees the rows of the writers we
-    -- waited for. The oldest rows go first, ties by arrival. Deleting fires the counter trigger.
-    DELETE FROM task_build_history
-    WHERE ctid = ANY (ARRAY(
-        SELECT oldest.ctid
-        FROM unnest(over_task, over_by) AS o (task_id, n)
-        CROSS JOIN LATERAL (
-            SELECT h.ctid FROM task_build_history AS h
-            WHERE h.task_id = o.task_id
-            ORDER BY h.created_at, h.seq
-            LIMIT o.n
-        ) AS oldest
-    ));
+    -- A new statement, with a snapshot taken after the locks: it sees the rows of the writers
+    -- we waited for. The oldest go first, ties by arrival. Deleting fires the uncount trigger.
+    PERFORM task_build_history_trim_tasks_v1(over_task, over_by, cap);
     RETURN NULL;
 END
 $$;
@@ -188,23 +214,30 @@ CREATE FUNCTION task_build_history_expire_batch_v1(max_rows integer DEFAULT 1000
 RETURNS integer
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 DECLARE
+    candidates uuid[];
     locked uuid[];
     deleted integer;
 BEGIN
-    -- Counters first, in task order, as the trim takes them: a trim holding a counter while
-    -- this holds that task's rows would deadlock.
+    SELECT array_agg(DISTINCT task_id) INTO candidates FROM (
+        SELECT h.task_id FROM task_build_history AS h
+        WHERE h.expires_at <= now()
+        ORDER BY h.expires_at
+        LIMIT max_rows
+    ) AS s;
+    IF candidates IS NULL THEN
+        RETURN 0;
+    END IF;
+
+    -- Locks in the order every writer takes them: the task rows (as the foreign key check
+    -- does), then the counters in task order (as the trim does), then history rows. Any other
+    -- order deadlocks against an insert, a trim, or a DELETE FROM tasks cascading here.
+    PERFORM 1 FROM tasks WHERE id = ANY (candidates) ORDER BY id FOR KEY SHARE;
     SELECT array_agg(task_id) INTO locked FROM (
         SELECT c.task_id FROM task_build_history_counts AS c
-        WHERE c.task_id IN (
-            SELECT h.task_id FROM task_build_history AS h
-            WHERE h.expires_at <= now()
-            ORDER BY h.expires_at
-            LIMIT max_rows
-        )
+        WHERE c.task_id = ANY (candidates)
         ORDER BY c.task_id
-        FOR UPDATE OF c
+        FOR UPDATE
     ) AS s;
-
     IF locked IS NULL THEN
         RETURN 0;
     END IF;
@@ -223,16 +256,49 @@ END
 $$;
 
 
--- Deletes a task's whole history; returns how many entries. Takes the task's counter first,
--- like the trim, so it can run beside writers of the same task.
+-- Deletes a task's whole history; returns how many entries. Takes the locks in the writers'
+-- order (task row, counter, history rows), so it can run beside them and beside task deletes.
 CREATE FUNCTION task_build_history_delete_task_v1(target uuid) RETURNS integer
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 DECLARE
     deleted integer;
 BEGIN
+    PERFORM 1 FROM tasks WHERE id = target FOR KEY SHARE;
     PERFORM 1 FROM task_build_history_counts WHERE task_id = target FOR UPDATE;
     DELETE FROM task_build_history WHERE task_id = target;
     GET DIAGNOSTICS deleted = ROW_COUNT;
     RETURN deleted;
 END
 $$;
+
+
+-- A new cap or retention applies at once, not from the next insert on: after the UPDATE of
+-- the settings commits, no task holds more than the cap, and every expires_at follows the
+-- new retention. Both touch every task (or row) concerned: an operator's occasional change.
+CREATE FUNCTION task_build_history_apply_settings_v1() RETURNS trigger
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+    over_task uuid[];
+    over_by integer[];
+BEGIN
+    IF NEW.max_entries_per_task < OLD.max_entries_per_task THEN
+        SELECT array_agg(task_id), array_agg(entries - NEW.max_entries_per_task)
+        INTO over_task, over_by
+        FROM (
+            SELECT task_id, entries FROM task_build_history_counts
+            WHERE entries > NEW.max_entries_per_task
+            ORDER BY task_id
+            FOR UPDATE
+        ) AS s;
+        PERFORM task_build_history_trim_tasks_v1(over_task, over_by, NEW.max_entries_per_task);
+    END IF;
+    IF NEW.retention <> OLD.retention THEN
+        UPDATE task_build_history SET expires_at = created_at + NEW.retention;
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER task_build_history_settings_apply
+    AFTER UPDATE ON task_build_history_settings
+    FOR EACH ROW EXECUTE FUNCTION task_build_history_apply_settings_v1();

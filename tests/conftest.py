@@ -176,22 +176,12 @@ def amqp_url() -> Iterator[str]:
 @pytest.fixture
 async def topology(amqp_url: str) -> AsyncIterator[Topology]:
     """Exchanges and queues of this test's own, declared, and deleted afterwards."""
-    prefix = new_database_name("th")
-    names = Topology(
-        exchange=prefix,
-        queue=f"{prefix}.events",
-        dead_letter_exchange=f"{prefix}.dlx",
-        dead_letter_queue=f"{prefix}.dead",
-        retry_queue=f"{prefix}.retry",
-    )
+    names = Topology.named(new_database_name("th"))
     async with Broker(amqp_url, topology=names) as broker:
         await broker.declare()
     yield names
     async with Broker(amqp_url, topology=names) as broker:
-        for queue in (names.queue, names.dead_letter_queue, names.retry_queue):
-            await broker.channel.queue_delete(queue)
-        for exchange in (names.exchange, names.dead_letter_exchange):
-            await broker.channel.exchange_delete(exchange)
+        await broker.delete()
 
 
 @pytest.fixture

@@ -161,14 +161,7 @@ async def run(events: int, tasks_count: int) -> dict[str, object]:
     """Prepare the database at the cap, then drain the backlog twice: bare loop, then project."""
     rng = random.Random(60)
     url = amqp_server()
-    prefix = f"th_bench_{uuid.uuid4().hex[:8]}"
-    topology = Topology(
-        exchange=prefix,
-        queue=f"{prefix}.events",
-        dead_letter_exchange=f"{prefix}.dlx",
-        dead_letter_queue=f"{prefix}.dead",
-        retry_queue=f"{prefix}.retry",
-    )
+    topology = Topology.named(f"th_bench_{uuid.uuid4().hex[:8]}")
     async with scratch_database("th_bench_drain") as database_url:
         tasks = [uuid.uuid4() for _ in range(tasks_count)]
         async with Store(database_url, max_connections=1) as store:
@@ -197,10 +190,7 @@ async def run(events: int, tasks_count: int) -> dict[str, object]:
                 sys.exit("benchmark: tasks are not exactly at the cap; the figures are void")
         finally:
             async with Broker(url, topology=topology) as broker:
-                for queue in (topology.queue, topology.dead_letter_queue, topology.retry_queue):
-                    await broker.channel.queue_delete(queue)
-                for exchange in (topology.exchange, topology.dead_letter_exchange):
-                    await broker.channel.exchange_delete(exchange)
+                await broker.delete()
     return {
         "benchmark": "drain",
         "when": now_iso(),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -113,6 +113,32 @@ class TestOneWriter:
             await sql.execute("UPDATE task_build_history SET task_id = $1 WHERE id = $2", b, entry)
 
 
+class TestSettingsChanges:
+    """A change of the limits applies when it commits, not at the next insert."""
+
+    async def test_lowering_the_cap_trims_at_once(self, sql: asyncpg.Connection) -> None:
+        """After the UPDATE of max_entries_per_task, every task is within the new cap."""
+        a, b = await new_task(sql), await new_task(sql)
+        a_ids = await insert_rows(sql, [(a, at(i)) for i in range(40)])
+        b_ids = await insert_rows(sql, [(b, at(i)) for i in range(5)])
+        await sql.execute("UPDATE task_build_history_settings SET max_entries_per_task = 10")
+        assert await kept_ids(sql, a) == a_ids[-10:]
+        assert await kept_ids(sql, b) == b_ids
+        assert (
+            await sql.fetchval(
+                "SELECT entries FROM task_build_history_counts WHERE task_id = $1", a
+            )
+            == 10
+        )
+
+    async def test_raising_the_cap_keeps_everything(self, sql: asyncpg.Connection) -> None:
+        """A higher cap deletes nothing and lets tasks grow to it."""
+        task = await new_task(sql)
+        await sql.execute("UPDATE task_build_history_settings SET max_entries_per_task = 150")
+        await insert_rows(sql, [(task, at(i)) for i in range(200)])
+        assert len(await kept_ids(sql, task)) == 150
+
+
 class TestConcurrentWriters:
     """Many connections writing the same tasks at once."""
 
@@ -149,3 +175,63 @@ class TestConcurrentWriters:
             assert await kept_ids(sql, task) == newest
         counts = await sql.fetch("SELECT task_id, entries FROM task_build_history_counts")
         assert {r["task_id"]: r["entries"] for r in counts} == {a: 100, b: 100}
+
+    async def test_a_concurrent_update_of_an_oldest_row(
+        self, database_url: str, sql: asyncpg.Connection
+    ) -> None:
+        """A row updated while the trim waits for it still counts: the task ends at the cap."""
+        task = await new_task(sql)
+        ids = await insert_rows(sql, [(task, at(i)) for i in range(100)])
+        updater = await asyncpg.connect(database_url)
+        writer = await asyncpg.connect(database_url)
+        try:
+            transaction = updater.transaction()
+            await transaction.start()
+            # A new row version (and ctid) for the oldest row, not committed yet.
+            await updater.execute(
+                "UPDATE task_build_history SET metadata = '{\"redacted\": true}' WHERE id = $1",
+                ids[0],
+            )
+            insert = asyncio.create_task(insert_rows(writer, [(task, at(500))]))
+            await asyncio.sleep(0.5)  # the trim is now waiting for the updater's row lock
+            assert not insert.done()
+            await transaction.commit()
+            await insert
+        finally:
+            await updater.close()
+            await writer.close()
+        kept = await kept_ids(sql, task)
+        assert len(kept) == 100
+        assert kept[:99] == ids[1:]
+
+
+class TestConcurrentDeletes:
+    """Deleting tasks, deleting histories and expiry, beside each other and beside writers."""
+
+    async def test_task_deletes_race_expiry_and_history_deletes(
+        self, database_url: str, sql: asyncpg.Connection
+    ) -> None:
+        """DELETE FROM tasks, expiry and delete_task on the same tasks never deadlock."""
+        old = datetime.now(UTC) - timedelta(days=30)
+        tasks = [await new_task(sql) for _ in range(40)]
+        for task in tasks:
+            await insert_rows(sql, [(task, old + timedelta(seconds=i)) for i in range(30)])
+            await insert_rows(sql, [(task, at(i)) for i in range(30)])
+
+        async def session(work: list[str], args: list[list[object]]) -> None:
+            connection = await asyncpg.connect(database_url)
+            try:
+                for statement, arguments in zip(work, args, strict=True):
+                    await connection.execute(statement, *arguments)
+            finally:
+                await connection.close()
+
+        shuffled = random.Random(3).sample(tasks, len(tasks))
+        await asyncio.gather(
+            session(["DELETE FROM tasks WHERE id = $1"] * 40, [[t] for t in tasks]),
+            session(["DELETE FROM tasks WHERE id = $1"] * 40, [[t] for t in reversed(tasks)]),
+            session(["SELECT task_build_history_expire_batch_v1(7)"] * 60, [[]] * 60),
+            session(["SELECT task_build_history_delete_task_v1($1)"] * 40, [[t] for t in shuffled]),
+        )
+        assert await sql.fetchval("SELECT count(*) FROM task_build_history") == 0
+        assert await sql.fetchval("SELECT count(*) FROM task_build_history_counts") == 0

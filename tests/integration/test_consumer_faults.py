@@ -7,12 +7,17 @@ import signal
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import pytest
 import structlog
 
+from consumer import worker
 from consumer.broker import Topology
+from consumer.entries import NewEntry
+from consumer.events import parse_event
 from consumer.settings import Settings
 from tests.harness import Bus, ConsumerProcess, TcpProxy, count_rows, event, running, wait_for
 from tests.helpers import new_task
@@ -44,6 +49,21 @@ async def assert_stored_exactly_once(sql: asyncpg.Connection, ids: list[uuid.UUI
     assert {row["id"] for row in stored} == set(ids)
 
 
+async def restart_and_drain(settings: Settings, bus: Bus, log: Path) -> None:
+    """A fresh consumer process stores the rest of the backlog, then stops cleanly."""
+    second = ConsumerProcess(settings, log)
+    second.start()
+    try:
+        await wait_for(
+            lambda: count_rows(settings.database_url), lambda n: n == BACKLOG, timeout=60
+        )
+        await wait_for(lambda: bus.depth(bus.topology.queue), lambda n: n == 0)
+    finally:
+        second.signal(signal.SIGTERM)
+        assert await second.exit_code() == 0, second.log()
+    assert await bus.depth(bus.topology.dead_letter_queue) == 0
+
+
 class TestStopping:
     """SIGTERM and kill -9 in the middle of a backlog."""
 
@@ -69,17 +89,7 @@ class TestStopping:
             assert '"stopped"' in first.log()
             stored_then = await count_rows(settings.database_url)
             assert stored_then + await bus.depth(topology.queue) == BACKLOG
-
-            second = ConsumerProcess(settings, tmp_path / "second.log")
-            second.start()
-            try:
-                await wait_for(
-                    lambda: count_rows(settings.database_url), lambda n: n == BACKLOG, timeout=60
-                )
-            finally:
-                second.signal(signal.SIGINT)
-                assert await second.exit_code() == 0, second.log()
-            assert await bus.depth(topology.dead_letter_queue) == 0
+            await restart_and_drain(settings, bus, tmp_path / "second.log")
         await assert_stored_exactly_once(sql, ids)
 
     async def test_kill_9_mid_stream_loses_and_duplicates_nothing(
@@ -102,18 +112,7 @@ class TestStopping:
             finally:
                 first.kill()
             assert await count_rows(settings.database_url) < BACKLOG
-
-            second = ConsumerProcess(settings, tmp_path / "second.log")
-            second.start()
-            try:
-                await wait_for(
-                    lambda: count_rows(settings.database_url), lambda n: n == BACKLOG, timeout=60
-                )
-                await wait_for(lambda: bus.depth(topology.queue), lambda n: n == 0)
-            finally:
-                second.signal(signal.SIGTERM)
-                assert await second.exit_code() == 0, second.log()
-            assert await bus.depth(topology.dead_letter_queue) == 0
+            await restart_and_drain(settings, bus, tmp_path / "second.log")
         await assert_stored_exactly_once(sql, ids)
 
 
@@ -226,3 +225,57 @@ class TestReplicas:
             )
             newest = [f"event {n}" for n in range(k, 3000, 5)][-100:]
             assert [r["content"] for r in rows] == newest
+
+
+class TestUnexpectedFailures:
+    """Failures nobody planned for still neither crash the consumer nor cost valid events."""
+
+    async def test_a_message_that_breaks_the_parser_fails_alone(
+        self,
+        settings: Settings,
+        amqp_url: str,
+        topology: Topology,
+        sql: asyncpg.Connection,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """An unexpected exception while validating one message dead-letters only that one."""
+
+        def fragile(body: bytes, **kwargs: Any) -> NewEntry:  # noqa: ANN401  # passes through
+            if b"explode" in body:
+                raise RuntimeError("parser bug")
+            return parse_event(body, **kwargs)
+
+        monkeypatch.setattr(worker, "parse_event", fragile)
+        task = await new_task(sql)
+        async with Bus(amqp_url, topology) as bus, running(settings):
+            await bus.publish_many(
+                [event(task, "before"), event(task, "explode"), event(task, "after")]
+            )
+            await wait_for(lambda: bus.depth(topology.dead_letter_queue), lambda n: n == 1)
+            await wait_for(lambda: count_rows(settings.database_url), lambda n: n == 2)
+            (dead,) = await bus.dead_letters()
+        assert dead.headers["x-error"] == "invalid_event"
+        assert "RuntimeError: parser bug" in str(dead.headers["x-error-detail"])
+
+    async def test_a_read_only_database_is_waited_out(
+        self, settings: Settings, amqp_url: str, topology: Topology, sql: asyncpg.Connection
+    ) -> None:
+        """A database that refuses writes (a failover) is retried, not crashed on."""
+        name = urlsplit(settings.database_url).path.lstrip("/")
+        await sql.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+        task = await new_task(sql)
+        async with Bus(amqp_url, topology) as bus:
+            with structlog.testing.capture_logs() as logs:
+                async with running(settings):
+                    await bus.publish_many(event(task, f"event {n}") for n in range(50))
+
+                    async def read_only_retries() -> int:
+                        return sum("read-only" in line.get("error", "") for line in logs)
+
+                    await wait_for(read_only_retries, lambda n: n >= 2, what="read-only retries")
+                    assert await count_rows(settings.database_url) == 0
+                    await sql.execute(
+                        f'ALTER DATABASE "{name}" RESET default_transaction_read_only'
+                    )
+                    await wait_for(lambda: count_rows(settings.database_url), lambda n: n == 50)
+            assert await bus.depth(topology.dead_letter_queue) == 0

@@ -42,12 +42,13 @@ class TestExpiresAt:
         assert row["expires_at"] - row["created_at"] == timedelta(days=20)
 
     async def test_retention_is_a_database_setting(self, sql: asyncpg.Connection) -> None:
-        """Changing the retention setting applies to rows inserted afterwards."""
+        """A new retention applies to rows inserted afterwards and to those already there."""
         task = await new_task(sql)
-        await sql.execute("UPDATE task_build_history_settings SET retention = interval '3 hours'")
         await insert_rows(sql, [(task, at(0))])
-        gap = await sql.fetchval("SELECT expires_at - created_at FROM task_build_history")
-        assert gap == timedelta(hours=3)
+        await sql.execute("UPDATE task_build_history_settings SET retention = interval '3 hours'")
+        await insert_rows(sql, [(task, at(1))])
+        gaps = await sql.fetch("SELECT expires_at - created_at AS gap FROM task_build_history")
+        assert [r["gap"] for r in gaps] == [timedelta(hours=3)] * 2
 
 
 class TestExpire:

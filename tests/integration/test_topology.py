@@ -46,14 +46,7 @@ class TestDeclare:
 
     async def test_a_conflicting_queue_is_reported(self, amqp_url: str) -> None:
         """A queue of that name declared with other arguments gives one clear error."""
-        prefix = f"th_{uuid.uuid4().hex[:8]}"
-        names = Topology(
-            exchange=prefix,
-            queue=f"{prefix}.events",
-            dead_letter_exchange=f"{prefix}.dlx",
-            dead_letter_queue=f"{prefix}.dead",
-            retry_queue=f"{prefix}.retry",
-        )
+        names = Topology.named(f"th_{uuid.uuid4().hex[:8]}")
         connection = await aio_pika.connect(amqp_url)
         channel = await connection.channel()
         await channel.declare_queue(names.queue, durable=True)  # a classic queue
@@ -62,11 +55,9 @@ class TestDeclare:
                 with pytest.raises(BrokerError, match="other arguments"):
                     await broker.declare()
         finally:
-            channel = await connection.channel()
-            await channel.queue_delete(names.queue)
-            for exchange in (names.exchange, names.dead_letter_exchange):
-                await channel.exchange_delete(exchange)
             await connection.close()
+            async with Broker(amqp_url, topology=names) as broker:
+                await broker.delete()
 
     def test_migrate_declares_the_topology(
         self,

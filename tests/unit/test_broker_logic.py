@@ -50,6 +50,11 @@ def message(
 class TestTopologyNames:
     """The default names are the contract's."""
 
+    def test_named_derives_every_name_from_one(self) -> None:
+        """Topology.named follows the defaults' pattern, so the default base gives the defaults."""
+        assert Topology.named("task_build_history") == Topology()
+        assert Topology.named("staging").dead_letter_queue == "staging.dead"
+
     def test_default_names(self) -> None:
         """Exchange, queue, dead-letter exchange and queue have the contract's names."""
         topology = Topology()
@@ -322,19 +327,33 @@ class TestRetryHeaders:
             RETRY_COUNT: 1,
         }
 
-    def test_later_retry_keeps_first_times(self) -> None:
-        """A later retry keeps the first wait and receive times and counts on."""
+    def test_later_retry_carries_the_first_times_it_is_given(self) -> None:
+        """Times read back from the first retry's headers are written again; the count goes on."""
         first = retry_headers(
             {}, routing_key="history.error", since=NOW, received_at=NOW - timedelta(seconds=1)
         )
-        later = NOW + timedelta(minutes=2)
-        second = retry_headers(first, routing_key="history.error", since=later, received_at=later)
-        third = retry_headers(second, routing_key="history.error", since=later, received_at=later)
+        copy = message(first)
+        since, received = header_time(copy, WAITING_SINCE), header_time(copy, RECEIVED_AT)
+        assert since is not None
+        assert received is not None
+        second = retry_headers(
+            first, routing_key="history.error", since=since, received_at=received
+        )
         assert second[WAITING_SINCE] == NOW.isoformat()
         assert second[RECEIVED_AT] == (NOW - timedelta(seconds=1)).isoformat()
         assert second[RETRY_COUNT] == 2
-        assert third[WAITING_SINCE] == NOW.isoformat()
-        assert third[RETRY_COUNT] == 3
+
+    def test_malformed_headers_are_replaced(self) -> None:
+        """A bad wait time, receive time or count from a publisher is overwritten, not kept."""
+        headers = retry_headers(
+            {WAITING_SINCE: "2025-01-01T12:00:00", RECEIVED_AT: "soon", RETRY_COUNT: "abc"},
+            routing_key="k",
+            since=NOW,
+            received_at=NOW,
+        )
+        assert headers[WAITING_SINCE] == NOW.isoformat()
+        assert headers[RECEIVED_AT] == NOW.isoformat()
+        assert headers[RETRY_COUNT] == 1
 
     def test_times_read_back(self) -> None:
         """The times written are the times header_time reads back."""

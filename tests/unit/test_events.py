@@ -341,6 +341,19 @@ class TestMetadata:
         assert row.metadata is not None
         assert json.loads(row.metadata) == metadata
 
+    def test_string_nested_beyond_python_is_refused(self) -> None:
+        """A string form nested deeper than Python's parser goes is invalid, not a crash."""
+        deep = "[" * 100_000 + "]" * 100_000
+        error = refusal(encode(event(metadata=deep)))
+        assert error.code is ErrorCode.INVALID_EVENT
+        assert error.detail.startswith("metadata: ")
+
+    def test_string_with_a_lone_surrogate_is_refused(self) -> None:
+        """A string form whose JSON escapes a lone surrogate is invalid, not a crash."""
+        error = refusal(encode(event(metadata='{"a": "\\ud800"}')))
+        assert error.code is ErrorCode.INVALID_EVENT
+        assert "surrogate" in error.detail
+
     def test_empty_object(self) -> None:
         """An empty object is an object."""
         assert parse(encode(event(metadata={}))).metadata == "{}"

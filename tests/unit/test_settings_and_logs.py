@@ -56,6 +56,15 @@ class TestSettings:
         with pytest.raises(ConfigurationError, match="TASK_HISTORY_DATABASE_URL: must start"):
             load_settings()
 
+    def test_malformed_url_is_a_configuration_error(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A URL that can't be parsed is reported as a bad setting, not a crash."""
+        monkeypatch.setenv("TASK_HISTORY_DATABASE_URL", "postgresql://u:p@[bad/x")
+        with pytest.raises(ConfigurationError, match="not a valid URL"):
+            load_settings()
+        monkeypatch.setenv("TASK_HISTORY_DATABASE_URL", "postgresql://localhost:99999/x")
+        with pytest.raises(ConfigurationError, match="not a valid URL"):
+            load_settings()
+
 
 class TestRedaction:
     """Passwords never reach a log line or an error message."""
