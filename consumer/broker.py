@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -211,11 +212,12 @@ class Broker:
                 publisher_confirms=True, on_return_raises=True
             )
 
-    async def close(self) -> None:
-        """Close the connection."""
+    async def close(self, *, grace: float = 10) -> None:
+        """Close the connection; after `grace` seconds, stop waiting for the broker's reply."""
         if self._connection is not None:
             connection, self._connection = self._connection, None
-            await connection.close()
+            with contextlib.suppress(TimeoutError, *aio_pika.exceptions.CONNECTION_EXCEPTIONS):
+                await asyncio.wait_for(connection.close(), grace)
 
     async def __aenter__(self) -> Self:
         """Connect."""

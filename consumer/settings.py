@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     prefetch: int | None = Field(default=None, ge=1, le=65_535)
     retry_backoff_max_seconds: float = Field(default=30, gt=0)
     shutdown_timeout_seconds: float = Field(default=30, ge=0)
+    database_timeout_seconds: float = Field(default=60, gt=0)
     unknown_task_retry_delay_seconds: float = Field(default=10, gt=0)
 
     # The AMQP topology of contract §2.

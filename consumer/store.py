@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
@@ -141,10 +142,17 @@ def _entry(record: asyncpg.Record) -> HistoryEntry:
 class Store:
     """A pool of connections to the history database, and every query the project runs."""
 
-    def __init__(self, dsn: str, *, max_connections: int = 4) -> None:
-        """Prepare a store for `dsn`; `open()` (or `async with`) connects."""
+    def __init__(
+        self, dsn: str, *, max_connections: int = 4, command_timeout: float | None = None
+    ) -> None:
+        """Prepare a store for `dsn`; `open()` (or `async with`) connects.
+
+        `command_timeout` bounds each statement in seconds: a server that stops answering
+        without closing the connection (a partition) becomes an error instead of a stall.
+        """
         self._dsn = dsn
         self._max_connections = max_connections
+        self._command_timeout = command_timeout
         self._pool: asyncpg.Pool | None = None
 
     async def open(self) -> None:
@@ -155,13 +163,24 @@ class Store:
                 min_size=1,
                 max_size=self._max_connections,
                 init=_init_connection,
+                command_timeout=self._command_timeout,
+                timeout=self._command_timeout or 60,
             )
 
-    async def close(self) -> None:
-        """Close every connection."""
+    async def close(self, *, grace: float = 10) -> None:
+        """Close every connection; after `grace` seconds, drop the ones that don't answer."""
         if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+            pool, self._pool = self._pool, None
+            try:
+                await asyncio.wait_for(pool.close(), grace)
+            except TimeoutError:
+                pool.terminate()
+
+    def terminate(self) -> None:
+        """Drop every connection at once, mid-query or not, without waiting for the server."""
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            pool.terminate()
 
     async def reconnect(self) -> None:
         """Replace every pooled connection with a new one as it is next used."""

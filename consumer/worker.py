@@ -88,7 +88,11 @@ class Worker:
     def __init__(self, settings: Settings) -> None:
         """Prepare a worker; `run()` connects and consumes."""
         self._settings = settings
-        self._store = Store(settings.database_url, max_connections=3)
+        self._store = Store(
+            settings.database_url,
+            max_connections=3,
+            command_timeout=settings.database_timeout_seconds,
+        )
         self._broker = Broker(settings.amqp_url, topology=topology_of(settings))
         self._inbox: Inbox[Delivery] = Inbox(
             max_size=settings.batch_size, max_wait=settings.batch_wait_ms / 1000
@@ -97,6 +101,8 @@ class Worker:
         self._deadline = float("inf")
         self._retention = timedelta(0)
         self._retention_read_at = float("-inf")
+        self._shutdown_timer: asyncio.Timeout | None = None
+        self._abandon: asyncio.TimerHandle | None = None
 
     def stop(self) -> None:
         """Stop taking messages; what is in hand is written and acked before `run` returns."""
@@ -106,6 +112,11 @@ class Worker:
             self._deadline = loop.time() + self._settings.shutdown_timeout_seconds
             self._stopping.set()
             self._inbox.interrupt()
+            if self._shutdown_timer is not None:
+                self._shutdown_timer.reschedule(self._deadline)
+            # A write stuck on a server that stopped answering can't be cancelled politely
+            # (asyncpg waits for the server to confirm): at the deadline, drop the connections.
+            self._abandon = loop.call_at(self._deadline, self._store.terminate)
 
     async def run(self) -> None:
         """Connect (waiting for both servers if need be), consume until stopped, close."""
@@ -118,6 +129,8 @@ class Worker:
             await self._broker.declare()
             await self._consume()
         finally:
+            if self._abandon is not None:
+                self._abandon.cancel()
             await self._broker.close()
             await self._store.close()
 
@@ -131,19 +144,32 @@ class Worker:
             prefetch=self._settings.effective_prefetch,
         )
         expiry = asyncio.create_task(self._expire_periodically())
+        # No limit while running; stop() sets one at the shutdown deadline. It bounds the batch
+        # in hand and the drain, a hung server included. Cutting a write short is safe: nothing
+        # is acked before its commit, so the broker redelivers.
+        timer = asyncio.timeout(None)
         try:
-            while not self._stopping.is_set():
-                batch = await self._inbox.take()
-                if batch:
-                    await self._handle(batch)
+            async with timer:
+                self._shutdown_timer = timer  # reschedule() works only while entered
+                if self._stopping.is_set():
+                    timer.reschedule(self._deadline)
+                while not self._stopping.is_set():
+                    batch = await self._inbox.take()
+                    if batch:
+                        await self._handle(batch)
+                with contextlib.suppress(BrokerError):
+                    await self._broker.cancel()  # after this no delivery comes
+                while len(self._inbox):
+                    await self._handle(self._inbox.take_nowait())
+        except TimeoutError:
+            if not timer.expired():
+                raise
+            log.warning("shutdown timeout: messages left unacked for redelivery")
         finally:
+            self._shutdown_timer = None
             expiry.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await expiry
-        with contextlib.suppress(BrokerError):
-            await self._broker.cancel()  # after this no delivery comes; the inbox is all
-        while len(self._inbox):
-            await self._handle(self._inbox.take_nowait())
         log.info("stopped")
 
     async def _deliver(self, message: AbstractIncomingMessage) -> None:

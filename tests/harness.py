@@ -218,6 +218,8 @@ class TcpProxy:
         self._target = (host, port)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self.port = 0
 
     async def start(self) -> None:
@@ -234,6 +236,14 @@ class TcpProxy:
             writer.transport.abort()
         self._writers.clear()
 
+    def freeze(self) -> None:
+        """Stop forwarding bytes, closing nothing: a network partition, as a client sees it."""
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        """Forward again."""
+        self._flowing.set()
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             upstream_reader, upstream_writer = await asyncio.open_connection(*self._target)
@@ -245,6 +255,7 @@ class TcpProxy:
         async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
             try:
                 while data := await source.read(65536):
+                    await self._flowing.wait()
                     sink.write(data)
                     await sink.drain()
             except (ConnectionError, OSError):

@@ -19,6 +19,7 @@ from consumer.broker import Topology
 from consumer.entries import NewEntry
 from consumer.events import parse_event
 from consumer.settings import Settings
+from consumer.worker import Worker
 from tests.harness import Bus, ConsumerProcess, TcpProxy, count_rows, event, running, wait_for
 from tests.helpers import new_task
 
@@ -150,6 +151,39 @@ class TestOutages:
         assert all("database unavailable" in line["error"] for line in retries)
         # Everything from before the cut, and the newest 100 of the 300 sent during it.
         await assert_stored_exactly_once(sql, ids + late[-100:])
+
+    async def test_shutdown_is_bounded_while_the_database_hangs(
+        self, settings: Settings, amqp_url: str, topology: Topology, sql: asyncpg.Connection
+    ) -> None:
+        """Stopping while the database hangs returns within the shutdown timeout, losing nothing."""
+        target = urlsplit(settings.database_url)
+        proxy = TcpProxy(target.hostname or "localhost", target.port or 5432)
+        await proxy.start()
+        hanging = settings.model_copy(
+            update={
+                "database_url": through(settings.database_url, proxy.port),
+                "shutdown_timeout_seconds": 2,
+            }
+        )
+        worker = Worker(hanging)
+        run = asyncio.create_task(worker.run())
+        async with Bus(amqp_url, topology) as bus:
+            await backlog(bus, sql, 100, tasks=2)
+            await wait_for(lambda: count_rows(settings.database_url), lambda n: n == 100)
+            proxy.freeze()
+            await backlog(bus, sql, 300, tasks=3)
+            await asyncio.sleep(1)  # a write is now stuck on the frozen connection
+            started = asyncio.get_running_loop().time()
+            worker.stop()
+            await asyncio.wait_for(run, timeout=30)
+            took = asyncio.get_running_loop().time() - started
+            proxy.thaw()
+            await proxy.cut()
+            stored = await count_rows(settings.database_url)
+            # What it held went back to the queue when its connection closed.
+            await wait_for(lambda: bus.depth(topology.queue), lambda n: stored + n == 400)
+            assert await bus.depth(topology.dead_letter_queue) == 0
+        assert took < 15, f"stopping took {took:.1f} s"
 
     async def test_a_cut_broker_connection_is_reopened(
         self, settings: Settings, amqp_url: str, topology: Topology, sql: asyncpg.Connection
