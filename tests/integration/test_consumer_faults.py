@@ -89,7 +89,7 @@ class TestStopping:
                 first.kill()
             assert '"stopped"' in first.log()
             stored_then = await count_rows(settings.database_url)
-            assert stored_then + await bus.depth(topology.queue) == BACKLOG
+            await wait_for(lambda: bus.depth(topology.queue), lambda n: stored_then + n == BACKLOG)
             await restart_and_drain(settings, bus, tmp_path / "second.log")
         await assert_stored_exactly_once(sql, ids)
 
