@@ -369,11 +369,6 @@ class Broker:
         with _translated():
             await self.channel.default_exchange.publish(copy, routing_key=self.topology.retry_queue)
 
-    async def publish_all(self, publishes: Sequence[Awaitable[None]]) -> None:
-        """Run publishes concurrently, so their confirms overlap; raise the first failure."""
-        if publishes:
-            await asyncio.gather(*publishes)
-
 
 def _copy(
     message: AbstractIncomingMessage, headers: dict[str, Any], *, expiration: float | None = None

@@ -41,7 +41,11 @@ RETENTION_REFRESH_SECONDS = 30.0
 
 @dataclass(slots=True)
 class Delivery:
-    """A message as it arrived, and when; parsed once, however often its batch is retried."""
+    """A message as it arrived, and when; parsed once, however often its batch is retried.
+
+    `received_at` is when the event was first received: a copy back from the retry queue
+    carries that time in a header, read at parse time.
+    """
 
     message: AbstractIncomingMessage
     received_at: datetime
@@ -58,11 +62,10 @@ class Delivery:
 
 def _parse(delivery: Delivery) -> NewEntry | InvalidEventError:
     message = delivery.message
+    delivery.received_at = header_time(message, RECEIVED_AT) or delivery.received_at
     try:
         return parse_event(
-            message.body,
-            message_id=message.message_id,
-            received_at=header_time(message, RECEIVED_AT) or delivery.received_at,
+            message.body, message_id=message.message_id, received_at=delivery.received_at
         )
     except InvalidEventError as exc:
         return exc
@@ -273,11 +276,11 @@ class Worker:
                 d.message,
                 delay=self._settings.unknown_task_retry_delay_seconds,
                 since=since,
-                received_at=header_time(d.message, RECEIVED_AT) or d.received_at,
+                received_at=d.received_at,
             )
             for d, since in waiting
         ]
-        await self._broker.publish_all(publishes)
+        await asyncio.gather(*publishes)  # confirms overlap; the first failure is raised
         unacked = await self._broker.ack([d.message for d in batch])
 
         for r in rejected:

@@ -8,7 +8,6 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -17,6 +16,7 @@ import structlog
 from consumer.broker import Broker, Topology
 from consumer.settings import Settings, load_settings
 from consumer.store import Store
+from tests.helpers import admin, with_database
 
 DATABASE_ENV = "TASK_HISTORY_TEST_DATABASE_URL"
 LOCAL_DATABASE = "postgresql://postgres@localhost:5432/postgres"
@@ -50,21 +50,6 @@ def answers(host: str, port: int) -> bool:
         return False
 
 
-def with_database(url: str, name: str) -> str:
-    """`url` pointing at database `name` instead."""
-    return urlunsplit(urlsplit(url)._replace(path="/" + name))
-
-
-async def admin(server_url: str, *statements: str) -> None:
-    """Run statements on the server's maintenance database."""
-    connection = await asyncpg.connect(server_url)
-    try:
-        for statement in statements:
-            await connection.execute(statement)
-    finally:
-        await connection.close()
-
-
 @pytest.fixture(scope="session")
 def postgres_server_url() -> Iterator[str]:
     """A PostgreSQL server: $TASK_HISTORY_TEST_DATABASE_URL, else localhost, else a container."""
@@ -91,15 +76,15 @@ def postgres_server_url() -> Iterator[str]:
         container.stop()
 
 
-def new_database_name(prefix: str) -> str:
-    """A database name no other test run uses."""
+def unique_name(prefix: str) -> str:
+    """A database or broker name no other test run uses."""
     return f"{prefix}_{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture(scope="session")
 def template_database(postgres_server_url: str) -> Iterator[str]:
     """A database migrated once per test run, cloned by every test that needs a schema."""
-    name = new_database_name("th_template")
+    name = unique_name("th_template")
     run_sync(admin(postgres_server_url, f'CREATE DATABASE "{name}"'))
 
     async def migrate() -> None:
@@ -114,7 +99,7 @@ def template_database(postgres_server_url: str) -> Iterator[str]:
 @pytest.fixture
 def database_url(postgres_server_url: str, template_database: str) -> Iterator[str]:
     """A migrated database of this test's own, dropped afterwards."""
-    name = new_database_name("th_test")
+    name = unique_name("th_test")
     run_sync(admin(postgres_server_url, f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"'))
     yield with_database(postgres_server_url, name)
     run_sync(admin(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -123,7 +108,7 @@ def database_url(postgres_server_url: str, template_database: str) -> Iterator[s
 @pytest.fixture
 def empty_database_url(postgres_server_url: str) -> Iterator[str]:
     """An empty database of this test's own, dropped afterwards."""
-    name = new_database_name("th_empty")
+    name = unique_name("th_empty")
     run_sync(admin(postgres_server_url, f'CREATE DATABASE "{name}"'))
     yield with_database(postgres_server_url, name)
     run_sync(admin(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -176,7 +161,7 @@ def amqp_url() -> Iterator[str]:
 @pytest.fixture
 async def topology(amqp_url: str) -> AsyncIterator[Topology]:
     """Exchanges and queues of this test's own, declared, and deleted afterwards."""
-    names = Topology.named(new_database_name("th"))
+    names = Topology.named(unique_name("th"))
     async with Broker(amqp_url, topology=names) as broker:
         await broker.declare()
     yield names

@@ -5,8 +5,24 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+
+
+def with_database(url: str, name: str) -> str:
+    """`url` pointing at database `name` instead."""
+    return urlunsplit(urlsplit(url)._replace(path="/" + name))
+
+
+async def admin(url: str, *statements: str) -> None:
+    """Run statements, one after the other, on the database at `url`."""
+    connection = await asyncpg.connect(url)
+    try:
+        for statement in statements:
+            await connection.execute(statement)
+    finally:
+        await connection.close()
 
 
 async def new_task(sql: asyncpg.Connection) -> uuid.UUID:

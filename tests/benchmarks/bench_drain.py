@@ -42,6 +42,7 @@ from tests.benchmarks.common import (
     machine,
     metadata,
     now_iso,
+    report,
     scratch_database,
 )
 
@@ -211,12 +212,16 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the result to this file")
     args = parser.parse_args()
     result = asyncio.run(run(args.events, args.tasks))
-    print(f"drain {result['events']} events over {result['tasks']} tasks, all at the cap")
-    print(f"  bare aio-pika consume+ack (ceiling)  {result['ceiling_events_per_s']:>8} events/s")
-    print(f"  task-history consume                 {result['project_events_per_s']:>8} events/s")
-    print(f"  project / ceiling                    {result['ratio']:>8}")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    report(
+        result,
+        [
+            f"drain {result['events']} events over {result['tasks']} tasks, all at the cap",
+            f"  bare aio-pika consume+ack (ceiling)  {result['ceiling_events_per_s']:>8} events/s",
+            f"  task-history consume                 {result['project_events_per_s']:>8} events/s",
+            f"  project / ceiling                    {result['ratio']:>8}",
+        ],
+        args.json,
+    )
 
 
 if __name__ == "__main__":

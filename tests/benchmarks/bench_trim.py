@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import sys
 import time
@@ -26,14 +25,14 @@ from consumer.entries import NewEntry
 from consumer.store import Store
 from tests.benchmarks.common import (
     CONTEXT_TYPES,
-    admin,
     content,
-    database,
     database_server,
     machine,
     metadata,
     now_iso,
+    report,
 )
+from tests.helpers import admin, with_database
 
 TASKS = 300
 CAP = 100
@@ -68,7 +67,7 @@ async def run(batches: int) -> dict[str, object]:
     tasks = [uuid.uuid4() for _ in range(TASKS)]
     await admin(server, f'CREATE DATABASE "{template}"')
     try:
-        async with Store(database(server, template), max_connections=1) as store:
+        async with Store(with_database(server, template), max_connections=1) as store:
             await store.migrate()
             for task in tasks:
                 await store.create_task(task)
@@ -85,11 +84,11 @@ async def run(batches: int) -> dict[str, object]:
             f'CREATE DATABASE "{untrimmed}" TEMPLATE "{template}"',
         )
         await admin(
-            database(server, untrimmed),
+            with_database(server, untrimmed),
             "ALTER TABLE task_build_history DISABLE TRIGGER task_build_history_trim",
         )
         for name in (trimmed, untrimmed):
-            await admin(database(server, name), "VACUUM ANALYZE")
+            await admin(with_database(server, name), "VACUUM ANALYZE")
 
         work = [
             realistic_rows(rng, tasks, BATCH, datetime.now(UTC) + timedelta(seconds=n))
@@ -97,8 +96,8 @@ async def run(batches: int) -> dict[str, object]:
         ]
         seconds = {trimmed: 0.0, untrimmed: 0.0}
         async with (
-            Store(database(server, trimmed), max_connections=1) as with_trim,
-            Store(database(server, untrimmed), max_connections=1) as without_trim,
+            Store(with_database(server, trimmed), max_connections=1) as with_trim,
+            Store(with_database(server, untrimmed), max_connections=1) as without_trim,
         ):
             for n, batch in enumerate(work):
                 for name, store in ((trimmed, with_trim), (untrimmed, without_trim)):
@@ -141,12 +140,16 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the result to this file")
     args = parser.parse_args()
     result = asyncio.run(run(args.batches))
-    print(f"500-row batches into {TASKS} tasks at the cap ({result['batches']} per side)")
-    print(f"  with trim     {result['rows_per_s_with_trim']:>8} rows/s")
-    print(f"  without trim  {result['rows_per_s_without_trim']:>8} rows/s")
-    print(f"  ratio         {result['ratio']:>8}")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    report(
+        result,
+        [
+            f"500-row batches into {TASKS} tasks at the cap ({result['batches']} per side)",
+            f"  with trim     {result['rows_per_s_with_trim']:>8} rows/s",
+            f"  without trim  {result['rows_per_s_without_trim']:>8} rows/s",
+            f"  ratio         {result['ratio']:>8}",
+        ],
+        args.json,
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""What the benchmarks share: where the servers are, scratch databases, realistic events."""
+"""What the benchmarks share: where the servers are, scratch databases, events, the report."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ import random
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from urllib.parse import urlsplit, urlunsplit
-
-import asyncpg
+from pathlib import Path
 
 from consumer.entries import ContextType
+from tests.helpers import admin, with_database
 
 LOCAL_DATABASE = "postgresql://postgres@localhost:5432/postgres"
 LOCAL_AMQP = "amqp://guest:guest@localhost:5672/"
@@ -37,21 +36,6 @@ def amqp_server() -> str:
     return LOCAL_AMQP
 
 
-def database(url: str, name: str) -> str:
-    """`url` pointing at database `name`."""
-    return urlunsplit(urlsplit(url)._replace(path="/" + name))
-
-
-async def admin(url: str, *statements: str) -> None:
-    """Run statements, one after the other, on the database at `url`."""
-    connection = await asyncpg.connect(url)
-    try:
-        for statement in statements:
-            await connection.execute(statement)
-    finally:
-        await connection.close()
-
-
 @contextlib.asynccontextmanager
 async def scratch_database(prefix: str) -> AsyncIterator[str]:
     """A new empty database, dropped on the way out; yields its URL."""
@@ -59,7 +43,7 @@ async def scratch_database(prefix: str) -> AsyncIterator[str]:
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     await admin(server, f'CREATE DATABASE "{name}"')
     try:
-        yield database(server, name)
+        yield with_database(server, name)
     finally:
         await admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
@@ -84,3 +68,11 @@ def machine() -> str:
 def now_iso() -> str:
     """The time now, for the result file."""
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def report(result: dict[str, object], lines: list[str], json_path: Path | None) -> None:
+    """Print the table's lines, and write `result` as JSON when a path is given."""
+    for line in lines:
+        print(line)
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
