@@ -2,6 +2,7 @@
 
 from consumer.entries import ContextType, HistoryEntry
 from consumer.errors import TaskHistoryError
+from consumer.publisher import HistoryPublisher
 from consumer.store import Store
 
-__all__ = ["ContextType", "HistoryEntry", "Store", "TaskHistoryError"]
+__all__ = ["ContextType", "HistoryEntry", "HistoryPublisher", "Store", "TaskHistoryError"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,6 +13,8 @@ from typing import Any, Self
 
 import aio_pika
 import aio_pika.exceptions
+import aiormq.exceptions
+import structlog
 from aio_pika.abc import (
     AbstractIncomingMessage,
     AbstractQueue,
@@ -20,9 +22,16 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from consumer.errors import BrokerError, BrokerUnavailableError
+from consumer.errors import (
+    BrokerError,
+    BrokerUnavailableError,
+    DeadLetterQueueBusyError,
+    UnroutableError,
+)
 from consumer.events import ErrorCode
 from consumer.logs import redact
+
+log = structlog.get_logger("consumer")
 
 # Headers of contract §2, and the consumer's own for unknown-task retries.
 ERROR = "x-error"
@@ -33,6 +42,20 @@ REPLAY_COUNT = "x-replay-count"
 WAITING_SINCE = "x-unknown-task-since"
 RECEIVED_AT = "x-received-at"
 RETRY_COUNT = "x-retry-count"
+# Headers the broker writes when it dead-letters or redelivers a message. A copy leaves them
+# out: they describe the original's journey, and from 3.13 the broker refuses them from clients.
+BROKER_HEADERS = frozenset(
+    {
+        "x-death",
+        "x-delivery-count",
+        "x-first-death-exchange",
+        "x-first-death-queue",
+        "x-first-death-reason",
+        "x-last-death-exchange",
+        "x-last-death-queue",
+        "x-last-death-reason",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +92,19 @@ class Topology:
             "x-overflow": "reject-publish",
         }
 
+    def dead_letter_queue_arguments(self, *, broker_version: str) -> dict[str, Any]:
+        """The dead-letter queue: quorum, and never a delivery limit.
+
+        Looking at dead letters takes them and gives them back, which counts as a delivery.
+        From RabbitMQ 4.0 a quorum queue declared without a limit gets one of 20, and this
+        queue has nowhere to send a message past it: it would be dropped, so 4.x gets -1
+        ("none"). 3.x has no default limit and reads -1 as "no delivery allowed".
+        """
+        arguments: dict[str, Any] = {"x-queue-type": "quorum"}
+        if _major(broker_version) >= 4:  # noqa: PLR2004  # the release that added the default
+            arguments["x-delivery-limit"] = -1
+        return arguments
+
     def retry_queue_arguments(self) -> dict[str, Any]:
         """The retry queue: each message waits its own TTL, then goes back to the main queue."""
         return {
@@ -80,18 +116,28 @@ class Topology:
         }
 
 
+def _major(version: str) -> int:
+    """The major number of a version string such as "3.10.8"; 0 when it has none."""
+    head = version.split(".", 1)[0]
+    return int(head) if head.isdigit() else 0
+
+
 def routing_key(context_type: str) -> str:
     """The routing key an event is published with: `history.<context_type>`."""
     return f"history.{context_type}"
 
 
+def header_text(value: object) -> str:
+    """A header or property value as text: AMQP strings may arrive as bytes; others are ""."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else ""
+
+
 def original_routing_key(message: AbstractIncomingMessage) -> str:
     """The key the message was first published with, even after a retry or a replay."""
-    headers = message.headers or {}
-    first = headers.get(ORIGINAL_ROUTING_KEY)
-    if isinstance(first, bytes):
-        first = first.decode("utf-8", "replace")
-    return first if isinstance(first, str) and first else (message.routing_key or "")
+    first = header_text((message.headers or {}).get(ORIGINAL_ROUTING_KEY))
+    return first or message.routing_key or ""
 
 
 def dead_letter_headers(
@@ -211,6 +257,17 @@ class Broker:
             self._channel = await self._connection.channel(
                 publisher_confirms=True, on_return_raises=True
             )
+        # The client reconnects by itself; these say so in the log, one line each way.
+        self._connection.close_callbacks.add(self._on_lost)
+        self._connection.reconnect_callbacks.add(self._on_restored)
+
+    def _on_lost(self, _connection: object, exc: BaseException | None) -> None:
+        if self._connection is not None and exc is not None:  # not our own close()
+            detail = redact(str(exc)) or type(exc).__name__
+            log.warning("broker connection lost; reconnecting", error=detail)
+
+    def _on_restored(self, _connection: object) -> None:
+        log.info("broker connection restored")
 
     async def close(self, *, grace: float = 10) -> None:
         """Close the connection; after `grace` seconds, stop waiting for the broker's reply."""
@@ -240,6 +297,13 @@ class Broker:
             raise BrokerError("the broker is not connected")
         return self._channel
 
+    @property
+    def broker_version(self) -> str:
+        """The RabbitMQ version the connection reported, such as "3.10.8"."""
+        if self._connection is None or self._connection.transport is None:
+            raise BrokerError("the broker is not connected")
+        return header_text(self._connection.transport.connection.server_properties.get("version"))
+
     async def declare(self) -> None:
         """Declare the exchanges and queues, idempotently; the same arguments every time."""
         t = self.topology
@@ -256,7 +320,9 @@ class Broker:
             )
             await self._queue.bind(exchange, "history.#")
             dead = await channel.declare_queue(
-                t.dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"}
+                t.dead_letter_queue,
+                durable=True,
+                arguments=t.dead_letter_queue_arguments(broker_version=self.broker_version),
             )
             await dead.bind(self._dead_letters, "#")
             await channel.declare_queue(
@@ -293,6 +359,15 @@ class Broker:
         with _translated():
             await self.channel.set_qos(prefetch_count=prefetch)
             self._consumer_tag = await queue.consume(deliver, no_ack=False)
+
+    @property
+    def consuming(self) -> bool:
+        """Whether the subscription is on and its channel open (false while reconnecting)."""
+        return (
+            self._consumer_tag is not None
+            and self._channel is not None
+            and not self._channel.is_closed
+        )
 
     async def cancel(self) -> None:
         """Stop deliveries; returns when the broker has confirmed that no more will come."""
@@ -370,16 +445,149 @@ class Broker:
             await self.channel.default_exchange.publish(copy, routing_key=self.topology.retry_queue)
 
 
+class HeldQueue:
+    """A queue's messages taken in order and held, each then dropped, sent on or given back.
+
+    Nothing is lost whatever happens to the process: a message is acked only once it is dropped
+    on purpose or its copy is confirmed, and closing the connection (or the process dying)
+    gives every other one back. A quorum queue puts returned messages back at its head in
+    their order, so what is given back keeps its place. One holder at a time: an exclusive
+    lock queue named after the queue keeps a second one out.
+    """
+
+    def __init__(self, url: str, *, queue: str, idle_timeout: float = 5.0) -> None:
+        """Prepare to hold `queue`; a scan ends early after `idle_timeout` s without a message."""
+        self._url = url
+        self.queue = queue
+        self._idle_timeout = idle_timeout
+        self._connection: aio_pika.abc.AbstractConnection | None = None
+        self._channel: aio_pika.abc.AbstractChannel | None = None
+        self._arrived: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self._exchanges: dict[str, aio_pika.abc.AbstractExchange] = {}
+        self.size = 0
+
+    async def __aenter__(self) -> Self:
+        """Connect, take the lock, and start taking the messages that are in the queue now."""
+        with _translated():
+            # A plain connection: after a reconnect, held messages would come again as new.
+            self._connection = await aio_pika.connect(self._url)
+        try:
+            await self._open()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def _open(self) -> None:
+        assert self._connection is not None  # noqa: S101  # set by __aenter__
+        with _translated():
+            channel = await self._connection.channel(publisher_confirms=True)
+        try:
+            await channel.declare_queue(f"{self.queue}.lock", exclusive=True, auto_delete=True)
+        except aiormq.exceptions.ChannelLockedResource:  # aio-pika doesn't re-export it
+            raise DeadLetterQueueBusyError from None
+        with _translated():
+            # The lock's failure would have closed the channel: the work gets a fresh one.
+            self._channel = await self._connection.channel(
+                publisher_confirms=True, on_return_raises=True
+            )
+        try:
+            source = await self._channel.declare_queue(self.queue, passive=True)
+        except aio_pika.exceptions.ChannelNotFoundEntity:
+            raise BrokerError(
+                f"queue {self.queue} does not exist: run `task-history migrate`"
+            ) from None
+        self.size = source.declaration_result.message_count or 0
+        if self.size:
+            with _translated():
+                # No prefetch limit: every message is held until the work is done with it.
+                await self._channel.set_qos(prefetch_count=0)
+                await source.consume(self._arrive, no_ack=False)
+
+    async def _arrive(self, message: AbstractIncomingMessage) -> None:
+        self._arrived.put_nowait(message)
+
+    async def close(self) -> None:
+        """Give back every message not dropped or sent on, and disconnect."""
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            with contextlib.suppress(TimeoutError, *aio_pika.exceptions.CONNECTION_EXCEPTIONS):
+                await asyncio.wait_for(connection.close(), 10)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Close."""
+        await self.close()
+
+    async def messages(self) -> AsyncIterator[AbstractIncomingMessage]:
+        """The messages that were in the queue when the hold began, oldest first.
+
+        Ends early if none comes for the idle timeout (another client took some).
+        """
+        # Messages that arrive later are held too, untouched, and given back in order.
+        for _ in range(self.size):
+            try:
+                message = await asyncio.wait_for(self._arrived.get(), self._idle_timeout)
+            except TimeoutError:
+                return
+            yield message
+
+    async def drop(self, message: AbstractIncomingMessage) -> None:
+        """Remove a held message from the queue for good."""
+        with _translated():
+            await message.ack()
+
+    async def send(
+        self,
+        message: AbstractIncomingMessage,
+        *,
+        exchange: str,
+        routing_key: str,
+        headers: dict[str, Any],
+    ) -> None:
+        """Publish a copy with `headers` to `exchange`, confirmed and routed; then drop it.
+
+        Raises UnroutableError, leaving the message held, when no queue is bound for the key.
+        """
+        assert self._channel is not None  # noqa: S101  # set while held
+        copy = _copy(message, headers)
+        with _translated():
+            target = await self._exchange(exchange)
+            try:
+                await target.publish(copy, routing_key=routing_key, mandatory=True)
+            except aio_pika.exceptions.PublishError:
+                raise UnroutableError(
+                    f"no queue is bound to exchange {exchange} for routing key {routing_key!r}"
+                ) from None
+            await message.ack()
+
+    async def _exchange(self, name: str) -> aio_pika.abc.AbstractExchange:
+        assert self._channel is not None  # noqa: S101  # set while held
+        if name not in self._exchanges:
+            try:
+                self._exchanges[name] = await self._channel.get_exchange(name, ensure=True)
+            except aio_pika.exceptions.ChannelNotFoundEntity:
+                raise BrokerError(
+                    f"exchange {name} does not exist: run `task-history migrate`"
+                ) from None
+        return self._exchanges[name]
+
+
 def _copy(
     message: AbstractIncomingMessage, headers: dict[str, Any], *, expiration: float | None = None
 ) -> aio_pika.Message:
     """The same body and properties, persistent, with new headers.
 
-    user_id is left out: the broker refuses a user_id other than the publishing connection's.
+    user_id is left out: the broker refuses a user_id other than the publishing connection's;
+    so are the broker's own headers (BROKER_HEADERS).
     """
     return aio_pika.Message(
         body=message.body,
-        headers=headers,
+        headers={name: value for name, value in headers.items() if name not in BROKER_HEADERS},
         content_type=message.content_type,
         content_encoding=message.content_encoding,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,

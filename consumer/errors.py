@@ -45,3 +45,19 @@ class BrokerError(TaskHistoryError):
 
 class BrokerUnavailableError(BrokerError):
     """The message broker can't be reached; the operation can be retried."""
+
+
+class DeadLetterQueueBusyError(BrokerError):
+    """Another `task-history dlq` command is working on the dead-letter queue; try again later."""
+
+
+class DeadLetterNotFoundError(TaskHistoryError):
+    """No dead letter has that message id."""
+
+
+class UnroutableError(BrokerError):
+    """The broker could route the message to no queue: nothing is bound for its routing key."""
+
+
+class PgCronUnavailableError(StoreError):
+    """pg_cron is not available on this PostgreSQL server."""

@@ -60,13 +60,14 @@ def configure_logging(
         renderer = structlog.dev.ConsoleRenderer()
     else:
         renderer = structlog.processors.JSONRenderer()
+    redactor = _Redactor(secrets)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            _Redactor(secrets),
+            redactor,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
@@ -76,3 +77,56 @@ def configure_logging(
         logger_factory=lambda *_: structlog.PrintLogger(sys.stderr),
         cache_logger_on_first_use=False,
     )
+    _route_library_logs(renderer, redactor, level=level)
+
+
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]  # a stream handler of text
+    """A handler that writes to whatever sys.stderr is when a record comes."""
+
+    @property
+    def stream(self) -> Any:  # noqa: ANN401  # a text stream
+        """The current sys.stderr."""
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        """Ignore the stream StreamHandler sets: it is always sys.stderr."""
+
+
+def _one_line_error(
+    _logger: object, _name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """A library's exception as one `error` field instead of a traceback.
+
+    aio-pika and aiormq log a traceback for every lost connection; the consumer logs the loss
+    and the recovery itself, so the type and message are all an operator needs.
+    """
+    exc_info = event_dict.pop("exc_info", None)
+    if isinstance(exc_info, tuple) and isinstance(exc_info[1], BaseException):
+        event_dict["error"] = f"{type(exc_info[1]).__name__}: {exc_info[1]}"
+    return event_dict
+
+
+def _route_library_logs(
+    renderer: structlog.typing.Processor, redactor: _Redactor, *, level: LogLevel
+) -> None:
+    """Send the libraries' standard-library logging through the same renderer, warnings up."""
+    handler = _Stderr()
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_logger_name,
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                _one_line_error,
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                redactor,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(max(logging.WARNING, logging.getLevelNamesMapping()[level.upper()]))

@@ -53,6 +53,12 @@ class Settings(BaseSettings):
     retry_queue: str = "task_build_history.retry"
     delivery_limit: int = Field(default=20, ge=1)
 
+    # Prometheus metrics, /healthz and /readyz, served by `consume`; port 0 serves nothing.
+    # All interfaces by default: in a container the scraper and the health check come from
+    # outside the process's loopback.
+    metrics_host: str = "0.0.0.0"  # noqa: S104  # see above
+    metrics_port: int = Field(default=9464, ge=0, le=65_535)
+
     @property
     def effective_prefetch(self) -> int:
         """Unacked messages the broker may send; by default two batches (written, filling)."""

@@ -8,6 +8,7 @@ import signal
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from uuid import UUID
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
@@ -25,6 +26,7 @@ from consumer.errors import (
     TaskHistoryError,
 )
 from consumer.events import ErrorCode, InvalidEventError, check_retention, parse_event
+from consumer.metrics import HealthServer, Metrics
 from consumer.settings import Settings
 from consumer.store import Store
 
@@ -106,6 +108,15 @@ class Worker:
         self._retention_read_at = float("-inf")
         self._shutdown_timer: asyncio.Timeout | None = None
         self._abandon: asyncio.TimerHandle | None = None
+        self.metrics = Metrics()
+        self.health: HealthServer | None = None
+        if settings.metrics_port:
+            self.health = HealthServer(
+                self.metrics,
+                ready=self.readiness,
+                host=settings.metrics_host,
+                port=settings.metrics_port,
+            )
 
     def stop(self) -> None:
         """Stop taking messages; what is in hand is written and acked before `run` returns."""
@@ -124,6 +135,8 @@ class Worker:
     async def run(self) -> None:
         """Connect (waiting for both servers if need be), consume until stopped, close."""
         try:
+            if self.health is not None:
+                await self.health.start()  # /healthz answers while the servers are awaited
             if not await self._until_up("database", self._store.open):
                 return
             await self._store.check_schema()
@@ -134,8 +147,22 @@ class Worker:
         finally:
             if self._abandon is not None:
                 self._abandon.cancel()
+            if self.health is not None:
+                await self.health.stop()
             await self._broker.close()
             await self._store.close()
+
+    async def readiness(self) -> str | None:
+        """None while consuming with both servers answering; else why not, in a few words."""
+        if self._stopping.is_set():
+            return "stopping"
+        if not self._broker.consuming:
+            return "not consuming from the broker"
+        try:
+            await self._store.ping()
+        except TaskHistoryError as exc:
+            return str(exc)
+        return None
 
     async def _consume(self) -> None:
         await self._broker.consume(self._deliver, prefetch=self._settings.effective_prefetch)
@@ -176,6 +203,7 @@ class Worker:
         log.info("stopped")
 
     async def _deliver(self, message: AbstractIncomingMessage) -> None:
+        self.metrics.received.inc()
         self._inbox.put(Delivery(message, datetime.now(UTC)))
 
     async def _until_up(self, name: str, connect: Callable[[], Awaitable[None]]) -> bool:
@@ -225,6 +253,7 @@ class Worker:
                     )
                     return
                 attempt += 1
+                self.metrics.batch_retries.inc()
                 delay = backoff(attempt, cap=self._settings.retry_backoff_max_seconds)
                 if self._stopping.is_set() and loop.time() + delay > self._deadline:
                     log.warning(
@@ -264,7 +293,10 @@ class Worker:
 
         valid, waiting, unknown = await self._sort_out_unknown_tasks(valid, now)
         rejected += unknown
-        stored, refused = await self._insert(valid)
+        write_started = asyncio.get_running_loop().time()
+        stored_ids, refused = await self._insert(valid)
+        self.metrics.write_seconds.observe(asyncio.get_running_loop().time() - write_started)
+        stored = len(stored_ids)
         rejected += refused
 
         publishes = [
@@ -283,6 +315,7 @@ class Worker:
         await asyncio.gather(*publishes)  # confirms overlap; the first failure is raised
         unacked = await self._broker.ack([d.message for d in batch])
 
+        self._count(batch, valid, stored_ids, rejected, waiting=len(waiting), refused=len(refused))
         for r in rejected:
             log.warning(
                 "dead-lettered",
@@ -330,24 +363,49 @@ class Worker:
                 waiting.append((delivery, since))
         return keep, waiting, rejected
 
-    async def _insert(self, rows: list[tuple[Delivery, NewEntry]]) -> tuple[int, list[Rejected]]:
+    async def _insert(
+        self, rows: list[tuple[Delivery, NewEntry]]
+    ) -> tuple[set[UUID], list[Rejected]]:
         """Insert in one statement; if the database refuses a row, bisect to find which.
+
+        Returns the ids stored as new rows, and the rows refused.
 
         Halves are written in order, so arrival order holds; a refused row costs about
         log2(batch) extra statements, never one statement per row.
         """
         if not rows:
-            return 0, []
+            return set(), []
         try:
-            return len(await self._store.insert_entries([entry for _, entry in rows])), []
+            return await self._store.insert_entries([entry for _, entry in rows]), []
         except DataRejectedError as exc:
             if len(rows) == 1:
                 detail = f"the database refused the row: {exc}"
-                return 0, [Rejected(rows[0][0], ErrorCode.DATABASE_REJECTED, detail)]
+                return set(), [Rejected(rows[0][0], ErrorCode.DATABASE_REJECTED, detail)]
         middle = len(rows) // 2
         first_stored, first_refused = await self._insert(rows[:middle])
         second_stored, second_refused = await self._insert(rows[middle:])
-        return first_stored + second_stored, first_refused + second_refused
+        return first_stored | second_stored, first_refused + second_refused
+
+    def _count(  # noqa: PLR0913  # one call site; the batch's outcome, part by part
+        self,
+        batch: list[Delivery],
+        valid: list[tuple[Delivery, NewEntry]],
+        stored_ids: set[UUID],
+        rejected: list[Rejected],
+        *,
+        waiting: int,
+        refused: int,
+    ) -> None:
+        """Add a batch's outcome, acked just now, to the metrics."""
+        self.metrics.batch_size.observe(len(batch))
+        self.metrics.stored.inc(len(stored_ids))
+        self.metrics.duplicates.inc(len(valid) - len(stored_ids) - refused)
+        self.metrics.waiting_for_task.inc(waiting)
+        for r in rejected:
+            self.metrics.dead_lettered.labels(code=r.code.value).inc()
+        # One lag per stored row: a batch may hold the same event twice (a republish).
+        created = {entry.id: entry.created_at for _, entry in valid if entry.id in stored_ids}
+        self.metrics.observe_lag(list(created.values()), now=datetime.now(UTC))
 
     async def _current_retention(self) -> timedelta:
         """The retention setting, read again every half minute so a change applies soon."""
@@ -358,22 +416,37 @@ class Worker:
         return self._retention
 
     async def _expire_periodically(self) -> None:
-        """Run expiry every interval; an advisory lock keeps it to one replica at a time."""
+        """Run expiry every interval, unless pg_cron does; one replica at a time (advisory lock)."""
         interval = self._settings.expire_interval_seconds
         if interval <= 0:
             return
+        scheduled: str | None = None
         while True:
             try:
-                deleted = await self._store.expire_exclusively(
-                    batch_size=self._settings.expire_batch_size
-                )
-            except TaskHistoryError as exc:
-                log.warning("expiry failed; trying again next interval", error=str(exc))
-            else:
-                if deleted is None:
-                    log.debug("expiry skipped: another replica is running it")
+                # Asked every interval: `task-history schedule` may be run, or undone, any time.
+                now_scheduled = await self._store.expiry_job()
+                if now_scheduled != scheduled:
+                    scheduled = now_scheduled
+                    if scheduled is None:
+                        log.info("expiry is this consumer's again: no pg_cron job is registered")
+                    else:
+                        log.info("expiry left to pg_cron", job=scheduled)
+                if scheduled is not None:
+                    self.metrics.expiry_runs.labels(outcome="scheduled").inc()
                 else:
-                    log.info("expired", deleted=deleted)
+                    deleted = await self._store.expire_exclusively(
+                        batch_size=self._settings.expire_batch_size
+                    )
+                    if deleted is None:
+                        self.metrics.expiry_runs.labels(outcome="locked").inc()
+                        log.debug("expiry skipped: another replica is running it")
+                    else:
+                        self.metrics.expiry_runs.labels(outcome="done").inc()
+                        self.metrics.expired.inc(deleted)
+                        log.info("expired", deleted=deleted)
+            except TaskHistoryError as exc:
+                self.metrics.expiry_runs.labels(outcome="failed").inc()
+                log.warning("expiry failed; trying again next interval", error=str(exc))
             await asyncio.sleep(interval)
 
 

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import asyncpg
@@ -22,6 +23,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from consumer.broker import Topology
 from consumer.settings import Settings
 from consumer.worker import Worker
+from tests.helpers import new_task
 
 T = TypeVar("T")
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -52,6 +54,12 @@ class Bus:
         """Disconnect."""
         if self._connection is not None:
             await self._connection.close()
+
+    @property
+    def connection(self) -> aio_pika.abc.AbstractConnection:
+        """The open connection (for a second channel)."""
+        assert self._connection is not None
+        return self._connection
 
     @property
     def channel(self) -> aio_pika.abc.AbstractChannel:
@@ -102,7 +110,11 @@ class Bus:
 
     async def dead_letters(self) -> list[AbstractIncomingMessage]:
         """Take every message in the dead-letter queue, in order."""
-        queue = await self.channel.declare_queue(self.topology.dead_letter_queue, passive=True)
+        return await self.take_all(self.topology.dead_letter_queue)
+
+    async def take_all(self, queue_name: str) -> list[AbstractIncomingMessage]:
+        """Take every message in `queue_name`, in order."""
+        queue = await self.channel.declare_queue(queue_name, passive=True)
         taken = []
         while (message := await queue.get(fail=False, no_ack=True)) is not None:
             taken.append(message)
@@ -115,8 +127,9 @@ async def wait_for(
     *,
     timeout: float = 30,
     what: str = "condition",
+    interval: float = 0.1,
 ) -> T:
-    """Poll `probe` until `done(value)`; on timeout fail, saying what was last seen."""
+    """Poll `probe` every `interval` s until `done(value)`; on timeout fail with what it saw."""
     deadline = time.monotonic() + timeout
     while True:
         value = await probe()
@@ -126,7 +139,7 @@ async def wait_for(
             raise AssertionError(
                 f"timed out after {timeout} s waiting for {what}; last saw {value!r}"
             )
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(interval)
 
 
 async def count_rows(database_url: str) -> int:
@@ -265,3 +278,27 @@ class TcpProxy:
 
         await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
         self._writers -= {writer, upstream_writer}
+
+
+def through(url: str, port: int) -> str:
+    """`url` with its host and port replaced by the local proxy's."""
+    parts = urlsplit(url)
+    credentials = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+    return urlunsplit(parts._replace(netloc=f"{credentials}127.0.0.1:{port}"))
+
+
+async def backlog(bus: Bus, sql: asyncpg.Connection, count: int, tasks: int) -> list[uuid.UUID]:
+    """Publish `count` events with ids over `tasks` new tasks (below the cap); return the ids."""
+    task_ids = [await new_task(sql) for _ in range(tasks)]
+    ids = [uuid.uuid4() for _ in range(count)]
+    await bus.publish_many(
+        event(task_ids[n % tasks], f"event {n}", id=str(ids[n])) for n in range(count)
+    )
+    return ids
+
+
+async def assert_stored_exactly_once(sql: asyncpg.Connection, ids: list[uuid.UUID]) -> None:
+    """Every id is in the table, and nothing else is."""
+    stored = await sql.fetch("SELECT id FROM task_build_history")
+    assert len(stored) == len(ids)
+    assert {row["id"] for row in stored} == set(ids)

@@ -32,9 +32,13 @@ async def new_task(sql: asyncpg.Connection) -> uuid.UUID:
     return task_id
 
 
+# One base for the whole run: two calls straddling a second boundary must not disagree.
+_BASE = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+
+
 def at(seconds: float) -> datetime:
     """A fixed, recent point in time plus `seconds`."""
-    return datetime.now(UTC).replace(microsecond=0) - timedelta(days=1) + timedelta(seconds=seconds)
+    return _BASE + timedelta(seconds=seconds)
 
 
 async def insert_rows(

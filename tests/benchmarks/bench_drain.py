@@ -124,12 +124,26 @@ def consumer_environment(database_url: str, url: str, topology: Topology) -> dic
         "TASK_HISTORY_DEAD_LETTER_QUEUE": topology.dead_letter_queue,
         "TASK_HISTORY_RETRY_QUEUE": topology.retry_queue,
         "TASK_HISTORY_LOG_FORMAT": "json",
+        "TASK_HISTORY_METRICS_PORT": "0",
     }
     return environment
 
 
-async def project(database_url: str, url: str, topology: Topology, total: int) -> float:
-    """Seconds `task-history consume` takes from its first batch to its last, per its log."""
+def peak_rss_mb(pid: int) -> float:
+    """The most resident memory a process has had, in MB (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def project(
+    database_url: str, url: str, topology: Topology, total: int
+) -> tuple[float, float]:
+    """`task-history consume` draining `total` events: (seconds, peak RSS in MB).
+
+    The seconds run from the start of its first batch to the end of its last, per its log.
+    """
     with tempfile.NamedTemporaryFile("w+b", suffix=".log") as log:
         process = subprocess.Popen(  # our own interpreter and module
             [sys.executable, "-m", "consumer", "consume"],
@@ -142,6 +156,7 @@ async def project(database_url: str, url: str, topology: Topology, total: int) -
                 if process.poll() is not None:
                     sys.exit(f"benchmark: the consumer exited:\n{Path(log.name).read_text()}")
                 await asyncio.sleep(0.5)
+            peak = peak_rss_mb(process.pid)
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=60)
@@ -150,7 +165,7 @@ async def project(database_url: str, url: str, topology: Topology, total: int) -
     started = datetime.fromisoformat(str(first["timestamp"])) - timedelta(
         milliseconds=float(str(first["ms"]))
     )
-    return (datetime.fromisoformat(str(last["timestamp"])) - started).total_seconds()
+    return (datetime.fromisoformat(str(last["timestamp"])) - started).total_seconds(), peak
 
 
 def _batches(log: Path) -> list[dict[str, object]]:
@@ -182,7 +197,7 @@ async def run(events: int, tasks_count: int) -> dict[str, object]:
             await publish(url, topology, backlog(rng, tasks, events))
             bare = await ceiling(url, topology, events)
             await publish(url, topology, backlog(rng, tasks, events))
-            ours = await project(database_url, url, topology, events)
+            ours, peak = await project(database_url, url, topology, events)
             async with Store(database_url, max_connections=1) as store:
                 sizes = await store.pool.fetch(
                     "SELECT count(*) AS n FROM task_build_history GROUP BY task_id"
@@ -201,6 +216,7 @@ async def run(events: int, tasks_count: int) -> dict[str, object]:
         "ceiling_events_per_s": round(events / bare),
         "project_events_per_s": round(events / ours),
         "ratio": round(bare / ours, 3),
+        "project_peak_rss_mb": round(peak, 1),
     }
 
 
@@ -219,6 +235,7 @@ def main() -> None:
             f"  bare aio-pika consume+ack (ceiling)  {result['ceiling_events_per_s']:>8} events/s",
             f"  task-history consume                 {result['project_events_per_s']:>8} events/s",
             f"  project / ceiling                    {result['ratio']:>8}",
+            f"  consumer peak RSS                    {result['project_peak_rss_mb']:>8} MB",
         ],
         args.json,
     )

@@ -8,7 +8,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -20,34 +20,21 @@ from consumer.entries import NewEntry
 from consumer.events import parse_event
 from consumer.settings import Settings
 from consumer.worker import Worker
-from tests.harness import Bus, ConsumerProcess, TcpProxy, count_rows, event, running, wait_for
+from tests.harness import (
+    Bus,
+    ConsumerProcess,
+    TcpProxy,
+    assert_stored_exactly_once,
+    backlog,
+    count_rows,
+    event,
+    running,
+    through,
+    wait_for,
+)
 from tests.helpers import new_task
 
 BACKLOG = 20_000
-
-
-def through(url: str, port: int) -> str:
-    """`url` with its host and port replaced by the local proxy's."""
-    parts = urlsplit(url)
-    credentials = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
-    return urlunsplit(parts._replace(netloc=f"{credentials}127.0.0.1:{port}"))
-
-
-async def backlog(bus: Bus, sql: asyncpg.Connection, count: int, tasks: int) -> list[uuid.UUID]:
-    """Publish `count` events with ids over `tasks` new tasks (below the cap); return the ids."""
-    task_ids = [await new_task(sql) for _ in range(tasks)]
-    ids = [uuid.uuid4() for _ in range(count)]
-    await bus.publish_many(
-        event(task_ids[n % tasks], f"event {n}", id=str(ids[n])) for n in range(count)
-    )
-    return ids
-
-
-async def assert_stored_exactly_once(sql: asyncpg.Connection, ids: list[uuid.UUID]) -> None:
-    """Every id is in the table, and nothing else is."""
-    stored = await sql.fetch("SELECT id FROM task_build_history")
-    assert len(stored) == len(ids)
-    assert {row["id"] for row in stored} == set(ids)
 
 
 async def restart_and_drain(settings: Settings, bus: Bus, log: Path) -> None:

@@ -1,0 +1,349 @@
+"""Dead letters as operators see them: why each failed, which to pick, what a replay sends."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter, deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import Any
+from uuid import UUID
+
+from aio_pika.abc import AbstractIncomingMessage
+
+from consumer.broker import (
+    BROKER_HEADERS,
+    ERROR,
+    ERROR_DETAIL,
+    FAILED_AT,
+    REPLAY_COUNT,
+    RETRY_COUNT,
+    WAITING_SINCE,
+    header_text,
+    header_time,
+    original_routing_key,
+)
+from consumer.events import MAX_BODY_BYTES, ErrorCode
+
+# What the broker's own x-death reasons mean, as x-error codes. `expired` is taken (an event
+# older than the retention), so a message whose TTL ran out in a queue is `ttl_expired`.
+BROKER_REASONS = {
+    "delivery_limit": ErrorCode.DELIVERY_LIMIT.value,
+    "rejected": "rejected",
+    "expired": "ttl_expired",
+    "maxlen": "queue_full",
+}
+UNKNOWN_CODE = "unknown"
+
+# Headers a replayed copy leaves behind: the failure they describe is over, and an unknown-task
+# event gets a fresh retry window (with the old one it would fail again at once).
+_CLEARED_ON_REPLAY = frozenset({ERROR, ERROR_DETAIL, FAILED_AT, WAITING_SINCE, RETRY_COUNT})
+
+_AGE = re.compile(r"(?P<amount>\d+(?:\.\d+)?)\s*(?P<unit>s|m|h|d|w)", re.IGNORECASE)
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One dead-lettered message: what it was and why it failed."""
+
+    message_id: str | None
+    task_id: str | None
+    routing_key: str
+    code: str
+    detail: str
+    failed_at: datetime | None
+    replay_count: int
+    headers: Mapping[str, Any]
+    properties: Mapping[str, Any]
+    body: bytes
+
+    def summary(self) -> dict[str, Any]:
+        """The fields `dlq list` shows, JSON-ready."""
+        return {
+            "message_id": self.message_id,
+            "task_id": self.task_id,
+            "routing_key": self.routing_key,
+            "error": self.code,
+            "detail": self.detail,
+            "failed_at": self.failed_at.isoformat() if self.failed_at else None,
+            "replay_count": self.replay_count,
+        }
+
+
+def read_dead_letter(message: AbstractIncomingMessage) -> DeadLetter:
+    """What a dead-lettered message says about itself, from its headers and body.
+
+    The consumer's copies carry x-error and friends; a message the broker dead-lettered itself
+    (a poison message past the delivery limit) carries only x-death, read instead.
+    """
+    headers = dict(message.headers or {})
+    code = header_text(headers.get(ERROR))
+    detail = header_text(headers.get(ERROR_DETAIL))
+    failed_at = header_time(message, FAILED_AT)
+    if not code:
+        code, detail, failed_at = _from_x_death(headers.get("x-death"))
+    return DeadLetter(
+        message_id=message.message_id,
+        task_id=_task_of(message.body),
+        routing_key=original_routing_key(message) or _x_death_routing_key(headers),
+        code=code,
+        detail=detail,
+        failed_at=failed_at,
+        replay_count=replay_count(headers),
+        headers=headers,
+        properties=_properties(message),
+        body=message.body,
+    )
+
+
+def _properties(message: AbstractIncomingMessage) -> dict[str, Any]:
+    """The message's AMQP properties that are set, as `dlq show` prints them."""
+    properties = {
+        "exchange": message.exchange,
+        "routing_key": message.routing_key,
+        "message_id": message.message_id,
+        "content_type": message.content_type,
+        "content_encoding": message.content_encoding,
+        "delivery_mode": int(message.delivery_mode) if message.delivery_mode else None,
+        "priority": message.priority,
+        "correlation_id": message.correlation_id,
+        "reply_to": message.reply_to,
+        "expiration": message.expiration,
+        "timestamp": message.timestamp,
+        "type": message.type,
+        "app_id": message.app_id,
+        "user_id": message.user_id,
+    }
+    return {name: value for name, value in properties.items() if value not in (None, "")}
+
+
+def jsonable(value: object) -> object:
+    """A header or property value in a form json.dumps takes: times as RFC 3339, bytes as text."""
+    converted: object
+    if isinstance(value, Mapping):
+        converted = {str(key): jsonable(item) for key, item in value.items()}
+    elif isinstance(value, list | tuple):
+        converted = [jsonable(item) for item in value]
+    elif isinstance(value, datetime):
+        converted = value.isoformat()
+    elif isinstance(value, bytes):
+        converted = value.decode("utf-8", "replace")
+    elif value is None or isinstance(value, str | int | float | bool):
+        converted = value
+    else:
+        converted = str(value)  # Decimal and the like
+    return converted
+
+
+def shown(letter: DeadLetter) -> dict[str, Any]:
+    """The whole message, JSON-ready: properties, headers, and the body (parsed if JSON)."""
+    try:
+        body: object = json.loads(letter.body)
+    except (ValueError, RecursionError):
+        body = letter.body.decode("utf-8", "replace")
+    return {
+        **letter.summary(),
+        "properties": jsonable(letter.properties),
+        "headers": jsonable(letter.headers),
+        "body": body,
+    }
+
+
+def _first_death(x_death: object) -> Mapping[str, Any] | None:
+    """The newest entry of an x-death header (the broker puts it first)."""
+    if isinstance(x_death, list | tuple) and x_death and isinstance(x_death[0], Mapping):
+        return x_death[0]
+    return None
+
+
+def _from_x_death(x_death: object) -> tuple[str, str, datetime | None]:
+    death = _first_death(x_death)
+    if death is None:
+        return UNKNOWN_CODE, "no x-error or x-death header: not dead-lettered by this system", None
+    reason = header_text(death.get("reason"))
+    queue = header_text(death.get("queue"))
+    when = death.get("time")
+    failed_at = when if isinstance(when, datetime) else None
+    if reason == "delivery_limit":
+        detail = (
+            f"the broker dead-lettered it from {queue}: delivered too many times without an ack"
+            " (it crashed or stalled the consumer each time)"
+        )
+    else:
+        detail = f"the broker dead-lettered it from {queue} (reason: {reason or 'not given'})"
+    return BROKER_REASONS.get(reason, reason or UNKNOWN_CODE), detail, failed_at
+
+
+def _x_death_routing_key(headers: Mapping[str, Any]) -> str:
+    death = _first_death(headers.get("x-death"))
+    keys = death.get("routing-keys") if death is not None else None
+    return header_text(keys[0]) if isinstance(keys, list | tuple) and keys else ""
+
+
+def _task_of(body: bytes) -> str | None:
+    """The body's task_id, if the body is a JSON object that has one (valid or not)."""
+    if len(body) > MAX_BODY_BYTES:
+        return None
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deep
+        return None
+    task = parsed.get("task_id") if isinstance(parsed, dict) else None
+    return task if isinstance(task, str) else None
+
+
+def replay_count(headers: Mapping[str, Any]) -> int:
+    """How many times a message was replayed; a malformed count reads as 0."""
+    try:
+        return max(0, int(headers.get(REPLAY_COUNT) or 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def replay_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
+    """The headers a replayed copy carries: the failure's cleared, the replay counted."""
+    kept = {
+        name: value
+        for name, value in headers.items()
+        if name not in _CLEARED_ON_REPLAY and name not in BROKER_HEADERS
+    }
+    kept[REPLAY_COUNT] = replay_count(headers) + 1
+    return kept
+
+
+def parse_moment(text: str, *, now: datetime) -> datetime:
+    """A point in time from an age ("90s", "15m", "2h", "3d", "1w": that long ago) or RFC 3339.
+
+    Raises ValueError with a readable message otherwise.
+    """
+    text = text.strip()
+    if age := _AGE.fullmatch(text):
+        seconds = float(age["amount"]) * _UNIT_SECONDS[age["unit"].lower()]
+        return now - timedelta(seconds=seconds)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise ValueError(
+            f"{text!r} is neither an age such as 30m, 2h or 3d nor a timestamp with an offset"
+            " such as 2026-11-26T10:00:00Z"
+        )
+    return moment
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which dead letters a command works on; empty, it selects every one."""
+
+    errors: frozenset[str] = frozenset()
+    task_id: UUID | None = None
+    failed_before: datetime | None = None
+    failed_after: datetime | None = None
+
+    @property
+    def is_everything(self) -> bool:
+        """Whether no filter is set."""
+        return not (self.errors or self.task_id or self.failed_before or self.failed_after)
+
+    def matches(self, letter: DeadLetter) -> bool:
+        """Whether `letter` passes every filter that is set."""
+        if self.errors and letter.code not in self.errors:
+            return False
+        if self.task_id is not None and letter.task_id != str(self.task_id):
+            return False
+        if self.failed_before is not None or self.failed_after is not None:
+            # A time filter can't be judged without a time: such a letter stays out.
+            if letter.failed_at is None:
+                return False
+            if self.failed_before is not None and letter.failed_at >= self.failed_before:
+                return False
+            if self.failed_after is not None and letter.failed_at <= self.failed_after:
+                return False
+        return True
+
+    def describe(self) -> str:
+        """The filters in words, for prompts and summaries."""
+        parts = []
+        if self.errors:
+            parts.append("error " + " or ".join(sorted(self.errors)))
+        if self.task_id is not None:
+            parts.append(f"task {self.task_id}")
+        if self.failed_before is not None:
+            parts.append(f"failed before {self.failed_before.isoformat()}")
+        if self.failed_after is not None:
+            parts.append(f"failed after {self.failed_after.isoformat()}")
+        return ", ".join(parts) or "every dead letter"
+
+
+class Verdict(Enum):
+    """What a replay does with one dead letter."""
+
+    SEND = "send"
+    AT_MAX_REPLAYS = "at max replays"
+    LEAVE = "leave"
+
+
+def judge(
+    letter: DeadLetter, *, selection: Selection, max_replays: int | None, room: int | None
+) -> Verdict:
+    """What a replay does with `letter`.
+
+    It is left when the selection doesn't match or there is no `room` left under --limit, and
+    held back (and reported) when it was replayed `max_replays` times already, so that a
+    replay loop can't spin forever.
+    """
+    if not selection.matches(letter) or (room is not None and room <= 0):
+        return Verdict.LEAVE
+    if max_replays is not None and letter.replay_count >= max_replays:
+        return Verdict.AT_MAX_REPLAYS
+    return Verdict.SEND
+
+
+@dataclass
+class Census:
+    """What the dead-letter queue holds: counts by error code and task, the newest few."""
+
+    sample_size: int = 5
+    total: int = 0
+    by_code: Counter[str] = field(default_factory=Counter)
+    by_code_and_task: dict[str, Counter[str]] = field(default_factory=dict)
+    newest: deque[DeadLetter] = field(init=False)
+
+    def __post_init__(self) -> None:
+        """Keep only the newest `sample_size` letters."""
+        self.newest = deque(maxlen=self.sample_size)
+
+    def add(self, letter: DeadLetter) -> None:
+        """Count one letter; the queue is read oldest first, so the last ones are the newest."""
+        self.total += 1
+        self.by_code[letter.code] += 1
+        self.by_code_and_task.setdefault(letter.code, Counter())[letter.task_id or "-"] += 1
+        if self.sample_size:
+            self.newest.append(letter)
+
+    def groups(self, *, tasks_per_group: int = 3) -> list[dict[str, Any]]:
+        """Error codes, largest first, each with its largest tasks."""
+        return [
+            {
+                "error": code,
+                "count": count,
+                "tasks": [
+                    {"task_id": task, "count": n}
+                    for task, n in self.by_code_and_task[code].most_common(tasks_per_group)
+                ],
+            }
+            for code, count in self.by_code.most_common()
+        ]
+
+    def to_json(self) -> dict[str, Any]:
+        """The census as a JSON-ready dict (what `dlq list --json` prints)."""
+        return {
+            "total": self.total,
+            "by_error": self.groups(),
+            "newest": [letter.summary() for letter in reversed(self.newest)],
+        }

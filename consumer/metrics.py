@@ -1,0 +1,170 @@
+"""Prometheus metrics of the consumer, and the HTTP server for them and the health checks."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+
+import structlog
+from aiohttp import web
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from consumer.errors import ConfigurationError
+from consumer.events import ErrorCode
+
+log = structlog.get_logger("metrics")
+
+# What /readyz asks: None when ready, else why not (one short line).
+Readiness = Callable[[], Awaitable[str | None]]
+
+_BATCH_SIZES = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000)
+_WRITE_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# Lag runs from milliseconds (a live stream) to hours (a backlog drained after an outage).
+_LAG_SECONDS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14_400, 86_400)
+
+
+class Metrics:
+    """The consumer's counters and histograms, in a registry of their own.
+
+    One registry per worker, not the process-wide default: two workers in one process (tests)
+    count separately.
+    """
+
+    def __init__(self) -> None:
+        """Create every metric at zero."""
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        # The usual process_*, python_* series, as the default registry would have them.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        self.received = Counter(
+            "task_history_events_received", "Messages taken from the events queue", registry=r
+        )
+        self.stored = Counter(
+            "task_history_events_stored", "Events written as new rows", registry=r
+        )
+        self.duplicates = Counter(
+            "task_history_events_duplicate",
+            "Events whose id was already stored (redeliveries, republished events)",
+            registry=r,
+        )
+        self.dead_lettered = Counter(
+            "task_history_events_dead_lettered",
+            "Messages sent to the dead-letter queue, by x-error code",
+            ["code"],
+            registry=r,
+        )
+        self.waiting_for_task = Counter(
+            "task_history_events_waiting_for_task",
+            "Events parked in the retry queue because their task does not exist yet",
+            registry=r,
+        )
+        self.batch_retries = Counter(
+            "task_history_batch_retries",
+            "Batch attempts that failed on a server error and were tried again",
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "task_history_batch_size", "Messages per batch", buckets=_BATCH_SIZES, registry=r
+        )
+        self.write_seconds = Histogram(
+            "task_history_batch_write_seconds",
+            "Time to write a batch's rows to PostgreSQL (the INSERT, its trim included)",
+            buckets=_WRITE_SECONDS,
+            registry=r,
+        )
+        self.lag_seconds = Histogram(
+            "task_history_event_lag_seconds",
+            "From an event's created_at to its row being committed",
+            buckets=_LAG_SECONDS,
+            registry=r,
+        )
+        self.expiry_runs = Counter(
+            "task_history_expiry_runs",
+            "Expiry intervals of this consumer, by outcome: done, locked (another replica ran"
+            " it), scheduled (left to pg_cron), failed",
+            ["outcome"],
+            registry=r,
+        )
+        self.expired = Counter(
+            "task_history_expired_entries", "Expired entries deleted by this consumer", registry=r
+        )
+        # Every series exists from the start, at zero: a dashboard's rate() needs the zero.
+        for code in ErrorCode:
+            self.dead_lettered.labels(code=code.value)
+        for outcome in ("done", "locked", "scheduled", "failed"):
+            self.expiry_runs.labels(outcome=outcome)
+
+    def observe_lag(self, created: list[datetime], *, now: datetime) -> None:
+        """Record the lag of rows just committed, from their `created_at`."""
+        for created_at in created:
+            self.lag_seconds.observe(max(0.0, (now - created_at).total_seconds()))
+
+    def render(self) -> bytes:
+        """The metrics in the Prometheus text format."""
+        return generate_latest(self.registry)
+
+
+class HealthServer:
+    """Serves /metrics, /healthz (the process answers) and /readyz (it is consuming)."""
+
+    def __init__(self, metrics: Metrics, *, ready: Readiness, host: str, port: int) -> None:
+        """Prepare the server; `start()` listens on host:port (port 0 picks a free one)."""
+        self._metrics = metrics
+        self._ready = ready
+        self._host = host
+        self._port = port
+        self._runner: web.AppRunner | None = None
+        self.port = port
+
+    async def start(self) -> None:
+        """Listen; a port already taken is a configuration error, raised at once."""
+        app = web.Application()
+        app.router.add_get("/metrics", self._serve_metrics)
+        app.router.add_get("/healthz", self._serve_health)
+        app.router.add_get("/readyz", self._serve_readiness)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self._host, self._port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ConfigurationError(
+                f"can't serve metrics on {self._host}:{self._port} ({exc.strerror});"
+                " set TASK_HISTORY_METRICS_PORT to a free port, or 0 for none"
+            ) from exc
+        self._runner = runner
+        server = site._server  # noqa: SLF001  # aiohttp exposes the bound port nowhere else
+        if server is not None and server.sockets:  # type: ignore[attr-defined]
+            self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        log.info("serving metrics and health", host=self._host, port=self.port)
+
+    async def stop(self) -> None:
+        """Stop listening."""
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    async def _serve_metrics(self, _request: web.Request) -> web.Response:
+        response = web.Response(body=self._metrics.render())
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    async def _serve_health(self, _request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _serve_readiness(self, _request: web.Request) -> web.Response:
+        reason = await self._ready()
+        if reason is None:
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text=f"not ready: {reason}\n")

@@ -1,0 +1,85 @@
+"""What a read asks for (filters, order, page size) and the opaque cursor that resumes it."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from uuid import UUID
+
+from consumer.entries import ContextType, HistoryEntry
+from consumer.errors import TaskHistoryError
+
+# Cursor text: a version-and-direction tag, created_at in ISO form, and the arrival sequence.
+_ASCENDING = "a1"
+_DESCENDING = "d1"
+
+
+class InvalidCursorError(TaskHistoryError):
+    """The cursor is not one this program gave out (or was made for the other direction)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Where a page ended: the last entry's (created_at, seq), and the order it was read in."""
+
+    created_at: datetime
+    seq: int
+    newest_first: bool = False
+
+    def encode(self) -> str:
+        """The cursor as URL-safe text, to pass back with `--after`."""
+        tag = _DESCENDING if self.newest_first else _ASCENDING
+        text = f"{tag}|{self.created_at.isoformat()}|{self.seq}"
+        return base64.urlsafe_b64encode(text.encode("ascii")).decode("ascii").rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        """Read a cursor given out by `encode`; raise InvalidCursorError for anything else."""
+        try:
+            padded = text + "=" * (-len(text) % 4)
+            tag, created, seq = (
+                base64.urlsafe_b64decode(padded.encode("ascii")).decode("ascii").split("|")
+            )
+            created_at = datetime.fromisoformat(created)
+            number = int(seq)
+        except (ValueError, UnicodeError, binascii.Error):
+            raise InvalidCursorError from None
+        if tag not in (_ASCENDING, _DESCENDING) or created_at.tzinfo is None:
+            raise InvalidCursorError
+        return cls(created_at, number, newest_first=tag == _DESCENDING)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryQuery:
+    """Which entries to read, in which order; every filter is optional and they all combine.
+
+    `since` is inclusive and `until` exclusive, both on `created_at`. `limit` None reads
+    everything (export); `after` resumes after the entry a previous page ended with.
+    """
+
+    task_id: UUID | None = None
+    workspace_id: UUID | None = None
+    session_id: UUID | None = None
+    context_types: Sequence[ContextType] = field(default_factory=tuple)
+    since: datetime | None = None
+    until: datetime | None = None
+    newest_first: bool = False
+    limit: int | None = None
+    after: Cursor | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse a cursor made for the other direction: it would skip or repeat entries."""
+        if self.after is not None and self.after.newest_first != self.newest_first:
+            order = "newest first" if self.after.newest_first else "oldest first"
+            raise InvalidCursorError(f"the cursor belongs to a read {order}: match --newest-first")
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of entries, and the cursor of the next page (None on the last one)."""
+
+    entries: list[HistoryEntry]
+    next: Cursor | None

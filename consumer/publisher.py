@@ -1,0 +1,301 @@
+"""Publishing events as contract §2 asks: validated first, persistent, confirmed, never dropped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import Enum
+from types import TracebackType
+from typing import Any, Self
+
+import aio_pika
+import aio_pika.exceptions
+import aiormq.exceptions
+from aio_pika.abc import AbstractExchange, AbstractRobustConnection
+
+from consumer.broker import routing_key
+from consumer.errors import BrokerError, BrokerUnavailableError, TaskHistoryError, UnroutableError
+from consumer.events import ErrorCode, Event, InvalidEventError, parse_event
+from consumer.logs import redact
+
+DEFAULT_EXCHANGE = "task_build_history"
+DEFAULT_WINDOW = 256
+
+EventLike = Mapping[str, Any] | Event
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingEvent:
+    """An event validated and ready to go: its id (also the message_id), routing key and body."""
+
+    id: uuid.UUID
+    routing_key: str
+    body: bytes
+
+
+def _json_value(value: object) -> object:
+    """What json.dumps can't write by itself: UUIDs, enums and datetimes, as their text."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, datetime):
+        return value.isoformat()  # a naive one has no offset, and the model refuses it
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def _dumps(data: Mapping[str, Any]) -> bytes:
+    try:
+        text = json.dumps(data, default=_json_value, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise InvalidEventError(
+            ErrorCode.INVALID_EVENT, "NaN and Infinity are not JSON numbers"
+        ) from None
+    except TypeError as exc:
+        raise InvalidEventError(ErrorCode.INVALID_EVENT, str(exc)) from None
+    return text.encode("utf-8", "surrogatepass")
+
+
+def prepare_event(event: EventLike, *, now: datetime) -> OutgoingEvent:
+    """Validate an event exactly as the consumer will, and encode it; raise InvalidEventError.
+
+    An event without `id` gets a new UUID, written into the body as well, so the body and the
+    message_id agree and a re-publish of the same body is stored once. An event without
+    `created_at` gets `now`: the publisher's clock is closer to when it happened than the
+    consumer's, which may read it from a backlog later. Fields the model does not know are
+    sent as they are (a consumer ignores them).
+    """
+    if isinstance(event, Event):
+        data = event.model_dump(mode="json", exclude_none=True)
+    elif isinstance(event, Mapping):
+        data = dict(event)
+    else:
+        raise InvalidEventError(ErrorCode.INVALID_EVENT, "body must be a JSON object")
+    if data.get("id") is None:
+        data["id"] = str(uuid.uuid4())
+    if data.get("created_at") is None:
+        data["created_at"] = now
+    body = _dumps(data)
+    entry = parse_event(body, message_id=None, received_at=now)
+    if data["id"] != str(entry.id):  # a UUID object, or text in another spelling
+        data["id"] = str(entry.id)
+        body = _dumps(data)
+    return OutgoingEvent(id=entry.id, routing_key=routing_key(entry.context_type), body=body)
+
+
+def read_event_lines(
+    lines: Iterable[str | bytes], *, now: datetime
+) -> Iterator[tuple[int, OutgoingEvent | InvalidEventError]]:
+    """Each non-blank line of a JSON Lines text, by number from 1: an event, or why not."""
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep to read
+            yield number, InvalidEventError(ErrorCode.INVALID_JSON, f"not valid JSON: {exc}")
+            continue
+        if not isinstance(data, dict):
+            yield number, InvalidEventError(ErrorCode.INVALID_EVENT, "body must be a JSON object")
+            continue
+        try:
+            yield number, prepare_event(data, now=now)
+        except InvalidEventError as exc:
+            yield number, exc
+
+
+@contextmanager
+def _translated(exchange: str) -> Iterator[None]:
+    """Turn client errors into the project's, with no secret in the message."""
+    try:
+        yield
+    except aiormq.exceptions.PublishError as exc:  # the broker returned it: basic.return
+        raise UnroutableError(
+            f"no queue is bound to exchange {exchange} for the routing key: {redact(str(exc))}"
+        ) from exc
+    except aiormq.exceptions.DeliveryError as exc:  # a nack: say, a full queue refusing
+        raise BrokerError(f"the broker refused the message: {redact(str(exc))}") from exc
+    except aio_pika.exceptions.ChannelNotFoundEntity as exc:
+        raise BrokerError(
+            f"exchange {exchange} does not exist: run `task-history migrate` first"
+        ) from exc
+    except aio_pika.exceptions.ProbableAuthenticationError as exc:
+        raise BrokerError(f"the broker refused the credentials: {redact(str(exc))}") from exc
+    except (
+        OSError,
+        TimeoutError,
+        aio_pika.exceptions.AMQPConnectionError,
+        aio_pika.exceptions.ChannelInvalidStateError,
+        aio_pika.exceptions.ChannelClosed,
+    ) as exc:
+        detail = redact(str(exc)) or type(exc).__name__
+        raise BrokerUnavailableError(f"broker unavailable: {detail}") from exc
+    except aio_pika.exceptions.AMQPError as exc:
+        raise BrokerError(redact(str(exc)) or type(exc).__name__) from exc
+
+
+class HistoryPublisher:
+    """Publishes events to the history exchange: validated, persistent, mandatory, confirmed.
+
+    `publish` returns once the broker has confirmed the message, so it is safe in a queue;
+    a message no queue is bound for raises UnroutableError instead of vanishing.
+
+        async with HistoryPublisher("amqp://guest:guest@localhost/") as publisher:
+            event_id = await publisher.publish({"task_id": ..., "context_type": ..., ...})
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        exchange: str = DEFAULT_EXCHANGE,
+        window: int = DEFAULT_WINDOW,
+        confirm_timeout: float = 30,
+    ) -> None:
+        """Prepare a publisher for the broker at `url`; `connect()` (or `async with`) connects.
+
+        `window` is how many unconfirmed messages `publish_many` keeps in flight;
+        `confirm_timeout` how long a publish waits for the broker's confirm.
+        """
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        self._url = url
+        self.exchange_name = exchange
+        self.window = window
+        self._confirm_timeout = confirm_timeout
+        self._connection: AbstractRobustConnection | None = None
+        self._exchange: AbstractExchange | None = None
+
+    async def connect(self) -> None:
+        """Connect, open a confirming channel, and check that the exchange exists."""
+        with _translated(self.exchange_name):
+            self._connection = await aio_pika.connect_robust(self._url)
+            try:
+                channel = await self._connection.channel(
+                    publisher_confirms=True, on_return_raises=True
+                )
+                self._exchange = await channel.get_exchange(self.exchange_name, ensure=True)
+            except BaseException:
+                await self.close()
+                raise
+
+    async def close(self) -> None:
+        """Close the connection."""
+        self._exchange = None
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            with contextlib.suppress(TimeoutError, *aio_pika.exceptions.CONNECTION_EXCEPTIONS):
+                await asyncio.wait_for(connection.close(), 10)
+
+    async def __aenter__(self) -> Self:
+        """Connect."""
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Close."""
+        await self.close()
+
+    async def publish(self, event: EventLike | OutgoingEvent) -> uuid.UUID:
+        """Validate and publish one event; return its id once the broker has confirmed it.
+
+        Raises InvalidEventError before anything is sent, UnroutableError when no queue is
+        bound for its routing key, BrokerError when the broker refuses it.
+        """
+        outgoing = (
+            event
+            if isinstance(event, OutgoingEvent)
+            else prepare_event(event, now=datetime.now(UTC))
+        )
+        if self._exchange is None:
+            raise BrokerError("the publisher is not connected")
+        message = aio_pika.Message(
+            outgoing.body,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=str(outgoing.id),
+        )
+        with _translated(self.exchange_name):
+            await self._exchange.publish(
+                message,
+                routing_key=outgoing.routing_key,
+                mandatory=True,
+                timeout=self._confirm_timeout,
+            )
+        return outgoing.id
+
+    async def publish_many(
+        self, events: Iterable[EventLike | OutgoingEvent], *, window: int | None = None
+    ) -> list[uuid.UUID]:
+        """Validate every event, then publish them with up to `window` awaiting confirms.
+
+        Nothing is sent if any event is invalid (InvalidEventError names its position). If the
+        broker refuses some, the rest are still sent, and the first refusal is raised at the
+        end; publishing the same events again is safe, since their ids make them idempotent.
+        """
+        now = datetime.now(UTC)
+        prepared: list[OutgoingEvent] = []
+        for index, event in enumerate(events):
+            try:
+                prepared.append(
+                    event if isinstance(event, OutgoingEvent) else prepare_event(event, now=now)
+                )
+            except InvalidEventError as exc:
+                raise InvalidEventError(exc.code, f"event {index}: {exc.detail}") from None
+        failed: list[TaskHistoryError] = []
+        async for _, error in self.publish_each(prepared, window=window):
+            if error is not None:
+                failed.append(error)
+        if failed:
+            first = failed[0]
+            raise type(first)(f"{len(failed)} of {len(prepared)} events not published: {first}")
+        return [outgoing.id for outgoing in prepared]
+
+    async def publish_each(
+        self, events: Iterable[OutgoingEvent], *, window: int | None = None
+    ) -> AsyncIterator[tuple[int, TaskHistoryError | None]]:
+        """Publish prepared events, `window` in flight; yield (position, None or the error).
+
+        Results come as confirms arrive, not in order. `events` is read lazily, so a long
+        stream (a file, stdin) never sits in memory.
+        """
+        limit = window or self.window
+        in_flight: dict[asyncio.Task[uuid.UUID], int] = {}
+        try:
+            for index, outgoing in enumerate(events):
+                while len(in_flight) >= limit:
+                    for result in await self._settle(in_flight):
+                        yield result
+                in_flight[asyncio.create_task(self.publish(outgoing))] = index
+            while in_flight:
+                for result in await self._settle(in_flight):
+                    yield result
+        finally:
+            for task in in_flight:
+                task.cancel()
+
+    @staticmethod
+    async def _settle(
+        in_flight: dict[asyncio.Task[uuid.UUID], int],
+    ) -> list[tuple[int, TaskHistoryError | None]]:
+        """Wait for at least one publish to finish; its position and error, if any."""
+        done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+        settled: list[tuple[int, TaskHistoryError | None]] = []
+        for task in done:
+            index = in_flight.pop(task)
+            error = task.exception()
+            if error is not None and not isinstance(error, TaskHistoryError):
+                raise error
+            settled.append((index, error))
+        return settled

@@ -1,0 +1,197 @@
+"""Least privilege: the consumer runs as a member of task_history_consumer, and can do no more."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from consumer.broker import Topology
+from consumer.settings import Settings
+from consumer.store import Store
+from tests.harness import Bus, event, running, wait_for
+from tests.helpers import admin, insert_rows, new_task
+
+
+def as_role(url: str, role: str) -> str:
+    """`url` logging in as `role` (no password: the test server trusts local connections)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{role}@{host}"))
+
+
+async def login_role(database_url: str, group: str | None) -> AsyncIterator[str]:
+    """A LOGIN role of this test's own, a member of `group`; yields its URL; dropped after."""
+    role = f"th_login_{uuid.uuid4().hex[:12]}"
+    member = f" IN ROLE {group}" if group else ""
+    await admin(database_url, f"CREATE ROLE {role} LOGIN{member}")
+    try:
+        yield as_role(database_url, role)
+    finally:
+        await admin(
+            database_url,
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'",
+            f"DROP ROLE IF EXISTS {role}",
+        )
+
+
+@pytest.fixture
+async def consumer_url(database_url: str) -> AsyncIterator[str]:
+    """The test's database, as a login role that is a member of task_history_consumer."""
+    async for url in login_role(database_url, "task_history_consumer"):
+        yield url
+
+
+@pytest.fixture
+async def reader_url(database_url: str) -> AsyncIterator[str]:
+    """The test's database, as a login role that is a member of task_history_reader."""
+    async for url in login_role(database_url, "task_history_reader"):
+        yield url
+
+
+@pytest.fixture
+async def nobody_url(database_url: str) -> AsyncIterator[str]:
+    """The test's database, as a login role with no grants but PUBLIC's."""
+    async for url in login_role(database_url, None):
+        yield url
+
+
+class TestConsumerRoleIsEnough:
+    """A member of task_history_consumer can run the consumer and expiry."""
+
+    async def test_consume_cap_missing_tasks_and_expiry(
+        self,
+        settings: Settings,
+        amqp_url: str,
+        topology: Topology,
+        sql: asyncpg.Connection,
+        consumer_url: str,
+    ) -> None:
+        """Events are stored and capped, missing tasks created, expired entries deleted."""
+        settings = settings.model_copy(
+            update={"database_url": consumer_url, "create_missing_tasks": True}
+        )
+        task, unknown = await new_task(sql), uuid.uuid4()
+        async with Bus(amqp_url, topology) as bus, running(settings):
+            await bus.publish_many(event(task, f"event {n}") for n in range(105))
+            await bus.publish(event(unknown, "first of a new task"))
+            await bus.publish(event(task, "last"))
+            await wait_for(
+                lambda: sql.fetchval(
+                    "SELECT count(*) FROM task_build_history WHERE content = 'last'"
+                ),
+                lambda n: n == 1,
+                what="the last event stored",
+            )
+        assert (
+            await sql.fetchval("SELECT count(*) FROM task_build_history WHERE task_id = $1", task)
+            == 100
+        )
+        assert (
+            await sql.fetchval(
+                "SELECT count(*) FROM task_build_history WHERE task_id = $1", unknown
+            )
+            == 1
+        )
+        assert (
+            await sql.fetchval(
+                "SELECT entries FROM task_build_history_counts WHERE task_id = $1", task
+            )
+            == 100
+        )
+
+        long_ago = datetime.now(UTC) - timedelta(days=30)
+        old_task = await new_task(sql)  # not `task`: at the cap, the trim would take them first
+        await insert_rows(sql, [(old_task, long_ago + timedelta(seconds=n)) for n in range(3)])
+        async with Store(consumer_url, max_connections=1) as store:
+            assert await store.expire() == 3
+            assert await store.delete_by_task(unknown) == 1
+            assert len(await store.find_by_task(task)) == 100
+
+    async def test_reader_reads_and_writes_nothing(
+        self, sql: asyncpg.Connection, reader_url: str
+    ) -> None:
+        """A member of task_history_reader reads history and can't insert or expire."""
+        task = await new_task(sql)
+        await insert_rows(sql, [(task, datetime.now(UTC))])
+        async with Store(reader_url, max_connections=1) as store:
+            assert len(await store.find_by_task(task)) == 1
+        connection = await asyncpg.connect(reader_url)
+        try:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await connection.execute(
+                    "INSERT INTO task_build_history (task_id, context_type, content)"
+                    " VALUES ($1, 'error', 'x')",
+                    task,
+                )
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await connection.execute("SELECT task_build_history_expire_batch_v1(10)")
+        finally:
+            await connection.close()
+
+
+FORBIDDEN = [
+    "DROP TABLE task_build_history",
+    "TRUNCATE task_build_history",
+    "ALTER TABLE task_build_history ADD COLUMN x int",
+    "CREATE TABLE sneaky (x int)",
+    "CREATE INDEX sneaky ON task_build_history (content)",
+    "UPDATE task_build_history SET content = 'changed'",
+    "UPDATE task_build_history_settings SET max_entries_per_task = 1",
+    "INSERT INTO task_build_history_counts VALUES (gen_random_uuid(), 0)",
+    "SELECT * FROM task_build_history_counts",
+    "DELETE FROM tasks",
+    "UPDATE tasks SET id = id",
+    "DROP FUNCTION task_build_history_expire_batch_v1(integer)",
+    "CALL task_build_history_expire_v1(10)",
+]
+
+
+class TestConsumerRoleIsNoMore:
+    """A member of task_history_consumer can't change the schema or bypass the cap."""
+
+    @pytest.mark.parametrize("statement", FORBIDDEN)
+    async def test_refused(self, consumer_url: str, statement: str) -> None:
+        """Each statement fails with permission denied (or must be owner)."""
+        connection = await asyncpg.connect(consumer_url)
+        try:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    async def test_public_cannot_run_the_owner_functions(
+        self, sql: asyncpg.Connection, nobody_url: str
+    ) -> None:
+        """A role with no grant can't call the functions that run with their owner's rights."""
+        task = await new_task(sql)
+        connection = await asyncpg.connect(nobody_url)
+        try:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await connection.execute("SELECT task_build_history_delete_task_v1($1)", task)
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await connection.execute("SELECT task_build_history_expire_batch_v1(10)")
+        finally:
+            await connection.close()
+
+
+class TestMigrationAcrossDatabases:
+    """The roles are the cluster's; the grants are made in every migrated database."""
+
+    async def test_migrating_again_elsewhere_keeps_the_roles(self, empty_database_url: str) -> None:
+        """Migrating a second database while the roles exist grants there too, without error."""
+        async with Store(empty_database_url, max_connections=1) as store:
+            assert "0003_operations.sql" in await store.migrate()
+        connection = await asyncpg.connect(empty_database_url)
+        try:
+            granted = await connection.fetchval(
+                "SELECT has_table_privilege('task_history_consumer', 'task_build_history',"
+                " 'INSERT')"
+            )
+        finally:
+            await connection.close()
+        assert granted is True

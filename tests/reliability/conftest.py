@@ -1,0 +1,57 @@
+"""The reliability suite's figures: each test records what it injected and what it saw.
+
+They are printed at the end of the run, and written as JSON to the file named by
+$TASK_HISTORY_RELIABILITY_REPORT when it is set (README's Reliability table comes from there).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+import pytest
+
+REPORT_ENV = "TASK_HISTORY_RELIABILITY_REPORT"
+
+
+@dataclass
+class Figures:
+    """What one reliability test did and found; every count but `faults` and `events` must be 0."""
+
+    test: str
+    faults: int = 0
+    events: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    dead_lettered_wrongly: int = 0
+    note: str = ""
+
+
+_recorded: list[Figures] = []
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> Iterator[Figures]:
+    """This test's figures, recorded for the summary once it has run."""
+    recorded = Figures(test=request.node.name)
+    yield recorded
+    _recorded.append(recorded)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the figures; write them as JSON where $TASK_HISTORY_RELIABILITY_REPORT says."""
+    if not _recorded:
+        return
+    terminalreporter.section("reliability figures")
+    columns = ["faults", "events", "lost", "dupl.", "wrong DL"]
+    terminalreporter.write_line(f"{'test':<58} " + " ".join(f"{c:>8}" for c in columns))
+    for row in _recorded:
+        counts = (row.faults, row.events, row.lost, row.duplicated, row.dead_lettered_wrongly)
+        terminalreporter.write_line(
+            f"{row.test[:58]:<58} " + " ".join(f"{n:>8}" for n in counts) + f"  {row.note}"
+        )
+    if path := os.environ.get(REPORT_ENV):
+        with open(path, "w", encoding="utf-8") as report:  # noqa: PTH123  # a plain report file
+            json.dump([asdict(row) for row in _recorded], report, indent=2)

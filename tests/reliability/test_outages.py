@@ -1,0 +1,179 @@
+"""Outages: the database or the broker gone for 30 s (reset or hung), and a broker restart."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import asyncpg
+import pytest
+
+from consumer.broker import Topology
+from consumer.settings import Settings
+from tests.harness import (
+    Bus,
+    ConsumerProcess,
+    TcpProxy,
+    backlog,
+    count_rows,
+    through,
+    wait_for,
+)
+from tests.reliability.conftest import Figures
+
+# How long each outage lasts; the issue's figure, shorter only to try the suite quickly.
+OUTAGE_SECONDS = float(os.environ.get("TASK_HISTORY_TEST_OUTAGE_SECONDS", "30"))
+EVENTS = 2000  # before the outage, and again during it
+
+
+async def check_stored(
+    sql: asyncpg.Connection, ids: list[uuid.UUID], figures: Figures, *, dead: int
+) -> None:
+    """Record and check: every id stored, once; nothing dead-lettered."""
+    stored = [row["id"] for row in await sql.fetch("SELECT id FROM task_build_history")]
+    figures.events = len(ids)
+    figures.lost = len(set(ids) - set(stored))
+    figures.duplicated = len(stored) - len(set(stored))
+    figures.dead_lettered_wrongly = dead
+    assert (figures.lost, figures.duplicated, figures.dead_lettered_wrongly) == (0, 0, 0)
+    assert set(stored) == set(ids)
+
+
+class TestProxiedOutages:
+    """A TCP proxy between the consumer and one server resets or freezes for 30 s."""
+
+    @pytest.mark.parametrize(
+        ("server", "how"),
+        [("database", "reset"), ("database", "hang"), ("broker", "reset"), ("broker", "hang")],
+    )
+    async def test_the_consumer_waits_it_out(  # noqa: PLR0913, PLR0917  # fixtures and cases
+        self,
+        settings: Settings,
+        amqp_url: str,
+        topology: Topology,
+        sql: asyncpg.Connection,
+        tmp_path: Path,
+        figures: Figures,
+        server: str,
+        how: str,
+    ) -> None:
+        """The consumer stays up, logs its retries, and stores everything once it is over."""
+        url = settings.database_url if server == "database" else amqp_url
+        target = urlsplit(url)
+        proxy = TcpProxy(target.hostname or "localhost", target.port or 0)
+        await proxy.start()
+        field = "database_url" if server == "database" else "amqp_url"
+        proxied = settings.model_copy(
+            update={
+                field: through(url, proxy.port),
+                "database_timeout_seconds": 5,  # a hung statement becomes an error to retry
+                "retry_backoff_max_seconds": 2,
+            }
+        )
+        consumer = ConsumerProcess(proxied, tmp_path / "consumer.log")
+        consumer.start()
+        try:
+            async with Bus(amqp_url, topology) as bus:
+                ids = await backlog(bus, sql, EVENTS, tasks=40)
+                await wait_for(lambda: count_rows(settings.database_url), lambda n: n == EVENTS)
+
+                if how == "reset":
+                    await proxy.cut()
+                else:
+                    proxy.freeze()
+                ids += await backlog(bus, sql, EVENTS, tasks=40)
+                for _ in range(int(OUTAGE_SECONDS)):
+                    await asyncio.sleep(1)
+                    assert consumer.process is not None
+                    assert consumer.process.poll() is None, consumer.log()
+                if how == "reset":
+                    await proxy.start()
+                else:
+                    proxy.thaw()
+
+                await wait_for(
+                    lambda: count_rows(settings.database_url),
+                    lambda n: n == 2 * EVENTS,
+                    timeout=90,
+                    what="every event stored after the outage",
+                )
+                await wait_for(lambda: bus.depth(topology.queue), lambda n: n == 0, timeout=60)
+                dead = await bus.depth(topology.dead_letter_queue)
+        finally:
+            consumer.signal(signal.SIGTERM)
+            code = await consumer.exit_code(timeout=60)
+            await proxy.cut()
+        log = consumer.log()
+        assert code == 0, log
+        assert all(line.startswith("{") for line in log.splitlines()), "a line not in JSON"
+        retries = log.count("retrying") + log.count("broker connection lost")
+        figures.faults = 1
+        figures.note = f"{server} {how} for {OUTAGE_SECONDS:g} s; {retries} retries logged"
+        if (server, how) == ("broker", "reset"):
+            assert "broker connection lost; reconnecting" in log
+            assert "broker connection restored" in log
+        elif server == "database":
+            assert retries > 0, log
+        await check_stored(sql, ids, figures, dead=dead)
+
+
+def restart_broker() -> None:
+    """Stop and start the local RabbitMQ application (its queues and messages stay)."""
+    rabbitmqctl = shutil.which("rabbitmqctl")
+    if rabbitmqctl is None:
+        pytest.fail(
+            "restarting the broker needs rabbitmqctl on this machine (the local RabbitMQ);"
+            " run the suite where the broker is local",
+            pytrace=False,
+        )
+    for command in (["stop_app"], ["start_app"], ["await_startup"]):
+        subprocess.run(
+            [rabbitmqctl, *command], check=True, capture_output=True, timeout=120
+        )  # our own arguments
+
+
+class TestBrokerRestart:
+    """The broker itself restarts under a running consumer."""
+
+    async def test_the_consumer_reconnects_and_stores_everything(  # noqa: PLR0913, PLR0917  # fixtures
+        self,
+        settings: Settings,
+        amqp_url: str,
+        topology: Topology,
+        sql: asyncpg.Connection,
+        tmp_path: Path,
+        figures: Figures,
+    ) -> None:
+        """Messages published before and after a restart are all stored once; exit 0 after."""
+        consumer = ConsumerProcess(settings, tmp_path / "consumer.log")
+        consumer.start()
+        try:
+            async with Bus(amqp_url, topology) as bus:
+                ids = await backlog(bus, sql, EVENTS, tasks=40)
+            await asyncio.to_thread(restart_broker)
+            async with Bus(amqp_url, topology) as bus:
+                ids += await backlog(bus, sql, EVENTS, tasks=40)
+                await wait_for(
+                    lambda: count_rows(settings.database_url),
+                    lambda n: n == 2 * EVENTS,
+                    timeout=120,
+                    what="every event stored after the restart",
+                )
+                await wait_for(lambda: bus.depth(topology.queue), lambda n: n == 0, timeout=60)
+                dead = await bus.depth(topology.dead_letter_queue)
+        finally:
+            consumer.signal(signal.SIGTERM)
+            code = await consumer.exit_code(timeout=60)
+        log = consumer.log()
+        assert code == 0, log
+        assert "broker connection restored" in log
+        assert all(line.startswith("{") for line in log.splitlines()), "a line not in JSON"
+        figures.faults = 1
+        figures.note = "rabbitmqctl stop_app, start_app"
+        await check_stored(sql, ids, figures, dead=dead)
