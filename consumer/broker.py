@@ -207,10 +207,19 @@ def plan_acks(tags: Sequence[int], *, outstanding: Sequence[int]) -> tuple[int |
 
 
 @contextmanager
-def _translated() -> Iterator[None]:
+def translated_errors() -> Iterator[None]:
     """Turn client and socket errors into the project's, with no secret in the message."""
     try:
         yield
+    except aiormq.exceptions.PublishError as exc:  # basic.return of a mandatory message
+        raise UnroutableError(
+            f"no queue is bound for routing key {exc.args[1]!r}: {redact(str(exc.args[0]))}"
+        ) from exc
+    except aiormq.exceptions.DeliveryError as exc:  # a nack: say, a full queue refusing
+        raise BrokerError(f"the broker refused the message: {redact(str(exc))}") from exc
+    except aio_pika.exceptions.ChannelNotFoundEntity as exc:
+        reply = str(exc.args[-1]).removeprefix("NOT_FOUND - ") if exc.args else str(exc)
+        raise BrokerError(f"{redact(reply)}: run `task-history migrate` to declare it") from exc
     except aio_pika.exceptions.ChannelPreconditionFailed as exc:
         raise BrokerError(
             f"the broker refused the topology (declared before with other arguments?): "
@@ -229,6 +238,12 @@ def _translated() -> Iterator[None]:
         raise BrokerUnavailableError(f"broker unavailable: {detail}") from exc
     except aio_pika.exceptions.AMQPError as exc:
         raise BrokerError(redact(str(exc)) or type(exc).__name__) from exc
+
+
+async def close_connection(connection: aio_pika.abc.AbstractConnection, *, grace: float) -> None:
+    """Close `connection`; after `grace` seconds, stop waiting for the broker's reply."""
+    with contextlib.suppress(TimeoutError, *aio_pika.exceptions.CONNECTION_EXCEPTIONS):
+        await asyncio.wait_for(connection.close(), grace)
 
 
 MessageHandler = Callable[[AbstractIncomingMessage], Awaitable[None]]
@@ -252,7 +267,7 @@ class Broker:
 
     async def connect(self) -> None:
         """Open the connection and a channel with publisher confirms."""
-        with _translated():
+        with translated_errors():
             self._connection = await aio_pika.connect_robust(self._url)
             self._channel = await self._connection.channel(
                 publisher_confirms=True, on_return_raises=True
@@ -273,8 +288,7 @@ class Broker:
         """Close the connection; after `grace` seconds, stop waiting for the broker's reply."""
         if self._connection is not None:
             connection, self._connection = self._connection, None
-            with contextlib.suppress(TimeoutError, *aio_pika.exceptions.CONNECTION_EXCEPTIONS):
-                await asyncio.wait_for(connection.close(), grace)
+            await close_connection(connection, grace=grace)
 
     async def __aenter__(self) -> Self:
         """Connect."""
@@ -307,7 +321,7 @@ class Broker:
     async def declare(self) -> None:
         """Declare the exchanges and queues, idempotently; the same arguments every time."""
         t = self.topology
-        with _translated():
+        with translated_errors():
             channel = self.channel
             exchange = await channel.declare_exchange(
                 t.exchange, aio_pika.ExchangeType.TOPIC, durable=True
@@ -319,20 +333,38 @@ class Broker:
                 t.queue, durable=True, arguments=t.queue_arguments()
             )
             await self._queue.bind(exchange, "history.#")
-            dead = await channel.declare_queue(
-                t.dead_letter_queue,
-                durable=True,
-                arguments=t.dead_letter_queue_arguments(broker_version=self.broker_version),
-            )
+            dead = await self._declare_dead_letter_queue()
             await dead.bind(self._dead_letters, "#")
             await channel.declare_queue(
                 t.retry_queue, durable=True, arguments=t.retry_queue_arguments()
             )
 
+    async def _declare_dead_letter_queue(self) -> AbstractQueue:
+        """The dead-letter queue as it is, or declared anew with this broker's arguments.
+
+        Its arguments depend on the broker's version: one declared before an upgrade from 3.x
+        to 4.x has none, and declaring it again with -1 would fail. An existing queue is used
+        as it is (on 4.x, give it the limit with a policy: see README's topology section).
+        """
+        assert self._connection is not None  # noqa: S101  # declare() runs connected
+        probe = await self._connection.channel()  # a failed passive declare closes its channel
+        try:
+            await probe.declare_queue(self.topology.dead_letter_queue, passive=True)
+        except aio_pika.exceptions.ChannelNotFoundEntity:
+            return await self.channel.declare_queue(
+                self.topology.dead_letter_queue,
+                durable=True,
+                arguments=self.topology.dead_letter_queue_arguments(
+                    broker_version=self.broker_version
+                ),
+            )
+        await probe.close()
+        return await self.channel.declare_queue(self.topology.dead_letter_queue, passive=True)
+
     async def delete(self) -> None:
         """Delete the exchanges and queues, messages and all (tests and teardown only)."""
         t = self.topology
-        with _translated():
+        with translated_errors():
             for queue in (t.queue, t.dead_letter_queue, t.retry_queue):
                 await self.channel.queue_delete(queue)
             for exchange in (t.exchange, t.dead_letter_exchange):
@@ -356,7 +388,7 @@ class Broker:
                 self._outstanding.add(message.delivery_tag)
             await handler(message)
 
-        with _translated():
+        with translated_errors():
             await self.channel.set_qos(prefetch_count=prefetch)
             self._consumer_tag = await queue.consume(deliver, no_ack=False)
 
@@ -373,7 +405,7 @@ class Broker:
         """Stop deliveries; returns when the broker has confirmed that no more will come."""
         if self._queue is not None and self._consumer_tag is not None:
             tag, self._consumer_tag = self._consumer_tag, None
-            with _translated():
+            with translated_errors():
                 await self._queue.cancel(tag)
 
     async def ack(self, messages: Sequence[AbstractIncomingMessage]) -> int:
@@ -386,7 +418,7 @@ class Broker:
         by_tag = {m.delivery_tag: m for m in live if m.delivery_tag is not None}
         multiple, singles = plan_acks(list(by_tag), outstanding=list(self._outstanding))
         try:
-            with _translated():
+            with translated_errors():
                 if multiple is not None:
                     await by_tag[multiple].ack(multiple=True)
                 for tag in singles:
@@ -422,7 +454,7 @@ class Broker:
         headers = dead_letter_headers(
             dict(message.headers or {}), code=code, detail=detail, routing_key=key, failed_at=now
         )
-        with _translated():
+        with translated_errors():
             await self._dead_letters.publish(_copy(message, headers), routing_key=key)
 
     async def retry_later(
@@ -441,7 +473,7 @@ class Broker:
             received_at=received_at,
         )
         copy = _copy(message, headers, expiration=delay)
-        with _translated():
+        with translated_errors():
             await self.channel.default_exchange.publish(copy, routing_key=self.topology.retry_queue)
 
 
@@ -468,7 +500,7 @@ class HeldQueue:
 
     async def __aenter__(self) -> Self:
         """Connect, take the lock, and start taking the messages that are in the queue now."""
-        with _translated():
+        with translated_errors():
             # A plain connection: after a reconnect, held messages would come again as new.
             self._connection = await aio_pika.connect(self._url)
         try:
@@ -480,26 +512,18 @@ class HeldQueue:
 
     async def _open(self) -> None:
         assert self._connection is not None  # noqa: S101  # set by __aenter__
-        with _translated():
-            channel = await self._connection.channel(publisher_confirms=True)
-        try:
-            await channel.declare_queue(f"{self.queue}.lock", exclusive=True, auto_delete=True)
-        except aiormq.exceptions.ChannelLockedResource:  # aio-pika doesn't re-export it
-            raise DeadLetterQueueBusyError from None
-        with _translated():
-            # The lock's failure would have closed the channel: the work gets a fresh one.
+        with translated_errors():
+            lock = await self._connection.channel()
+            try:
+                await lock.declare_queue(f"{self.queue}.lock", exclusive=True, auto_delete=True)
+            except aiormq.exceptions.ChannelLockedResource:  # aio-pika doesn't re-export it
+                raise DeadLetterQueueBusyError from None
             self._channel = await self._connection.channel(
                 publisher_confirms=True, on_return_raises=True
             )
-        try:
             source = await self._channel.declare_queue(self.queue, passive=True)
-        except aio_pika.exceptions.ChannelNotFoundEntity:
-            raise BrokerError(
-                f"queue {self.queue} does not exist: run `task-history migrate`"
-            ) from None
-        self.size = source.declaration_result.message_count or 0
-        if self.size:
-            with _translated():
+            self.size = source.declaration_result.message_count or 0
+            if self.size:
                 # No prefetch limit: every message is held until the work is done with it.
                 await self._channel.set_qos(prefetch_count=0)
                 await source.consume(self._arrive, no_ack=False)
@@ -511,8 +535,7 @@ class HeldQueue:
         """Give back every message not dropped or sent on, and disconnect."""
         if self._connection is not None:
             connection, self._connection = self._connection, None
-            with contextlib.suppress(TimeoutError, *aio_pika.exceptions.CONNECTION_EXCEPTIONS):
-                await asyncio.wait_for(connection.close(), 10)
+            await close_connection(connection, grace=10)
 
     async def __aexit__(
         self,
@@ -538,7 +561,7 @@ class HeldQueue:
 
     async def drop(self, message: AbstractIncomingMessage) -> None:
         """Remove a held message from the queue for good."""
-        with _translated():
+        with translated_errors():
             await message.ack()
 
     async def send(
@@ -553,27 +576,15 @@ class HeldQueue:
 
         Raises UnroutableError, leaving the message held, when no queue is bound for the key.
         """
-        assert self._channel is not None  # noqa: S101  # set while held
-        copy = _copy(message, headers)
-        with _translated():
+        with translated_errors():
             target = await self._exchange(exchange)
-            try:
-                await target.publish(copy, routing_key=routing_key, mandatory=True)
-            except aio_pika.exceptions.PublishError:
-                raise UnroutableError(
-                    f"no queue is bound to exchange {exchange} for routing key {routing_key!r}"
-                ) from None
+            await target.publish(_copy(message, headers), routing_key=routing_key, mandatory=True)
             await message.ack()
 
     async def _exchange(self, name: str) -> aio_pika.abc.AbstractExchange:
         assert self._channel is not None  # noqa: S101  # set while held
         if name not in self._exchanges:
-            try:
-                self._exchanges[name] = await self._channel.get_exchange(name, ensure=True)
-            except aio_pika.exceptions.ChannelNotFoundEntity:
-                raise BrokerError(
-                    f"exchange {name} does not exist: run `task-history migrate`"
-                ) from None
+            self._exchanges[name] = await self._channel.get_exchange(name, ensure=True)
         return self._exchanges[name]
 
 

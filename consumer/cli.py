@@ -790,7 +790,7 @@ def _publish_file(settings: Settings, source: BinaryIO) -> tuple[int, int]:
         click.echo(f"line {number}: {reason}", err=True)
 
     def events() -> Iterator[OutgoingEvent]:
-        for number, item in read_event_lines(source, now=datetime.now(UTC)):
+        for number, item in read_event_lines(source):
             if isinstance(item, InvalidEventError):
                 refuse(number, item)
             else:

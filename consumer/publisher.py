@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
@@ -16,13 +14,11 @@ from typing import Any, Self
 
 import aio_pika
 import aio_pika.exceptions
-import aiormq.exceptions
 from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 
-from consumer.broker import routing_key
-from consumer.errors import BrokerError, BrokerUnavailableError, TaskHistoryError, UnroutableError
+from consumer.broker import close_connection, routing_key, translated_errors
+from consumer.errors import BrokerError, TaskHistoryError
 from consumer.events import ErrorCode, Event, InvalidEventError, parse_event
-from consumer.logs import redact
 
 DEFAULT_EXCHANGE = "task_build_history"
 DEFAULT_WINDOW = 256
@@ -90,9 +86,13 @@ def prepare_event(event: EventLike, *, now: datetime) -> OutgoingEvent:
 
 
 def read_event_lines(
-    lines: Iterable[str | bytes], *, now: datetime
+    lines: Iterable[str | bytes], *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 ) -> Iterator[tuple[int, OutgoingEvent | InvalidEventError]]:
-    """Each non-blank line of a JSON Lines text, by number from 1: an event, or why not."""
+    """Each non-blank line of a JSON Lines text, by number from 1: an event, or why not.
+
+    A line without `created_at` gets `clock()` as it is read: a stream from stdin may run for
+    days, and each event happened when its line came.
+    """
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -105,39 +105,9 @@ def read_event_lines(
             yield number, InvalidEventError(ErrorCode.INVALID_EVENT, "body must be a JSON object")
             continue
         try:
-            yield number, prepare_event(data, now=now)
+            yield number, prepare_event(data, now=clock())
         except InvalidEventError as exc:
             yield number, exc
-
-
-@contextmanager
-def _translated(exchange: str) -> Iterator[None]:
-    """Turn client errors into the project's, with no secret in the message."""
-    try:
-        yield
-    except aiormq.exceptions.PublishError as exc:  # the broker returned it: basic.return
-        raise UnroutableError(
-            f"no queue is bound to exchange {exchange} for the routing key: {redact(str(exc))}"
-        ) from exc
-    except aiormq.exceptions.DeliveryError as exc:  # a nack: say, a full queue refusing
-        raise BrokerError(f"the broker refused the message: {redact(str(exc))}") from exc
-    except aio_pika.exceptions.ChannelNotFoundEntity as exc:
-        raise BrokerError(
-            f"exchange {exchange} does not exist: run `task-history migrate` first"
-        ) from exc
-    except aio_pika.exceptions.ProbableAuthenticationError as exc:
-        raise BrokerError(f"the broker refused the credentials: {redact(str(exc))}") from exc
-    except (
-        OSError,
-        TimeoutError,
-        aio_pika.exceptions.AMQPConnectionError,
-        aio_pika.exceptions.ChannelInvalidStateError,
-        aio_pika.exceptions.ChannelClosed,
-    ) as exc:
-        detail = redact(str(exc)) or type(exc).__name__
-        raise BrokerUnavailableError(f"broker unavailable: {detail}") from exc
-    except aio_pika.exceptions.AMQPError as exc:
-        raise BrokerError(redact(str(exc)) or type(exc).__name__) from exc
 
 
 class HistoryPublisher:
@@ -174,7 +144,7 @@ class HistoryPublisher:
 
     async def connect(self) -> None:
         """Connect, open a confirming channel, and check that the exchange exists."""
-        with _translated(self.exchange_name):
+        with translated_errors():
             self._connection = await aio_pika.connect_robust(self._url)
             try:
                 channel = await self._connection.channel(
@@ -190,8 +160,7 @@ class HistoryPublisher:
         self._exchange = None
         if self._connection is not None:
             connection, self._connection = self._connection, None
-            with contextlib.suppress(TimeoutError, *aio_pika.exceptions.CONNECTION_EXCEPTIONS):
-                await asyncio.wait_for(connection.close(), 10)
+            await close_connection(connection, grace=10)
 
     async def __aenter__(self) -> Self:
         """Connect."""
@@ -226,7 +195,7 @@ class HistoryPublisher:
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             message_id=str(outgoing.id),
         )
-        with _translated(self.exchange_name):
+        with translated_errors():
             await self._exchange.publish(
                 message,
                 routing_key=outgoing.routing_key,
@@ -242,7 +211,8 @@ class HistoryPublisher:
 
         Nothing is sent if any event is invalid (InvalidEventError names its position). If the
         broker refuses some, the rest are still sent, and the first refusal is raised at the
-        end; publishing the same events again is safe, since their ids make them idempotent.
+        end. Publishing the same events again is safe for those that carry an `id`: an event
+        without one gets a new id each time, and would be stored twice.
         """
         now = datetime.now(UTC)
         prepared: list[OutgoingEvent] = []

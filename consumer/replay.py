@@ -18,7 +18,7 @@ from consumer.deadletters import (
     read_dead_letter,
     replay_headers,
 )
-from consumer.errors import DeadLetterNotFoundError, UnroutableError
+from consumer.errors import DeadLetterNotFoundError, TaskHistoryError, UnroutableError
 
 # Replayed copies whose confirms are awaited together: enough to hide the round trip, few
 # enough that a kill re-sends little (each copy is acked only after its confirm).
@@ -105,6 +105,35 @@ async def replay(  # noqa: PLR0913  # each option is one of the command's flags
     not selected stays in its order.
     """
     outcome = Outcome(queue=topology.dead_letter_queue, dry_run=dry_run)
+    try:
+        await _replay(
+            url,
+            topology=topology,
+            selection=selection,
+            limit=limit,
+            max_replays=max_replays,
+            progress=progress,
+            outcome=outcome,
+        )
+    except TaskHistoryError as exc:
+        raise type(exc)(
+            f"{exc} (replay stopped after moving {len(outcome.done)}; the rest stay"
+            f" dead-lettered, and running it again is safe)"
+        ) from exc
+    return outcome
+
+
+async def _replay(  # noqa: PLR0913  # replay()'s options, passed on
+    url: str,
+    *,
+    topology: Topology,
+    selection: Selection,
+    limit: int | None,
+    max_replays: int | None,
+    progress: Progress,
+    outcome: Outcome,
+) -> None:
+    dry_run = outcome.dry_run
     async with HeldQueue(url, queue=topology.dead_letter_queue) as held:
         outcome.held = held.size
         in_flight: list[tuple[DeadLetter, Coroutine[Any, Any, None]]] = []
@@ -132,7 +161,6 @@ async def replay(  # noqa: PLR0913  # each option is one of the command's flags
             if limit is not None and len(outcome.done) + len(in_flight) >= limit:
                 break  # the rest stays where it is
         await _settle(in_flight, outcome)
-    return outcome
 
 
 async def _settle(
@@ -171,7 +199,9 @@ async def purge(  # noqa: PLR0913  # each option is one of the command's flags
     outcome = Outcome(queue=topology.dead_letter_queue, dry_run=dry_run)
     async with HeldQueue(url, queue=topology.dead_letter_queue) as held:
         outcome.held = held.size
-        if held.size and not dry_run and confirm is not None and not confirm(held.size):
+        # Asked in a thread: the connection keeps its heartbeats while the operator thinks.
+        ask = None if dry_run or not held.size else confirm
+        if ask is not None and not await asyncio.to_thread(ask, held.size):
             outcome.cancelled = True
             return outcome
         seen = 0

@@ -23,9 +23,9 @@ class ExpiryJob:
     schedule: str
 
 
-def job_name(database: str) -> str:
-    """The job's name: one job per history database, whichever database pg_cron lives in."""
-    return _JOB_PREFIX + database
+def job_name(database: str, schema: str = "public") -> str:
+    """The job's name: one per history (database and schema), wherever pg_cron lives."""
+    return _JOB_PREFIX + (database if schema == "public" else f"{database}.{schema}")
 
 
 def expire_command(schema: str, *, batch_size: int) -> str:
@@ -59,7 +59,7 @@ async def schedule_expiry(database_url: str, *, schedule: str, batch_size: int) 
         here, schema, cron_database = await store.cron_place()
         if cron_database is None:
             raise _unavailable(here)
-        job = ExpiryJob(job_name(here), here, cron_database, schedule)
+        job = ExpiryJob(job_name(here, schema), here, cron_database, schedule)
         command = expire_command(schema, batch_size=batch_size)
         if cron_database == here:
             await _schedule_on(store, job, command, elsewhere=False)
@@ -90,10 +90,10 @@ async def _schedule_on(cron: Store, job: ExpiryJob, command: str, *, elsewhere: 
 async def unschedule_expiry(database_url: str) -> ExpiryJob | None:
     """Remove the expiry job from pg_cron and the note; the job that was there, if any."""
     async with Store(database_url, max_connections=1) as store:
-        here, _, cron_database = await store.cron_place()
+        here, schema, cron_database = await store.cron_place()
         removed = False
         if cron_database is not None:
-            name = job_name(here)
+            name = job_name(here, schema)
             if cron_database == here:
                 removed = await store.unschedule_cron_job(name)
             else:
@@ -104,4 +104,4 @@ async def unschedule_expiry(database_url: str) -> ExpiryJob | None:
         noted = await store.forget_expiry_job()
     if noted is None and not removed:
         return None
-    return ExpiryJob(job_name(here), here, cron_database or (noted[1] if noted else ""), "")
+    return ExpiryJob(job_name(here, schema), here, cron_database or (noted[1] if noted else ""), "")

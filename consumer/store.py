@@ -90,6 +90,10 @@ _CRON_UNSCHEDULE = "SELECT cron.unschedule($1::bigint)"
 _CRON_SCHEDULE = "SELECT cron.schedule($1, $2, $3)"
 _CRON_SCHEDULE_IN_DATABASE = "SELECT cron.schedule_in_database($1, $2, $3, $4)"
 _EXPIRY_JOB = "SELECT job_name FROM task_build_history_expiry_job"
+_EXPIRY_JOB_SILENT = (
+    "SELECT greatest(last_run_at, registered_at) < now() - $1::interval"
+    " FROM task_build_history_expiry_job"
+)
 _RECORD_EXPIRY_JOB = """
 INSERT INTO task_build_history_expiry_job (job_name, cron_database, schedule)
 VALUES ($1, $2, $3)
@@ -368,7 +372,9 @@ class Store:
     async def ping(self, *, within: float = 2) -> None:
         """Run a trivial query; DatabaseUnavailableError unless it answers within `within` s."""
         with _translated():
-            await self.pool.fetchval("SELECT 1", timeout=within)
+            # The wait for a free connection counts too: a busy or hung pool is not ready.
+            async with self.pool.acquire(timeout=within) as connection:
+                await connection.fetchval("SELECT 1", timeout=within)
 
     # pg_cron
 
@@ -414,6 +420,10 @@ class Store:
         """The pg_cron job that runs expiry for this database, if one is registered."""
         job: str | None = await self._fetchval(_EXPIRY_JOB)
         return job
+
+    async def expiry_job_silent(self, *, longer_than: timedelta) -> bool:
+        """Whether the registered job has neither run nor been registered for `longer_than`."""
+        return bool(await self._fetchval(_EXPIRY_JOB_SILENT, longer_than))
 
     async def record_expiry_job(self, name: str, *, cron_database: str, schedule: str) -> None:
         """Note in this database that pg_cron runs its expiry: the consumers stand down."""

@@ -39,6 +39,9 @@ log = structlog.get_logger("consumer")
 # A row the database refuses for its data never gets here: bisection dead-letters it alone.
 RETRYABLE = (StoreError, NotMigratedError, BrokerError)
 RETENTION_REFRESH_SECONDS = 30.0
+# How long a registered pg_cron expiry job may go without running before the consumers take
+# expiry back: longer than any sensible schedule (daily at most), short of a real problem.
+CRON_SILENCE = timedelta(hours=25)
 
 
 @dataclass(slots=True)
@@ -425,6 +428,15 @@ class Worker:
             try:
                 # Asked every interval: `task-history schedule` may be run, or undone, any time.
                 now_scheduled = await self._store.expiry_job()
+                if now_scheduled is not None and await self._store.expiry_job_silent(
+                    longer_than=CRON_SILENCE
+                ):
+                    # A broken pg_cron (preload removed, database restored elsewhere) must not
+                    # stop expiry for good: past a day of silence, expire here again.
+                    log.warning(
+                        "pg_cron job has not run for a day; expiring here", job=now_scheduled
+                    )
+                    now_scheduled = None
                 if now_scheduled != scheduled:
                     scheduled = now_scheduled
                     if scheduled is None:

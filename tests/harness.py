@@ -302,3 +302,16 @@ async def assert_stored_exactly_once(sql: asyncpg.Connection, ids: list[uuid.UUI
     stored = await sql.fetch("SELECT id FROM task_build_history")
     assert len(stored) == len(ids)
     assert {row["id"] for row in stored} == set(ids)
+
+
+async def stored_twice(sql: asyncpg.Connection) -> int:
+    """Rows beyond the first of the same event (task and content): a redelivery stored again.
+
+    Events published by `backlog` differ in task or content, and the primary key already stops
+    a known id twice: this catches a copy that got through under another id.
+    """
+    return int(
+        await sql.fetchval(
+            "SELECT count(*) - count(DISTINCT (task_id, content)) FROM task_build_history"
+        )
+    )

@@ -143,7 +143,7 @@ class TestExpiryMetrics:
     """Expiry runs and the rows they delete are counted; a pg_cron job makes the loop stand down."""
 
     async def test_runs_and_deleted_rows(self, settings: Settings, sql: asyncpg.Connection) -> None:
-        """Expired rows are deleted by the loop and counted; with a job noted, it stands down."""
+        """The loop expires and counts; it stands down for a job noted, unless it is silent."""
         settings = with_metrics(settings, expire_interval_seconds=0.2)
         task = await new_task(sql)
         long_ago = datetime.now(UTC) - timedelta(days=30)
@@ -173,11 +173,21 @@ class TestExpiryMetrics:
                 what="two more intervals left to pg_cron",
             )
             assert await sql.fetchval("SELECT count(*) FROM task_build_history") == 1
-            await sql.execute("DELETE FROM task_build_history_expiry_job")
+            # A job silent for over a day is taken as broken: the loop expires again.
+            await sql.execute(
+                "UPDATE task_build_history_expiry_job SET registered_at = now() - interval '26h'"
+            )
             await wait_for(
                 lambda: scrape(settings),
                 lambda s: value(s, "task_history_expired_entries_total") == 8,
-                what="the loop expiring again",
+                what="the loop expiring again beside a silent job",
+            )
+            await insert_rows(sql, [(task, long_ago)])
+            await sql.execute("DELETE FROM task_build_history_expiry_job")
+            await wait_for(
+                lambda: scrape(settings),
+                lambda s: value(s, "task_history_expired_entries_total") == 9,
+                what="the loop expiring again without a job",
             )
 
 

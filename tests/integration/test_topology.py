@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import aio_pika
 import asyncpg
@@ -54,6 +55,26 @@ class TestDeclare:
             async with Broker(amqp_url, topology=names) as broker:
                 with pytest.raises(BrokerError, match="other arguments"):
                     await broker.declare()
+        finally:
+            await connection.close()
+            async with Broker(amqp_url, topology=names) as broker:
+                await broker.delete()
+
+    async def test_an_existing_dead_letter_queue_is_used_as_it_is(self, amqp_url: str) -> None:
+        """A dead-letter queue declared before with other arguments is used, not refused."""
+        names = Topology.named(f"th_{uuid.uuid4().hex[:8]}")
+        connection = await aio_pika.connect(amqp_url)
+        channel = await connection.channel()
+        arguments: dict[str, Any] = {"x-queue-type": "quorum", "x-max-length": 1_000_000}
+        await channel.declare_queue(names.dead_letter_queue, durable=True, arguments=arguments)
+        try:
+            async with Broker(amqp_url, topology=names) as broker:
+                await broker.declare()
+                await broker.declare()
+            async with Bus(amqp_url, names) as bus:
+                exchange = await bus.channel.get_exchange(names.dead_letter_exchange)
+                await exchange.publish(aio_pika.Message(b"x"), routing_key="history.error")
+                assert await bus.depth(names.dead_letter_queue) == 1
         finally:
             await connection.close()
             async with Broker(amqp_url, topology=names) as broker:

@@ -15,7 +15,7 @@ import asyncpg
 
 from consumer.broker import Topology
 from consumer.settings import Settings
-from tests.harness import Bus, ConsumerProcess, event, wait_for
+from tests.harness import Bus, ConsumerProcess, event, stored_twice, wait_for
 from tests.helpers import new_task
 from tests.reliability.conftest import Figures
 
@@ -49,7 +49,7 @@ async def write_directly(
             try:
                 await connection.execute(
                     "INSERT INTO task_build_history (id, task_id, context_type, content,"
-                    " created_at) SELECT id, task_id, 'execution_step', 'sql', created_at"
+                    " created_at) SELECT id, task_id, 'execution_step', 'sql ' || id, created_at"
                     " FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[])"
                     " AS r (id, task_id, created_at)",
                     [row[0] for row in chunk],
@@ -104,7 +104,7 @@ class TestConcurrentWriters:
                     for n in range(WRITERS)
                 ]
                 await bus.publish_many(
-                    event(task, "event", id=str(entry), created_at=created.isoformat())
+                    event(task, f"event {entry}", id=str(entry), created_at=created.isoformat())
                     for entry, task, created in by_events
                 )
                 writer_errors = await asyncio.gather(*writers)
@@ -142,16 +142,19 @@ class TestConcurrentWriters:
             missing += len(set(written[-100:]) - set(kept))
             wrong += len(set(kept) - set(written[-100:]))
         figures.faults, figures.events = 0, total
-        figures.lost, figures.duplicated, figures.dead_lettered_wrongly = missing, wrong, dead
+        figures.lost, figures.dead_lettered_wrongly = missing, dead
+        figures.duplicated = await stored_twice(sql)
         figures.note = (
             f"3 consumers + {WRITERS} SQL writers; deadlocks {sql_errors['40P01']},"
-            f" serialization errors {sql_errors['40001']}, consumer retries {consumer_retries}"
+            f" serialization errors {sql_errors['40001']}, consumer retries {consumer_retries},"
+            f" rows kept that are not among the newest 100: {wrong}"
         )
+        assert all('"batch"' in log for log in logs), "a consumer got no share of the events"
         assert sql_errors == Counter(), sql_errors
         assert consumer_retries == 0, [
             line for log in logs for line in log.splitlines() if "retry" in line
         ]
-        assert (missing, wrong, dead) == (0, 0, 0)
+        assert (missing, wrong, figures.duplicated, dead) == (0, 0, 0, 0)
         per_task = await sql.fetch("SELECT count(*) AS n FROM task_build_history GROUP BY task_id")
         assert sorted(row["n"] for row in per_task) == [100] * TASKS
         counters = await sql.fetch("SELECT entries FROM task_build_history_counts")

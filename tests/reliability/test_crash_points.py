@@ -21,6 +21,7 @@ from tests.harness import (
     TcpProxy,
     backlog,
     count_rows,
+    stored_twice,
     through,
     wait_for,
 )
@@ -99,7 +100,7 @@ class TestCrashPoints:
         stored = [row["id"] for row in await sql.fetch("SELECT id FROM task_build_history")]
         figures.faults, figures.events = KILLS, BACKLOG
         figures.lost = len(set(ids) - set(stored))
-        figures.duplicated = len(stored) - len(set(stored))
+        figures.duplicated = await stored_twice(sql)
         figures.dead_lettered_wrongly = dead
         redelivered = sum(absorbed_duplicates(log) for log in logs)
         figures.note = (

@@ -22,6 +22,7 @@ from tests.harness import (
     TcpProxy,
     backlog,
     count_rows,
+    stored_twice,
     through,
     wait_for,
 )
@@ -39,7 +40,7 @@ async def check_stored(
     stored = [row["id"] for row in await sql.fetch("SELECT id FROM task_build_history")]
     figures.events = len(ids)
     figures.lost = len(set(ids) - set(stored))
-    figures.duplicated = len(stored) - len(set(stored))
+    figures.duplicated = await stored_twice(sql)
     figures.dead_lettered_wrongly = dead
     assert (figures.lost, figures.duplicated, figures.dead_lettered_wrongly) == (0, 0, 0)
     assert set(stored) == set(ids)

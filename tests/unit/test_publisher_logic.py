@@ -96,7 +96,7 @@ class TestReadEventLines:
             b"\xff\xfe",
             json.dumps(minimal(content="last")),
         ]
-        results = list(read_event_lines(lines, now=NOW))
+        results = list(read_event_lines(lines, clock=lambda: NOW))
         assert [number for number, _ in results] == [1, 2, 4, 5, 6, 7]
         kinds = [
             item.code.value if isinstance(item, InvalidEventError) else "ok" for _, item in results
@@ -118,7 +118,7 @@ class TestReadEventLines:
         line = json.dumps(minimal())
         ids = {
             item.id
-            for _, item in read_event_lines([line, line], now=NOW)
+            for _, item in read_event_lines([line, line], clock=lambda: NOW)
             if isinstance(item, OutgoingEvent)
         }
         assert len(ids) == 2
