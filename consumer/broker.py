@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 import aio_pika
 import aio_pika.exceptions
+import aiormq.abc
 import aiormq.exceptions
 import structlog
 from aio_pika.abc import (
@@ -32,6 +33,7 @@ from consumer.events import ErrorCode
 from consumer.logs import redact
 
 log = structlog.get_logger("consumer")
+T = TypeVar("T")
 
 # Headers of contract §2, and the consumer's own for unknown-task retries.
 ERROR = "x-error"
@@ -122,6 +124,86 @@ def _major(version: str) -> int:
     return int(head) if head.isdigit() else 0
 
 
+class MessageLike(Protocol):
+    """What the header helpers and copies read of a message: aio-pika's, or a Received."""
+
+    @property
+    def body(self) -> bytes: ...  # noqa: D102  # a protocol's members are its attributes
+    @property
+    def headers(self) -> Mapping[str, Any] | None: ...  # noqa: D102
+    @property
+    def routing_key(self) -> str | None: ...  # noqa: D102
+    @property
+    def message_id(self) -> str | None: ...  # noqa: D102
+    @property
+    def content_type(self) -> str | None: ...  # noqa: D102
+    @property
+    def content_encoding(self) -> str | None: ...  # noqa: D102
+    @property
+    def priority(self) -> int | None: ...  # noqa: D102
+    @property
+    def correlation_id(self) -> str | None: ...  # noqa: D102
+    @property
+    def reply_to(self) -> str | None: ...  # noqa: D102
+    @property
+    def timestamp(self) -> datetime | None: ...  # noqa: D102
+    @property
+    def type(self) -> str | None: ...  # noqa: D102
+    @property
+    def app_id(self) -> str | None: ...  # noqa: D102
+
+
+class _Property(Generic[T]):
+    """A Received attribute read from its delivery's AMQP properties."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __get__(self, message: Received, owner: type[Received]) -> T:
+        return getattr(message._properties, self._name)  # type: ignore[no-any-return]  # noqa: SLF001  # the descriptor's own class
+
+
+class Received:
+    """A message the consumer received, read straight from the client's frames.
+
+    aio-pika wraps every delivery in an IncomingMessage (every property copied through a
+    checked attribute write) inside a second task of its own: on the consumer's hot path that
+    costs a third of the time (a bare loop: 16,000 messages/s through aio-pika, 24,000 on
+    aiormq's deliveries). Properties are read only when asked for.
+    """
+
+    __slots__ = ("_properties", "body", "channel", "delivery_tag", "routing_key")
+
+    def __init__(self, delivered: aiormq.abc.DeliveredMessage) -> None:
+        """Wrap one delivery of a basic.consume."""
+        self._properties = delivered.header.properties
+        self.body: bytes = delivered.body
+        self.channel: aiormq.abc.AbstractChannel = delivered.channel
+        self.delivery_tag: int | None = getattr(delivered.delivery, "delivery_tag", None)
+        self.routing_key: str | None = delivered.routing_key
+
+    @property
+    def headers(self) -> dict[str, Any]:
+        """The message's headers (empty when it has none)."""
+        return dict(self._properties.headers or {})
+
+    # The AMQP properties, read from the frame when asked for; `type` is pamqp's message_type.
+    message_id = _Property[str | None]("message_id")
+    content_type = _Property[str | None]("content_type")
+    content_encoding = _Property[str | None]("content_encoding")
+    priority = _Property[int | None]("priority")
+    correlation_id = _Property[str | None]("correlation_id")
+    reply_to = _Property[str | None]("reply_to")
+    timestamp = _Property[datetime | None]("timestamp")
+    type = _Property[str | None]("message_type")
+    app_id = _Property[str | None]("app_id")
+
+    async def ack(self, *, multiple: bool = False) -> None:
+        """Ack this delivery (and, with `multiple`, every earlier one on its channel)."""
+        assert self.delivery_tag is not None  # noqa: S101  # basic.consume deliveries have one
+        await self.channel.basic_ack(self.delivery_tag, multiple=multiple)
+
+
 def routing_key(context_type: str) -> str:
     """The routing key an event is published with: `history.<context_type>`."""
     return f"history.{context_type}"
@@ -134,7 +216,7 @@ def header_text(value: object) -> str:
     return value if isinstance(value, str) else ""
 
 
-def original_routing_key(message: AbstractIncomingMessage) -> str:
+def original_routing_key(message: MessageLike) -> str:
     """The key the message was first published with, even after a retry or a replay."""
     first = header_text((message.headers or {}).get(ORIGINAL_ROUTING_KEY))
     return first or message.routing_key or ""
@@ -174,7 +256,7 @@ def retry_headers(
     }
 
 
-def header_time(message: AbstractIncomingMessage, name: str) -> datetime | None:
+def header_time(message: MessageLike, name: str) -> datetime | None:
     """A timestamp header written by this consumer; None if absent, malformed or naive."""
     value = (message.headers or {}).get(name)
     if isinstance(value, bytes):
@@ -246,7 +328,7 @@ async def close_connection(connection: aio_pika.abc.AbstractConnection, *, grace
         await asyncio.wait_for(connection.close(), grace)
 
 
-MessageHandler = Callable[[AbstractIncomingMessage], Awaitable[None]]
+MessageHandler = Callable[[Received], Awaitable[None]]
 
 
 class Broker:
@@ -260,6 +342,7 @@ class Broker:
         self._channel: AbstractRobustChannel | None = None
         self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
+        self._handler: MessageHandler | None = None
         self._dead_letters: aio_pika.abc.AbstractExchange | None = None
         # Delivery tags handed to us and not yet acked, on the channel that delivered them.
         self._outstanding: set[int] = set()
@@ -371,26 +454,37 @@ class Broker:
                 await self.channel.exchange_delete(exchange)
 
     async def consume(self, handler: MessageHandler, *, prefetch: int) -> None:
-        """Start delivering messages of the main queue to `handler`, `prefetch` unacked at most."""
+        """Start delivering messages of the main queue to `handler`, `prefetch` unacked at most.
+
+        The subscription is made on the client's own channel (see Received) and made again
+        each time the robust channel reopens after a reconnect.
+        """
         if self._queue is None:
             await self.declare()
-        assert self._queue is not None  # noqa: S101  # declare() sets it
-        queue = self._queue
-
-        async def deliver(message: AbstractIncomingMessage) -> None:
-            # An async callback: aio-pika wraps a plain one and formats a warning per message.
-            channel = message.channel
-            if channel is not self._delivering_channel:
-                # A new channel after a reconnect: tags restart, the old ones are void.
-                self._delivering_channel = channel
-                self._outstanding = set()
-            if message.delivery_tag is not None:
-                self._outstanding.add(message.delivery_tag)
-            await handler(message)
-
+        self._handler = handler
         with translated_errors():
-            await self.channel.set_qos(prefetch_count=prefetch)
-            self._consumer_tag = await queue.consume(deliver, no_ack=False)
+            await self.channel.set_qos(prefetch_count=prefetch)  # kept, and restored, by aio-pika
+            await self._subscribe(self.channel)
+        self.channel.reopen_callbacks.add(self._subscribe)
+
+    async def _subscribe(self, _channel: object) -> None:
+        """Subscribe on the open channel (also the robust channel's reopen callback)."""
+        if self._handler is None:  # cancelled meanwhile
+            return
+        underlay = await self.channel.get_underlay_channel()
+        ok = await underlay.basic_consume(self.topology.queue, self._deliver, no_ack=False)
+        self._consumer_tag = ok.consumer_tag
+
+    async def _deliver(self, delivered: aiormq.abc.DeliveredMessage) -> None:
+        message = Received(delivered)
+        if message.channel is not self._delivering_channel:
+            # A new channel after a reconnect: tags restart, the old ones are void.
+            self._delivering_channel = message.channel
+            self._outstanding = set()
+        if message.delivery_tag is not None:
+            self._outstanding.add(message.delivery_tag)
+        if self._handler is not None:
+            await self._handler(message)
 
     @property
     def consuming(self) -> bool:
@@ -403,12 +497,14 @@ class Broker:
 
     async def cancel(self) -> None:
         """Stop deliveries; returns when the broker has confirmed that no more will come."""
-        if self._queue is not None and self._consumer_tag is not None:
+        self._handler = None
+        if self._consumer_tag is not None:
             tag, self._consumer_tag = self._consumer_tag, None
             with translated_errors():
-                await self._queue.cancel(tag)
+                underlay = await self.channel.get_underlay_channel()
+                await underlay.basic_cancel(tag)
 
-    async def ack(self, messages: Sequence[AbstractIncomingMessage]) -> int:
+    async def ack(self, messages: Sequence[Received]) -> int:
         """Ack messages, in one frame where that is safe; return how many could not be acked.
 
         A message from a channel that has since closed can't be acked: the broker redelivers
@@ -428,23 +524,21 @@ class Broker:
         self._outstanding.difference_update(by_tag)
         return len(messages) - len(live)
 
-    def holds_any(self, messages: Sequence[AbstractIncomingMessage]) -> bool:
+    def holds_any(self, messages: Sequence[Received]) -> bool:
         """Whether any of `messages` can still be acked: delivered on the channel open now."""
         return bool(self._live(messages))
 
-    def _live(self, messages: Sequence[AbstractIncomingMessage]) -> list[AbstractIncomingMessage]:
-        live = []
-        for message in messages:
-            try:
-                channel = message.channel
-            except aio_pika.exceptions.ChannelInvalidStateError:
-                continue
-            if channel is self._delivering_channel and message.delivery_tag is not None:
-                live.append(message)
-        return live
+    def _live(self, messages: Sequence[Received]) -> list[Received]:
+        return [
+            message
+            for message in messages
+            if message.channel is self._delivering_channel
+            and not message.channel.is_closed
+            and message.delivery_tag is not None
+        ]
 
     async def dead_letter(
-        self, message: AbstractIncomingMessage, *, code: ErrorCode, detail: str, now: datetime
+        self, message: Received, *, code: ErrorCode, detail: str, now: datetime
     ) -> None:
         """Publish a copy to the dead-letter exchange with the error headers, confirmed."""
         if self._dead_letters is None:
@@ -459,7 +553,7 @@ class Broker:
 
     async def retry_later(
         self,
-        message: AbstractIncomingMessage,
+        message: Received,
         *,
         delay: float,
         since: datetime,
@@ -589,7 +683,7 @@ class HeldQueue:
 
 
 def _copy(
-    message: AbstractIncomingMessage, headers: dict[str, Any], *, expiration: float | None = None
+    message: MessageLike, headers: dict[str, Any], *, expiration: float | None = None
 ) -> aio_pika.Message:
     """The same body and properties, persistent, with new headers.
 

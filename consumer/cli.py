@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import sys
 import urllib.error
@@ -406,7 +407,26 @@ def dlq() -> None:
 
 
 def _selection_options(command: Callable[..., None]) -> Callable[..., None]:
-    """The filters replay and purge share."""
+    """The filters replay and purge share, handed to the command as one `selection`."""
+
+    @functools.wraps(command)
+    def with_selection(
+        *args: object,
+        errors: tuple[str, ...],
+        task_id: UUID | None,
+        older_than: datetime | None,
+        newer_than: datetime | None,
+        **kwargs: object,
+    ) -> None:
+        selection = Selection(
+            errors=frozenset(errors),
+            task_id=task_id,
+            failed_before=older_than,
+            failed_after=newer_than,
+        )
+        command(*args, selection=selection, **kwargs)
+
+    wrapped: Callable[..., None] = with_selection
     for option in reversed(
         [
             click.option(
@@ -420,11 +440,13 @@ def _selection_options(command: Callable[..., None]) -> Callable[..., None]:
             click.option(
                 "--older-than",
                 metavar="AGE|TIME",
+                callback=_moment_option,
                 help="Only those that failed before: an age (30m, 2h, 3d) or an RFC 3339 time.",
             ),
             click.option(
                 "--newer-than",
                 metavar="AGE|TIME",
+                callback=_moment_option,
                 help="Only those that failed after: an age (30m, 2h, 3d) or an RFC 3339 time.",
             ),
             click.option("--limit", type=click.IntRange(min=1), help="At most this many messages."),
@@ -433,33 +455,8 @@ def _selection_options(command: Callable[..., None]) -> Callable[..., None]:
             ),
         ]
     ):
-        command = option(command)
-    return command
-
-
-def _selection(
-    *,
-    errors: Sequence[str],
-    task_id: UUID | None,
-    older_than: str | None,
-    newer_than: str | None,
-) -> Selection:
-    now = datetime.now(UTC)
-
-    def moment(flag: str, text: str | None) -> datetime | None:
-        if text is None:
-            return None
-        try:
-            return parse_moment(text, now=now)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint=flag) from None
-
-    return Selection(
-        errors=frozenset(errors),
-        task_id=task_id,
-        failed_before=moment("--older-than", older_than),
-        failed_after=moment("--newer-than", newer_than),
-    )
+        wrapped = option(wrapped)
+    return wrapped
 
 
 @contextlib.contextmanager
@@ -558,13 +555,10 @@ def dlq_show(ctx: click.Context, message_id: str) -> None:
     help="Leave (and report) a message already replayed this many times.",
 )
 @click.pass_context
-def dlq_replay(  # noqa: PLR0913  # one parameter per flag
+def dlq_replay(
     ctx: click.Context,
     *,
-    errors: tuple[str, ...],
-    task_id: UUID | None,
-    older_than: str | None,
-    newer_than: str | None,
+    selection: Selection,
     limit: int | None,
     dry_run: bool,
     max_replays: int,
@@ -574,9 +568,6 @@ def dlq_replay(  # noqa: PLR0913  # one parameter per flag
     Each is republished with its properties and message_id, x-replay-count plus one, and
     acked only once the broker has confirmed the copy.
     """
-    selection = _selection(
-        errors=errors, task_id=task_id, older_than=older_than, newer_than=newer_than
-    )
     settings = _settings(ctx)
     with _progress("replaying") as progress:
         outcome = _run(
@@ -618,19 +609,13 @@ def dlq_replay(  # noqa: PLR0913  # one parameter per flag
 def dlq_purge(  # noqa: PLR0913  # one parameter per flag
     ctx: click.Context,
     *,
-    errors: tuple[str, ...],
-    task_id: UUID | None,
-    older_than: str | None,
-    newer_than: str | None,
+    selection: Selection,
     limit: int | None,
     dry_run: bool,
     everything: bool,
     yes: bool,
 ) -> None:
     """Delete dead letters for good: those the filters select, or --all."""
-    selection = _selection(
-        errors=errors, task_id=task_id, older_than=older_than, newer_than=newer_than
-    )
     if selection.is_everything and not everything:
         raise click.UsageError(
             "purge needs a filter (--error, --task, --older-than, --newer-than) or --all"

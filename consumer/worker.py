@@ -11,10 +11,16 @@ from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import structlog
-from aio_pika.abc import AbstractIncomingMessage
 
 from consumer.batcher import Inbox, backoff
-from consumer.broker import RECEIVED_AT, WAITING_SINCE, Broker, Topology, header_time
+from consumer.broker import (
+    RECEIVED_AT,
+    WAITING_SINCE,
+    Broker,
+    Received,
+    Topology,
+    header_time,
+)
 from consumer.entries import NewEntry
 from consumer.errors import (
     BrokerError,
@@ -52,7 +58,7 @@ class Delivery:
     carries that time in a header, read at parse time.
     """
 
-    message: AbstractIncomingMessage
+    message: Received
     received_at: datetime
     parsed: NewEntry | InvalidEventError | None = None
 
@@ -205,8 +211,7 @@ class Worker:
                 await expiry
         log.info("stopped")
 
-    async def _deliver(self, message: AbstractIncomingMessage) -> None:
-        self.metrics.received.inc()
+    async def _deliver(self, message: Received) -> None:
         self._inbox.put(Delivery(message, datetime.now(UTC)))
 
     async def _until_up(self, name: str, connect: Callable[[], Awaitable[None]]) -> bool:
@@ -242,6 +247,7 @@ class Worker:
 
     async def _handle(self, batch: list[Delivery]) -> None:
         """Write a batch and ack it, retrying until it works, its channel closes, or time is up."""
+        self.metrics.received.inc(len(batch))  # once a batch: a lock per message costs
         loop = asyncio.get_running_loop()
         started = loop.time()
         attempt = 0

@@ -26,19 +26,19 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
 from consumer.broker import Broker, Topology
-from consumer.entries import NewEntry
 from consumer.store import Store
 from tests.benchmarks.common import (
     CONTEXT_TYPES,
     amqp_server,
     content,
+    fill_to_cap,
     machine,
     metadata,
     now_iso,
@@ -180,17 +180,7 @@ async def run(events: int, tasks_count: int) -> dict[str, object]:
     topology = Topology.named(f"th_bench_{uuid.uuid4().hex[:8]}")
     async with scratch_database("th_bench_drain") as database_url:
         tasks = [uuid.uuid4() for _ in range(tasks_count)]
-        async with Store(database_url, max_connections=1) as store:
-            await store.migrate()
-            await store.create_tasks(tasks)
-            start = datetime.now(UTC) - timedelta(hours=1)
-            fill = [
-                NewEntry(uuid.uuid4(), task, None, None, "agent_turn", "x" * 200, None, start)
-                for task in tasks
-                for _ in range(100)
-            ]
-            for k in range(0, len(fill), 5000):
-                await store.insert_entries(fill[k : k + 5000])
+        await fill_to_cap(database_url, tasks)
         async with Broker(url, topology=topology) as broker:
             await broker.declare()
         try:

@@ -9,7 +9,8 @@ Over one backlog (60,000 events over 300 tasks, every task already at the cap, c
 like agents send), in one run:
 
 1. Ceiling: a bare aio-pika loop that consumes and acks (every 250, multiple=True), parsing
-   JSON and storing nothing.
+   JSON and storing nothing; and, for reference, the same loop on aiormq's deliveries, which
+   is how the consumer reads them (without aio-pika's per-message objects).
 2. Naive peer: what a plain developer writes: per message validate, one INSERT, ack; 100 in
    flight on a pool of 10 connections.
 3. This project: `task-history consume` on its defaults, from its first batch to its last.
@@ -30,17 +31,19 @@ import contextlib
 import json
 import random
 import statistics
+import sys
+import tempfile
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aio_pika
+import aiormq.abc
 import asyncpg
 from aio_pika.abc import AbstractIncomingMessage
 
 from consumer.broker import Broker, Topology
-from consumer.entries import NewEntry
 from consumer.events import InvalidEventError, parse_event
 from consumer.store import Store
 from tests.benchmarks import bench_trim
@@ -51,7 +54,15 @@ from tests.benchmarks.bench_drain import (
     project,
     publish,
 )
-from tests.benchmarks.common import amqp_server, content, machine, now_iso, report, scratch_database
+from tests.benchmarks.common import (
+    amqp_server,
+    content,
+    fill_to_cap,
+    machine,
+    now_iso,
+    report,
+    scratch_database,
+)
 
 # The bars of issue 7: (result key, comparison, bar).
 BARS = [
@@ -70,6 +81,38 @@ ON CONFLICT (id) DO NOTHING
 """
 LATENCY_RATE = 200
 LATENCY_SECONDS = 30
+
+
+async def bare_aiormq(url: str, topology: Topology, total: int) -> float:
+    """Seconds the ceiling's loop takes on aiormq's deliveries, without aio-pika's messages.
+
+    The consumer reads deliveries this way (consumer.broker.Received), so this, not the
+    aio-pika loop, is the most it could do here.
+    """
+    connection = await aio_pika.connect(url)
+    channel = await (await connection.channel()).get_underlay_channel()
+    await channel.basic_qos(prefetch_count=1000)
+    done = asyncio.Event()
+    seen = 0
+    first = 0.0
+
+    async def on_message(message: aiormq.abc.DeliveredMessage) -> None:
+        nonlocal seen, first
+        if seen == 0:
+            first = time.perf_counter()
+        json.loads(message.body)
+        seen += 1
+        if seen % 250 == 0 or seen == total:
+            tag = getattr(message.delivery, "delivery_tag", 0)  # a Basic.Deliver's
+            await channel.basic_ack(tag, multiple=True)
+        if seen == total:
+            done.set()
+
+    await channel.basic_consume(topology.queue, on_message, no_ack=False)
+    await done.wait()
+    elapsed = time.perf_counter() - first
+    await connection.close()
+    return elapsed
 
 
 async def naive(database_url: str, url: str, topology: Topology, total: int) -> float:
@@ -125,14 +168,15 @@ async def latency(database_url: str, url: str, topology: Topology) -> list[float
             all_visible.set()
 
     await listener.add_listener("task_build_history", on_notify)
+    log = tempfile.TemporaryFile()  # noqa: SIM115  # closed in the finally below
     process = await asyncio.create_subprocess_exec(
-        "python",
+        sys.executable,
         "-m",
         "consumer",
         "consume",
         env=consumer_environment(database_url, url, topology),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
     )
     connection = await aio_pika.connect(url)
     channel = await connection.channel(publisher_confirms=True)
@@ -156,27 +200,18 @@ async def latency(database_url: str, url: str, topology: Topology) -> list[float
             await asyncio.wait_for(all_visible.wait(), 30)
     finally:
         await connection.close()
-        process.terminate()
+        if process.returncode is None:
+            process.terminate()
         await process.wait()
         await listener.close()
+        log.seek(0)
+        output = log.read().decode(errors="replace")
+        log.close()
     if len(visible) < count:
-        raise SystemExit(f"benchmark: only {len(visible)} of {count} events became visible")
+        raise SystemExit(
+            f"benchmark: only {len(visible)} of {count} events became visible:\n{output[-2000:]}"
+        )
     return [(visible[task] - published[task]) * 1000 for task in published]
-
-
-async def fill_to_cap(database_url: str, tasks: list[uuid.UUID]) -> None:
-    """Migrate and put every task at the cap, so that every batch trims."""
-    async with Store(database_url, max_connections=1) as store:
-        await store.migrate()
-        await store.create_tasks(tasks)
-        start = datetime.now(UTC) - timedelta(hours=1)
-        fill = [
-            NewEntry(uuid.uuid4(), task, None, None, "agent_turn", "x" * 200, None, start)
-            for task in tasks
-            for _ in range(100)
-        ]
-        for k in range(0, len(fill), 5000):
-            await store.insert_entries(fill[k : k + 5000])
 
 
 async def run(events: int, tasks_count: int, trim_batches: int) -> dict[str, object]:
@@ -191,6 +226,8 @@ async def run(events: int, tasks_count: int, trim_batches: int) -> dict[str, obj
     try:
         await publish(url, topology, bodies)
         bare = await ceiling(url, topology, events)
+        await publish(url, topology, bodies)
+        raw = await bare_aiormq(url, topology, events)
         async with scratch_database("th_bench_naive") as database_url:
             await fill_to_cap(database_url, tasks)
             await publish(url, topology, bodies)
@@ -213,10 +250,12 @@ async def run(events: int, tasks_count: int, trim_batches: int) -> dict[str, obj
         "events": events,
         "tasks": tasks_count,
         "ceiling_events_per_s": round(events / bare),
+        "bare_aiormq_events_per_s": round(events / raw),
         "naive_events_per_s": round(events / plain),
         "project_events_per_s": round(events / ours),
         "project_over_ceiling": round(bare / ours, 3),
         "project_over_naive": round(plain / ours, 2),
+        "project_over_bare_aiormq": round(raw / ours, 3),
         "latency_rate_per_s": LATENCY_RATE,
         "latency_p50_ms": round(statistics.median(latencies), 1),
         "latency_p99_ms": round(latencies[int(len(latencies) * 0.99) - 1], 1),
@@ -255,6 +294,12 @@ def main() -> None:
     r = result
     rows = [
         ("ceiling: bare aio-pika consume + ack", f"{r['ceiling_events_per_s']} events/s", "", ""),
+        (
+            "the same loop on aiormq's deliveries",
+            f"{r['bare_aiormq_events_per_s']} events/s",
+            "",
+            "",
+        ),
         ("naive: validate, INSERT, ack per message", f"{r['naive_events_per_s']} events/s", "", ""),
         (
             "`task-history consume`",
@@ -263,6 +308,7 @@ def main() -> None:
             bar("project_over_ceiling", "≥ 0.9"),
         ),
         ("", "", f"{r['project_over_naive']}x naive", bar("project_over_naive", "≥ 8x")),
+        ("", "", f"{r['project_over_bare_aiormq']} of the aiormq loop", ""),
         (
             f"latency at {r['latency_rate_per_s']} events/s",
             (

@@ -28,14 +28,19 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from consumer.broker import Broker, Topology
-from consumer.entries import NewEntry
-from consumer.store import Store
 from tests.benchmarks.bench_drain import _batches, backlog, consumer_environment, publish
-from tests.benchmarks.common import amqp_server, machine, now_iso, report, scratch_database
+from tests.benchmarks.common import (
+    amqp_server,
+    fill_to_cap,
+    machine,
+    now_iso,
+    report,
+    scratch_database,
+)
 
 
 def cpu_ticks() -> tuple[int, int]:
@@ -121,17 +126,7 @@ async def run(events: int, tasks_count: int, counts: list[int]) -> dict[str, obj
     rows: list[dict[str, object]] = []
     async with scratch_database("th_bench_scale") as database_url:
         tasks = [uuid.uuid4() for _ in range(tasks_count)]
-        async with Store(database_url, max_connections=1) as store:
-            await store.migrate()
-            await store.create_tasks(tasks)
-            start = datetime.now(UTC) - timedelta(hours=1)
-            fill = [
-                NewEntry(uuid.uuid4(), task, None, None, "agent_turn", "x" * 200, None, start)
-                for task in tasks
-                for _ in range(100)
-            ]
-            for k in range(0, len(fill), 5000):
-                await store.insert_entries(fill[k : k + 5000])
+        await fill_to_cap(database_url, tasks)
         async with Broker(url, topology=topology) as broker:
             await broker.declare()
         try:

@@ -9,10 +9,11 @@ import platform
 import random
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from consumer.entries import ContextType
+from consumer.entries import ContextType, NewEntry
+from consumer.store import Store
 from tests.helpers import admin, with_database
 
 LOCAL_DATABASE = "postgresql://postgres@localhost:5432/postgres"
@@ -76,3 +77,18 @@ def report(result: dict[str, object], lines: list[str], json_path: Path | None) 
         print(line)
     if json_path:
         json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+
+async def fill_to_cap(database_url: str, tasks: list[uuid.UUID]) -> None:
+    """Migrate and put every task at the cap, so that every batch trims."""
+    async with Store(database_url, max_connections=1) as store:
+        await store.migrate()
+        await store.create_tasks(tasks)
+        start = datetime.now(UTC) - timedelta(hours=1)
+        fill = [
+            NewEntry(uuid.uuid4(), task, None, None, "agent_turn", "x" * 200, None, start)
+            for task in tasks
+            for _ in range(100)
+        ]
+        for k in range(0, len(fill), 5000):
+            await store.insert_entries(fill[k : k + 5000])
