@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from consumer.broker import Topology
 from consumer.settings import Settings
@@ -106,6 +107,7 @@ async def publish_steadily(
 class TestSoak:
     """A long steady stream: nothing grows, nothing is lost."""
 
+    @pytest.mark.timeout(SECONDS + 240)  # the run's own 300 s would cut the long variant
     async def test_steady_stream_with_bad_messages(  # noqa: PLR0913, PLR0917  # fixtures
         self,
         settings: Settings,
