@@ -15,14 +15,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from consumer.store import Store
 from tests.benchmarks.bench_trim import realistic_rows
-from tests.benchmarks.common import database_server, machine, now_iso, report
+from tests.benchmarks.common import (
+    WARM_UP_BATCHES,
+    database_server,
+    machine,
+    now_iso,
+    report,
+    time_alternately,
+)
 from tests.helpers import admin, with_database
 
 TASKS = 300
@@ -52,21 +58,17 @@ async def run(batches: int) -> dict[str, object]:
         )
         work = [
             realistic_rows(rng, tasks, BATCH, datetime.now(UTC) + timedelta(seconds=n))
-            for n in range(batches + 3)
+            for n in range(batches + WARM_UP_BATCHES)
         ]
-        seconds = {notifying: 0.0, silent: 0.0}
         async with (
             Store(with_database(server, notifying), max_connections=1) as with_notify,
             Store(with_database(server, silent), max_connections=1) as without_notify,
         ):
-            for n, batch in enumerate(work):
-                for name, store in ((notifying, with_notify), (silent, without_notify)):
-                    started = time.perf_counter()
-                    await store.insert_entries(batch)
-                    if n >= 3:  # the first batches warm caches and plans
-                        seconds[name] += time.perf_counter() - started
+            with_seconds, without_seconds = await time_alternately(
+                (with_notify, without_notify), work
+            )
         rows = batches * BATCH
-        with_rate, without_rate = rows / seconds[notifying], rows / seconds[silent]
+        with_rate, without_rate = rows / with_seconds, rows / without_seconds
         return {
             "benchmark": "notify",
             "when": now_iso(),

@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import random
 import sys
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,12 +24,14 @@ from consumer.entries import NewEntry
 from consumer.store import Store
 from tests.benchmarks.common import (
     CONTEXT_TYPES,
+    WARM_UP_BATCHES,
     content,
     database_server,
     machine,
     metadata,
     now_iso,
     report,
+    time_alternately,
 )
 from tests.helpers import admin, with_database
 
@@ -92,26 +93,20 @@ async def run(batches: int) -> dict[str, object]:
 
         work = [
             realistic_rows(rng, tasks, BATCH, datetime.now(UTC) + timedelta(seconds=n))
-            for n in range(batches + 3)
+            for n in range(batches + WARM_UP_BATCHES)
         ]
-        seconds = {trimmed: 0.0, untrimmed: 0.0}
         async with (
             Store(with_database(server, trimmed), max_connections=1) as with_trim,
             Store(with_database(server, untrimmed), max_connections=1) as without_trim,
         ):
-            for n, batch in enumerate(work):
-                for name, store in ((trimmed, with_trim), (untrimmed, without_trim)):
-                    started = time.perf_counter()
-                    await store.insert_entries(batch)
-                    if n >= 3:  # the first batches warm caches and plans
-                        seconds[name] += time.perf_counter() - started
+            with_seconds, without_seconds = await time_alternately((with_trim, without_trim), work)
             sizes = await with_trim.pool.fetch(
                 "SELECT count(*) AS n FROM task_build_history GROUP BY task_id"
             )
             if {r["n"] for r in sizes} != {CAP}:
                 sys.exit("benchmark: the trim left a task off the cap; the figures are void")
         rows = batches * BATCH
-        with_rate, without_rate = rows / seconds[trimmed], rows / seconds[untrimmed]
+        with_rate, without_rate = rows / with_seconds, rows / without_seconds
         return {
             "benchmark": "trim",
             "when": now_iso(),

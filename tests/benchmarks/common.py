@@ -7,8 +7,9 @@ import json
 import os
 import platform
 import random
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -92,3 +93,18 @@ async def fill_to_cap(database_url: str, tasks: list[uuid.UUID]) -> None:
         ]
         for k in range(0, len(fill), 5000):
             await store.insert_entries(fill[k : k + 5000])
+
+
+WARM_UP_BATCHES = 3  # the first batches warm caches and plans; they are not timed
+
+
+async def time_alternately(stores: Sequence[Store], work: Sequence[list[NewEntry]]) -> list[float]:
+    """Seconds each store spent inserting `work`, batch by batch in turn, so noise falls alike."""
+    seconds = [0.0] * len(stores)
+    for n, batch in enumerate(work):
+        for k, store in enumerate(stores):
+            started = time.perf_counter()
+            await store.insert_entries(batch)
+            if n >= WARM_UP_BATCHES:
+                seconds[k] += time.perf_counter() - started
+    return seconds

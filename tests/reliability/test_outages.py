@@ -46,6 +46,23 @@ async def check_stored(
     assert set(stored) == set(ids)
 
 
+async def drained(settings: Settings, bus: Bus, *, what: str) -> int:
+    """Wait until both backlogs are stored and the queue is empty; the dead-letter depth."""
+    await wait_for(
+        lambda: count_rows(settings.database_url),
+        lambda n: n == 2 * EVENTS,
+        timeout=120,
+        what=f"every event stored after the {what}",
+    )
+    await wait_for(lambda: bus.depth(bus.topology.queue), lambda n: n == 0, timeout=60)
+    return await bus.depth(bus.topology.dead_letter_queue)
+
+
+def all_json(log: str) -> bool:
+    """Whether every line the consumer wrote is a JSON log line (no stray traceback)."""
+    return all(line.startswith("{") for line in log.splitlines())
+
+
 class TestProxiedOutages:
     """A TCP proxy between the consumer and one server resets or freezes for 30 s."""
 
@@ -98,21 +115,14 @@ class TestProxiedOutages:
                 else:
                     proxy.thaw()
 
-                await wait_for(
-                    lambda: count_rows(settings.database_url),
-                    lambda n: n == 2 * EVENTS,
-                    timeout=90,
-                    what="every event stored after the outage",
-                )
-                await wait_for(lambda: bus.depth(topology.queue), lambda n: n == 0, timeout=60)
-                dead = await bus.depth(topology.dead_letter_queue)
+                dead = await drained(settings, bus, what="outage")
         finally:
             consumer.signal(signal.SIGTERM)
             code = await consumer.exit_code(timeout=60)
             await proxy.cut()
         log = consumer.log()
         assert code == 0, log
-        assert all(line.startswith("{") for line in log.splitlines()), "a line not in JSON"
+        assert all_json(log), "a line not in JSON"
         retries = log.count("retrying") + log.count("broker connection lost")
         figures.faults = 1
         figures.note = f"{server} {how} for {OUTAGE_SECONDS:g} s; {retries} retries logged"
@@ -160,21 +170,14 @@ class TestBrokerRestart:
             await asyncio.to_thread(restart_broker)
             async with Bus(amqp_url, topology) as bus:
                 ids += await backlog(bus, sql, EVENTS, tasks=40)
-                await wait_for(
-                    lambda: count_rows(settings.database_url),
-                    lambda n: n == 2 * EVENTS,
-                    timeout=120,
-                    what="every event stored after the restart",
-                )
-                await wait_for(lambda: bus.depth(topology.queue), lambda n: n == 0, timeout=60)
-                dead = await bus.depth(topology.dead_letter_queue)
+                dead = await drained(settings, bus, what="restart")
         finally:
             consumer.signal(signal.SIGTERM)
             code = await consumer.exit_code(timeout=60)
         log = consumer.log()
         assert code == 0, log
         assert "broker connection restored" in log
-        assert all(line.startswith("{") for line in log.splitlines()), "a line not in JSON"
+        assert all_json(log), "a line not in JSON"
         figures.faults = 1
         figures.note = "rabbitmqctl stop_app, start_app"
         await check_stored(sql, ids, figures, dead=dead)
