@@ -1,10 +1,9 @@
-"""Batching decisions: when a batch is ready, how long to back off. No I/O."""
+"""Batching decisions: when a batch is ready. No I/O."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -72,12 +71,3 @@ class Inbox(Generic[T]):
         self._interrupted = True
         self._arrived.set()
         self._full.set()
-
-
-def backoff(attempt: int, *, base: float = 0.2, cap: float = 30.0) -> float:
-    """Seconds to wait before retry number `attempt` (1, 2, ...): doubling, capped, jittered.
-
-    Half the delay is fixed and half random, so replicas that failed together spread out.
-    """
-    delay = min(cap, base * 2.0 ** min(attempt - 1, 30))
-    return delay / 2 + random.uniform(0, delay / 2)  # noqa: S311  # jitter, not cryptography

@@ -25,19 +25,25 @@ from consumer import replay
 from consumer import schedule as expiry_schedule
 from consumer import schema as schema_module
 from consumer.broker import Broker
-from consumer.deadletters import DeadLetter, Selection, parse_moment, shown
+from consumer.deadletters import DeadLetter, Selection, shown
 from consumer.demo import run_demo
 from consumer.entries import ContextType, HistoryEntry
-from consumer.errors import ConfigurationError, TaskHistoryError
-from consumer.events import InvalidEventError
-from consumer.logs import configure_logging, redact, url_secrets
-from consumer.pages import Cursor, HistoryQuery, InvalidCursorError, Page
+from consumer.errors import (
+    ConfigurationError,
+    InvalidCursorError,
+    InvalidEventError,
+    TaskHistoryError,
+)
+from consumer.logs import configure_logging
+from consumer.moments import parse_moment
+from consumer.pages import Cursor, HistoryQuery, Page
 from consumer.publisher import HistoryPublisher, OutgoingEvent, prepare_event, read_event_lines
+from consumer.redaction import redact, url_secrets
 from consumer.replay import Progress
 from consumer.settings import Settings, load_settings
+from consumer.signals import stop_on_signals
 from consumer.store import Store
 from consumer.worker import consume as run_consumer
-from consumer.worker import stop_on_signals, topology_of
 
 PROG = "task-history"
 T = TypeVar("T")
@@ -103,7 +109,7 @@ def migrate(ctx: click.Context, *, skip_broker: bool) -> None:
     if not skip_broker:
 
         async def declare() -> None:
-            async with Broker(settings.amqp_url, topology=topology_of(settings)) as broker:
+            async with Broker(settings.amqp_url, topology=settings.topology) as broker:
                 await broker.declare()
 
         _run(declare)
@@ -503,7 +509,7 @@ def _progress(description: str) -> Iterator[Progress]:
 def dlq_list(ctx: click.Context, *, as_json: bool, sample: int) -> None:
     """Count the dead letters by error code and task, and show the newest few."""
     settings = _settings(ctx)
-    topology = topology_of(settings)
+    topology = settings.topology
     with _progress("reading") as progress:
         found = _run(
             lambda: replay.census(
@@ -538,9 +544,7 @@ def dlq_show(ctx: click.Context, message_id: str) -> None:
     """Print one dead letter whole: properties, headers and body, as indented JSON."""
     settings = _settings(ctx)
     letter = _run(
-        lambda: replay.find(
-            settings.amqp_url, topology=topology_of(settings), message_id=message_id
-        )
+        lambda: replay.find(settings.amqp_url, topology=settings.topology, message_id=message_id)
     )
     click.echo(json.dumps(shown(letter), indent=2, ensure_ascii=False))
 
@@ -573,7 +577,7 @@ def dlq_replay(
         outcome = _run(
             lambda: replay.replay(
                 settings.amqp_url,
-                topology=topology_of(settings),
+                topology=settings.topology,
                 selection=selection,
                 limit=limit,
                 max_replays=max_replays,
@@ -626,7 +630,7 @@ def dlq_purge(  # noqa: PLR0913  # one parameter per flag
     if not (yes or dry_run or interactive):
         raise click.UsageError("purge deletes messages: confirm with --yes (no terminal to ask)")
     settings = _settings(ctx)
-    topology = topology_of(settings)
+    topology = settings.topology
 
     def confirm(size: int) -> bool:
         return click.confirm(

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import Enum
 from typing import Any
 from uuid import UUID
 
 from aio_pika.abc import AbstractIncomingMessage
 
-from consumer.broker import (
+from consumer.broker.headers import (
     BROKER_HEADERS,
     ERROR,
     ERROR_DETAIL,
@@ -26,7 +25,8 @@ from consumer.broker import (
     header_time,
     original_routing_key,
 )
-from consumer.events import MAX_BODY_BYTES, ErrorCode
+from consumer.errors import ErrorCode
+from consumer.events import MAX_BODY_BYTES
 
 # What the broker's own x-death reasons mean, as x-error codes. `expired` is taken (an event
 # older than the retention), so a message whose TTL ran out in a queue is `ttl_expired`.
@@ -41,9 +41,6 @@ UNKNOWN_CODE = "unknown"
 # Headers a replayed copy leaves behind: the failure they describe is over, and an unknown-task
 # event gets a fresh retry window (with the old one it would fail again at once).
 _CLEARED_ON_REPLAY = frozenset({ERROR, ERROR_DETAIL, FAILED_AT, WAITING_SINCE, RETRY_COUNT})
-
-_AGE = re.compile(r"(?P<amount>\d+(?:\.\d+)?)\s*(?P<unit>s|m|h|d|w)", re.IGNORECASE)
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,27 +210,6 @@ def replay_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
     }
     kept[REPLAY_COUNT] = replay_count(headers) + 1
     return kept
-
-
-def parse_moment(text: str, *, now: datetime) -> datetime:
-    """A point in time from an age ("90s", "15m", "2h", "3d", "1w": that long ago) or RFC 3339.
-
-    Raises ValueError with a readable message otherwise.
-    """
-    text = text.strip()
-    if age := _AGE.fullmatch(text):
-        seconds = float(age["amount"]) * _UNIT_SECONDS[age["unit"].lower()]
-        return now - timedelta(seconds=seconds)
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        moment = None
-    if moment is None or moment.tzinfo is None:
-        raise ValueError(
-            f"{text!r} is neither an age such as 30m, 2h or 3d nor a timestamp with an offset"
-            " such as 2026-11-26T10:00:00Z"
-        )
-    return moment
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,13 +6,12 @@ import json
 import re
 import uuid
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from consumer.entries import ContextType, NewEntry
-from consumer.errors import TaskHistoryError
+from consumer.errors import ErrorCode, InvalidEventError
 
 MAX_BODY_BYTES = 1 << 20
 MAX_CONTENT_CHARS = 65_536
@@ -23,28 +22,6 @@ MAX_CLOCK_SKEW = timedelta(minutes=5)
 _ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 # RFC 3339 date-time; pydantic alone would also take "1735633800" as seconds since 1970.
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})")
-
-
-class ErrorCode(StrEnum):
-    """Why a message was dead-lettered: the `x-error` header."""
-
-    INVALID_JSON = "invalid_json"
-    INVALID_EVENT = "invalid_event"
-    TOO_LARGE = "too_large"
-    UNKNOWN_TASK = "unknown_task"
-    EXPIRED = "expired"
-    DELIVERY_LIMIT = "delivery_limit"
-    DATABASE_REJECTED = "database_rejected"
-
-
-class InvalidEventError(TaskHistoryError):
-    """The message is not a valid event."""
-
-    def __init__(self, code: ErrorCode, detail: str) -> None:
-        """Record the `x-error` code and the one-line `x-error-detail`."""
-        super().__init__(f"{code}: {detail}")
-        self.code = code
-        self.detail = detail
 
 
 class Event(BaseModel):

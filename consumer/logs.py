@@ -3,33 +3,14 @@
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from collections.abc import Iterable, MutableMapping
 from typing import Any
-from urllib.parse import urlsplit
 
 import structlog
 
+from consumer.redaction import redact
 from consumer.settings import LogFormat, LogLevel
-
-_URL_PASSWORD = re.compile(
-    r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<password>[^@\s]+)@", re.IGNORECASE
-)
-_MASK = "***"
-
-
-def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """Hide passwords in URLs in `text`, and every one of `secrets`."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, _MASK)
-    return _URL_PASSWORD.sub(rf"\g<head>{_MASK}@", text)
-
-
-def url_secrets(*urls: str) -> list[str]:
-    """The passwords in `urls`, to be masked wherever they show up."""
-    return [password for url in urls if (password := urlsplit(url).password)]
 
 
 class _Redactor:

@@ -17,8 +17,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from consumer.errors import ConfigurationError
-from consumer.events import ErrorCode
+from consumer.errors import ConfigurationError, ErrorCode
 
 log = structlog.get_logger("metrics")
 

@@ -10,15 +10,11 @@ from datetime import datetime
 from uuid import UUID
 
 from consumer.entries import ContextType, HistoryEntry
-from consumer.errors import TaskHistoryError
+from consumer.errors import InvalidCursorError
 
 # Cursor text: a version-and-direction tag, created_at in ISO form, and the arrival sequence.
 _ASCENDING = "a1"
 _DESCENDING = "d1"
-
-
-class InvalidCursorError(TaskHistoryError):
-    """The cursor is not one this program gave out (or was made for the other direction)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,16 +9,22 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import aio_pika
 import aio_pika.exceptions
 from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 
-from consumer.broker import close_connection, routing_key, translated_errors
-from consumer.errors import BrokerError, TaskHistoryError
-from consumer.events import ErrorCode, Event, InvalidEventError, parse_event
+from consumer.broker.amqp import (
+    CLOSE_GRACE,
+    close_connection,
+    connect_confirming,
+    translated_errors,
+)
+from consumer.broker.headers import routing_key
+from consumer.errors import ErrorCode, InvalidEventError, NotConnectedError, TaskHistoryError
+from consumer.events import Event, parse_event
+from consumer.lifecycle import AsyncResource
 
 DEFAULT_EXCHANGE = "task_build_history"
 DEFAULT_WINDOW = 256
@@ -110,7 +116,7 @@ def read_event_lines(
             yield number, exc
 
 
-class HistoryPublisher:
+class HistoryPublisher(AsyncResource):
     """Publishes events to the history exchange: validated, persistent, mandatory, confirmed.
 
     `publish` returns once the broker has confirmed the message, so it is safe in a queue;
@@ -144,37 +150,23 @@ class HistoryPublisher:
 
     async def connect(self) -> None:
         """Connect, open a confirming channel, and check that the exchange exists."""
-        with translated_errors():
-            self._connection = await aio_pika.connect_robust(self._url)
-            try:
-                channel = await self._connection.channel(
-                    publisher_confirms=True, on_return_raises=True
-                )
+        self._connection, channel = await connect_confirming(self._url)
+        try:
+            with translated_errors():
                 self._exchange = await channel.get_exchange(self.exchange_name, ensure=True)
-            except BaseException:
-                await self.close()
-                raise
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _begin(self) -> None:
+        await self.connect()
 
     async def close(self) -> None:
         """Close the connection."""
         self._exchange = None
         if self._connection is not None:
             connection, self._connection = self._connection, None
-            await close_connection(connection, grace=10)
-
-    async def __aenter__(self) -> Self:
-        """Connect."""
-        await self.connect()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        """Close."""
-        await self.close()
+            await close_connection(connection, grace=CLOSE_GRACE)
 
     async def publish(self, event: EventLike | OutgoingEvent) -> uuid.UUID:
         """Validate and publish one event; return its id once the broker has confirmed it.
@@ -188,7 +180,7 @@ class HistoryPublisher:
             else prepare_event(event, now=datetime.now(UTC))
         )
         if self._exchange is None:
-            raise BrokerError("the publisher is not connected")
+            raise NotConnectedError("the publisher is not connected")
         message = aio_pika.Message(
             outgoing.body,
             content_type="application/json",
@@ -229,7 +221,8 @@ class HistoryPublisher:
                 failed.append(error)
         if failed:
             first = failed[0]
-            raise type(first)(f"{len(failed)} of {len(prepared)} events not published: {first}")
+            first.add_note(f"{len(failed)} of {len(prepared)} events not published")
+            raise first
         return [outgoing.id for outgoing in prepared]
 
     async def publish_each(

@@ -8,7 +8,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from consumer.broker import HeldQueue, Topology
+from consumer.broker.held import HeldQueue
 from consumer.deadletters import (
     Census,
     DeadLetter,
@@ -19,6 +19,7 @@ from consumer.deadletters import (
     replay_headers,
 )
 from consumer.errors import DeadLetterNotFoundError, TaskHistoryError, UnroutableError
+from consumer.topology import Topology
 
 # Replayed copies whose confirms are awaited together: enough to hide the round trip, few
 # enough that a kill re-sends little (each copy is acked only after its confirm).
@@ -116,10 +117,11 @@ async def replay(  # noqa: PLR0913  # each option is one of the command's flags
             outcome=outcome,
         )
     except TaskHistoryError as exc:
-        raise type(exc)(
-            f"{exc} (replay stopped after moving {len(outcome.done)}; the rest stay"
-            f" dead-lettered, and running it again is safe)"
-        ) from exc
+        exc.add_note(
+            f"replay stopped after moving {len(outcome.done)}; the rest stay dead-lettered,"
+            " and running it again is safe"
+        )
+        raise
     return outcome
 
 

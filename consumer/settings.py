@@ -9,6 +9,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from consumer.errors import ConfigurationError
+from consumer.topology import Topology
 
 LogFormat = Literal["console", "json"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -63,6 +64,18 @@ class Settings(BaseSettings):
     def effective_prefetch(self) -> int:
         """Unacked messages the broker may send; by default two batches (written, filling)."""
         return self.prefetch or 2 * self.batch_size
+
+    @property
+    def topology(self) -> Topology:
+        """The broker names and limits these settings give."""
+        return Topology(
+            exchange=self.exchange,
+            queue=self.queue,
+            dead_letter_exchange=self.dead_letter_exchange,
+            dead_letter_queue=self.dead_letter_queue,
+            retry_queue=self.retry_queue,
+            delivery_limit=self.delivery_limit,
+        )
 
     @field_validator("database_url")
     @classmethod

@@ -23,8 +23,8 @@ from consumer.errors import (
     NotMigratedError,
     StoreError,
 )
-from consumer.logs import redact
 from consumer.pages import Cursor, HistoryQuery, Page
+from consumer.redaction import redact
 
 # Advisory lock keys (pg_advisory_lock's bigint form), one per job that must run alone.
 MIGRATE_LOCK = 0x7461736B_0001

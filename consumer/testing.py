@@ -9,16 +9,12 @@ from contextlib import asynccontextmanager
 from uuid import UUID
 
 from consumer.entries import HistoryEntry
-from consumer.errors import TaskHistoryError
+from consumer.errors import HistoryNotSeenError
 from consumer.publisher import DEFAULT_EXCHANGE, EventLike, HistoryPublisher
 from consumer.store import Store
 
 # How often the waits look again. They read by index; a test can afford twenty looks a second.
 POLL_SECONDS = 0.05
-
-
-class HistoryNotSeenError(TaskHistoryError, AssertionError):
-    """The history did not show what the test waited for in time."""
 
 
 @asynccontextmanager

@@ -4,36 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import structlog
 
-from consumer.batcher import Inbox, backoff
-from consumer.broker import (
-    RECEIVED_AT,
-    WAITING_SINCE,
-    Broker,
-    Received,
-    Topology,
-    header_time,
-)
+from consumer.batcher import Inbox
+from consumer.broker import Broker, Received
+from consumer.broker.headers import RECEIVED_AT, WAITING_SINCE, header_time
 from consumer.entries import NewEntry
 from consumer.errors import (
     BrokerError,
     BrokerUnavailableError,
     DatabaseUnavailableError,
     DataRejectedError,
+    ErrorCode,
+    InvalidEventError,
     NotMigratedError,
     StoreError,
     TaskHistoryError,
 )
-from consumer.events import ErrorCode, InvalidEventError, check_retention, parse_event
+from consumer.events import check_retention, parse_event
 from consumer.metrics import HealthServer, Metrics
+from consumer.retry import backoff
 from consumer.settings import Settings
+from consumer.signals import stop_on_signals
 from consumer.store import Store
 
 log = structlog.get_logger("consumer")
@@ -107,7 +104,7 @@ class Worker:
             max_connections=3,
             command_timeout=settings.database_timeout_seconds,
         )
-        self._broker = Broker(settings.amqp_url, topology=topology_of(settings))
+        self._broker = Broker(settings.amqp_url, topology=settings.topology)
         self._inbox: Inbox[Delivery] = Inbox(
             max_size=settings.batch_size, max_wait=settings.batch_wait_ms / 1000
         )
@@ -466,32 +463,6 @@ class Worker:
                 self.metrics.expiry_runs.labels(outcome="failed").inc()
                 log.warning("expiry failed; trying again next interval", error=str(exc))
             await asyncio.sleep(interval)
-
-
-def topology_of(settings: Settings) -> Topology:
-    """The broker names and limits the settings give."""
-    return Topology(
-        exchange=settings.exchange,
-        queue=settings.queue,
-        dead_letter_exchange=settings.dead_letter_exchange,
-        dead_letter_queue=settings.dead_letter_queue,
-        retry_queue=settings.retry_queue,
-        delivery_limit=settings.delivery_limit,
-    )
-
-
-@contextlib.contextmanager
-def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
-    """Call `stop` on SIGTERM or SIGINT while inside; restore the defaults on the way out."""
-    loop = asyncio.get_running_loop()
-    signals = (signal.SIGTERM, signal.SIGINT)
-    for number in signals:
-        loop.add_signal_handler(number, stop)
-    try:
-        yield
-    finally:
-        for number in signals:
-            loop.remove_signal_handler(number)
 
 
 async def consume(settings: Settings) -> None:

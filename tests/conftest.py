@@ -13,9 +13,10 @@ import asyncpg
 import pytest
 import structlog
 
-from consumer.broker import Broker, Topology
+from consumer.broker import Broker
 from consumer.settings import Settings, load_settings
 from consumer.store import Store
+from consumer.topology import Topology
 from tests.helpers import admin, with_database
 
 DATABASE_ENV = "TASK_HISTORY_TEST_DATABASE_URL"

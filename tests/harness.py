@@ -20,8 +20,8 @@ import aio_pika
 import asyncpg
 from aio_pika.abc import AbstractIncomingMessage
 
-from consumer.broker import Topology
 from consumer.settings import Settings
+from consumer.topology import Topology
 from consumer.worker import Worker
 from tests.helpers import new_task
 

@@ -32,8 +32,9 @@ from pathlib import Path
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
-from consumer.broker import Broker, Topology
+from consumer.broker import Broker
 from consumer.store import Store
+from consumer.topology import Topology
 from tests.benchmarks.common import (
     CONTEXT_TYPES,
     amqp_server,

@@ -43,9 +43,11 @@ import aiormq.abc
 import asyncpg
 from aio_pika.abc import AbstractIncomingMessage
 
-from consumer.broker import Broker, Topology
-from consumer.events import InvalidEventError, parse_event
+from consumer.broker import Broker
+from consumer.errors import InvalidEventError
+from consumer.events import parse_event
 from consumer.store import Store
+from consumer.topology import Topology
 from tests.benchmarks import bench_trim
 from tests.benchmarks.bench_drain import (
     backlog,

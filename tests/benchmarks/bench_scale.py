@@ -31,7 +31,8 @@ import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from consumer.broker import Broker, Topology
+from consumer.broker import Broker
+from consumer.topology import Topology
 from tests.benchmarks.bench_drain import _batches, backlog, consumer_environment, publish
 from tests.benchmarks.common import (
     amqp_server,

@@ -17,8 +17,8 @@ import aiormq.exceptions
 import asyncpg
 import pytest
 
-from consumer.broker import Topology
 from consumer.settings import Settings, load_settings
+from consumer.topology import Topology
 from tests.compose import load_compose
 from tests.conftest import run_sync
 from tests.harness import Bus, event, running, wait_for

@@ -15,10 +15,10 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from consumer.broker import Topology
 from consumer.cli import main
 from consumer.settings import Settings
 from consumer.store import Store
+from consumer.topology import Topology
 from tests.cluster import pg_cron_cluster
 from tests.compose import load_compose
 from tests.harness import Bus, event, running, wait_for

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from consumer.broker import Topology
 from consumer.settings import Settings
+from consumer.topology import Topology
 from tests.harness import Bus, count_rows, event, running, wait_for
 from tests.helpers import new_task
 

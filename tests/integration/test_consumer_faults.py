@@ -15,10 +15,10 @@ import pytest
 import structlog
 
 from consumer import worker
-from consumer.broker import Topology
 from consumer.entries import NewEntry
 from consumer.events import parse_event
 from consumer.settings import Settings
+from consumer.topology import Topology
 from consumer.worker import Worker
 from tests.harness import (
     Bus,

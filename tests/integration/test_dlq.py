@@ -16,10 +16,12 @@ import aio_pika
 import asyncpg
 import pytest
 
-from consumer.broker import Broker, HeldQueue, Topology, dead_letter_headers
-from consumer.errors import DeadLetterQueueBusyError
-from consumer.events import ErrorCode
+from consumer.broker import Broker
+from consumer.broker.headers import dead_letter_headers
+from consumer.broker.held import HeldQueue
+from consumer.errors import DeadLetterQueueBusyError, ErrorCode
 from consumer.settings import Settings
+from consumer.topology import Topology
 from tests.conftest import unique_name
 from tests.harness import (
     REPOSITORY,

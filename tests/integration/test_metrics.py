@@ -15,10 +15,10 @@ import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumer.broker import Topology
 from consumer.cli import main
 from consumer.errors import ConfigurationError
 from consumer.settings import Settings
+from consumer.topology import Topology
 from consumer.worker import Worker
 from tests.harness import Bus, TcpProxy, event, running, wait_for
 from tests.helpers import insert_rows, new_task

@@ -15,18 +15,18 @@ import asyncpg
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
-from consumer.broker import Topology
 from consumer.cli import main
-from consumer.errors import BrokerError, UnroutableError
-from consumer.events import ErrorCode, InvalidEventError
+from consumer.errors import (
+    BrokerError,
+    ErrorCode,
+    HistoryNotSeenError,
+    InvalidEventError,
+    UnroutableError,
+)
 from consumer.publisher import HistoryPublisher
 from consumer.settings import Settings
-from consumer.testing import (
-    HistoryNotSeenError,
-    publish_and_wait,
-    read_history,
-    wait_for_entries,
-)
+from consumer.testing import publish_and_wait, read_history, wait_for_entries
+from consumer.topology import Topology
 from tests.conftest import unique_name
 from tests.harness import Bus, event, running, settings_environment
 from tests.helpers import new_task

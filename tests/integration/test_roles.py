@@ -10,9 +10,9 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from consumer.broker import Topology
 from consumer.settings import Settings
 from consumer.store import Store
+from consumer.topology import Topology
 from tests.harness import Bus, event, running, wait_for
 from tests.helpers import admin, insert_rows, new_task
 

@@ -10,11 +10,12 @@ import aio_pika
 import asyncpg
 import pytest
 
-from consumer.broker import Broker, Topology
+from consumer.broker import Broker
 from consumer.cli import main
 from consumer.errors import BrokerError
 from consumer.settings import Settings
 from consumer.store import EXPIRE_LOCK, Store
+from consumer.topology import Topology
 from tests.conftest import run_sync
 from tests.harness import Bus, count_rows, event, running, wait_for
 from tests.helpers import insert_rows, new_task

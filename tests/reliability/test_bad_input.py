@@ -13,10 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consumer.broker import Topology
 from consumer.entries import ContextType, NewEntry
-from consumer.events import InvalidEventError, parse_event
+from consumer.errors import InvalidEventError
+from consumer.events import parse_event
 from consumer.settings import Settings
+from consumer.topology import Topology
 from tests.corpus import bad_bodies
 from tests.harness import Bus, event, running, wait_for
 from tests.helpers import new_task

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import asyncpg
 
-from consumer.broker import Topology
 from consumer.settings import Settings
+from consumer.topology import Topology
 from tests.harness import Bus, ConsumerProcess, event, stored_twice, wait_for
 from tests.helpers import new_task
 from tests.reliability.conftest import Figures

@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from consumer.broker import Topology
 from consumer.settings import Settings
+from consumer.topology import Topology
 from tests.harness import (
     Bus,
     ConsumerProcess,

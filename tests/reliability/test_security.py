@@ -20,8 +20,8 @@ import asyncpg
 import pytest
 
 from consumer import store
-from consumer.broker import Topology
 from consumer.settings import Settings
+from consumer.topology import Topology
 from tests.corpus import bad_bodies
 from tests.harness import (
     REPOSITORY,

@@ -19,8 +19,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from consumer.broker import Topology
 from consumer.settings import Settings
+from consumer.topology import Topology
 from tests.corpus import bad_bodies
 from tests.harness import Bus, ConsumerProcess, count_rows, event, wait_for
 from tests.helpers import new_task

@@ -8,7 +8,8 @@ from typing import TypeVar
 
 import pytest
 
-from consumer.batcher import Inbox, backoff
+from consumer.batcher import Inbox
+from consumer.retry import backoff
 
 T = TypeVar("T")
 

@@ -9,7 +9,8 @@ from typing import Any, cast
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
-from consumer.broker import (
+from consumer.broker.deliveries import plan_acks
+from consumer.broker.headers import (
     ERROR,
     ERROR_DETAIL,
     FAILED_AT,
@@ -18,16 +19,15 @@ from consumer.broker import (
     REPLAY_COUNT,
     RETRY_COUNT,
     WAITING_SINCE,
-    Topology,
     dead_letter_headers,
     header_time,
     original_routing_key,
-    plan_acks,
     retry_headers,
     routing_key,
 )
 from consumer.entries import ContextType
-from consumer.events import ErrorCode
+from consumer.errors import ErrorCode
+from consumer.topology import Topology
 
 NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 

@@ -12,7 +12,7 @@ from typing import Any, cast
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
-from consumer.broker import BROKER_HEADERS, Topology, dead_letter_headers
+from consumer.broker.headers import BROKER_HEADERS, dead_letter_headers
 from consumer.deadletters import (
     Census,
     DeadLetter,
@@ -20,13 +20,14 @@ from consumer.deadletters import (
     Verdict,
     jsonable,
     judge,
-    parse_moment,
     read_dead_letter,
     replay_count,
     replay_headers,
     shown,
 )
-from consumer.events import ErrorCode
+from consumer.errors import ErrorCode
+from consumer.moments import parse_moment
+from consumer.topology import Topology
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 TASK = uuid.UUID("6f1c2a1e-7d4b-4c8e-9a0f-1b2c3d4e5f60")

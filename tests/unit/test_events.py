@@ -11,15 +11,8 @@ import pytest
 from pydantic import ValidationError
 
 from consumer.entries import ContextType, NewEntry
-from consumer.errors import TaskHistoryError
-from consumer.events import (
-    MAX_BODY_BYTES,
-    ErrorCode,
-    Event,
-    InvalidEventError,
-    check_retention,
-    parse_event,
-)
+from consumer.errors import ErrorCode, InvalidEventError, TaskHistoryError
+from consumer.events import MAX_BODY_BYTES, Event, check_retention, parse_event
 
 TASK_ID = uuid.UUID("0b6f1c1e-3c1a-4d57-9a0e-2f4c8e1d7a10")
 WORKSPACE_ID = uuid.UUID("6a1d9f0c-5b2e-4c3a-8f7d-1e2b3c4d5e6f")

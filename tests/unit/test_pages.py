@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from consumer.entries import ContextType
-from consumer.pages import Cursor, HistoryQuery, InvalidCursorError
+from consumer.errors import InvalidCursorError
+from consumer.pages import Cursor, HistoryQuery
 from consumer.store import read_arguments, read_sql
 
 MOMENT = datetime(2026, 11, 26, 10, 15, 0, 123456, tzinfo=UTC)

@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from consumer.entries import ContextType
-from consumer.events import ErrorCode, Event, InvalidEventError
+from consumer.errors import ErrorCode, InvalidEventError
+from consumer.events import Event
 from consumer.publisher import HistoryPublisher, OutgoingEvent, prepare_event, read_event_lines
 
 NOW = datetime(2026, 11, 26, 10, 15, tzinfo=UTC)

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import structlog
 
-from consumer.errors import ConfigurationError, TaskHistoryError
-from consumer.logs import configure_logging, redact, url_secrets
+from consumer.errors import ConfigurationError
+from consumer.logs import configure_logging
+from consumer.redaction import redact, url_secrets
 from consumer.settings import load_settings
 
 
@@ -89,12 +90,3 @@ class TestRedaction:
         line = capsys.readouterr().err
         assert "hunter2" not in line
         assert json.loads(line)["event"] == "connect failed"
-
-
-class TestErrors:
-    """The exception base."""
-
-    def test_docstring_is_the_default_message(self) -> None:
-        """An error raised without a message says what its docstring says."""
-        assert str(ConfigurationError()) == "The configuration is invalid."
-        assert str(TaskHistoryError("custom")) == "custom"

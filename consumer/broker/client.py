@@ -1,0 +1,257 @@
+"""The consumer's broker client: declare the topology, consume, ack, dead-letter, retry."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import aio_pika
+import aio_pika.exceptions
+import aiormq.abc
+import structlog
+from aio_pika.abc import AbstractQueue, AbstractRobustChannel, AbstractRobustConnection
+
+from consumer.broker.amqp import (
+    close_connection,
+    connect_confirming,
+    copy_message,
+    translated_errors,
+)
+from consumer.broker.deliveries import MessageHandler, Received, plan_acks
+from consumer.broker.headers import (
+    dead_letter_headers,
+    header_text,
+    original_routing_key,
+    retry_headers,
+)
+from consumer.errors import BrokerUnavailableError, ErrorCode, NotConnectedError
+from consumer.lifecycle import AsyncResource
+from consumer.redaction import redact
+from consumer.topology import Topology
+
+log = structlog.get_logger("consumer")
+
+
+class Broker(AsyncResource):
+    """A robust connection with one confirming channel: consume, dead-letter, retry, ack."""
+
+    def __init__(self, url: str, *, topology: Topology) -> None:
+        """Prepare a broker client for `url`; `connect()` (or `async with`) connects."""
+        self._url = url
+        self.topology = topology
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractRobustChannel | None = None
+        self._queue: AbstractQueue | None = None
+        self._consumer_tag: str | None = None
+        self._handler: MessageHandler | None = None
+        self._dead_letters: aio_pika.abc.AbstractExchange | None = None
+        # Delivery tags handed to us and not yet acked, on the channel that delivered them.
+        self._outstanding: set[int] = set()
+        self._delivering_channel: object = None
+
+    async def connect(self) -> None:
+        """Open the connection and a channel with publisher confirms."""
+        self._connection, self._channel = await connect_confirming(self._url)
+        # The client reconnects by itself; these say so in the log, one line each way.
+        self._connection.close_callbacks.add(self._on_lost)
+        self._connection.reconnect_callbacks.add(self._on_restored)
+
+    async def _begin(self) -> None:
+        await self.connect()
+
+    def _on_lost(self, _connection: object, exc: BaseException | None) -> None:
+        if self._connection is not None and exc is not None:  # not our own close()
+            detail = redact(str(exc)) or type(exc).__name__
+            log.warning("broker connection lost; reconnecting", error=detail)
+
+    def _on_restored(self, _connection: object) -> None:
+        log.info("broker connection restored")
+
+    async def close(self, *, grace: float = 10) -> None:
+        """Close the connection; after `grace` seconds, stop waiting for the broker's reply."""
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            await close_connection(connection, grace=grace)
+
+    @property
+    def channel(self) -> AbstractRobustChannel:
+        """The open channel; using a broker before `connect()` is a bug."""
+        if self._channel is None:
+            raise NotConnectedError("the broker is not connected")
+        return self._channel
+
+    @property
+    def broker_version(self) -> str:
+        """The RabbitMQ version the connection reported, such as "3.10.8"."""
+        if self._connection is None or self._connection.transport is None:
+            raise NotConnectedError("the broker is not connected")
+        return header_text(self._connection.transport.connection.server_properties.get("version"))
+
+    async def declare(self) -> None:
+        """Declare the exchanges and queues, idempotently; the same arguments every time."""
+        t = self.topology
+        with translated_errors():
+            channel = self.channel
+            exchange = await channel.declare_exchange(
+                t.exchange, aio_pika.ExchangeType.TOPIC, durable=True
+            )
+            self._dead_letters = await channel.declare_exchange(
+                t.dead_letter_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+            )
+            self._queue = await channel.declare_queue(
+                t.queue, durable=True, arguments=t.queue_arguments()
+            )
+            await self._queue.bind(exchange, "history.#")
+            dead = await self._declare_dead_letter_queue()
+            await dead.bind(self._dead_letters, "#")
+            await channel.declare_queue(
+                t.retry_queue, durable=True, arguments=t.retry_queue_arguments()
+            )
+
+    async def _declare_dead_letter_queue(self) -> AbstractQueue:
+        """The dead-letter queue as it is, or declared anew with this broker's arguments.
+
+        Its arguments depend on the broker's version: one declared before an upgrade from 3.x
+        to 4.x has none, and declaring it again with -1 would fail. An existing queue is used
+        as it is (on 4.x, give it the limit with a policy: see README's topology section).
+        """
+        assert self._connection is not None  # noqa: S101  # declare() runs connected
+        probe = await self._connection.channel()  # a failed passive declare closes its channel
+        try:
+            await probe.declare_queue(self.topology.dead_letter_queue, passive=True)
+        except aio_pika.exceptions.ChannelNotFoundEntity:
+            return await self.channel.declare_queue(
+                self.topology.dead_letter_queue,
+                durable=True,
+                arguments=self.topology.dead_letter_queue_arguments(
+                    broker_version=self.broker_version
+                ),
+            )
+        await probe.close()
+        return await self.channel.declare_queue(self.topology.dead_letter_queue, passive=True)
+
+    async def delete(self) -> None:
+        """Delete the exchanges and queues, messages and all (tests and teardown only)."""
+        t = self.topology
+        with translated_errors():
+            for queue in (t.queue, t.dead_letter_queue, t.retry_queue):
+                await self.channel.queue_delete(queue)
+            for exchange in (t.exchange, t.dead_letter_exchange):
+                await self.channel.exchange_delete(exchange)
+
+    async def consume(self, handler: MessageHandler, *, prefetch: int) -> None:
+        """Start delivering messages of the main queue to `handler`, `prefetch` unacked at most.
+
+        The subscription is made on the client's own channel (see Received) and made again
+        each time the robust channel reopens after a reconnect.
+        """
+        if self._queue is None:
+            await self.declare()
+        self._handler = handler
+        with translated_errors():
+            await self.channel.set_qos(prefetch_count=prefetch)  # kept, and restored, by aio-pika
+            await self._subscribe(self.channel)
+        self.channel.reopen_callbacks.add(self._subscribe)
+
+    async def _subscribe(self, _channel: object) -> None:
+        """Subscribe on the open channel (also the robust channel's reopen callback)."""
+        if self._handler is None:  # cancelled meanwhile
+            return
+        underlay = await self.channel.get_underlay_channel()
+        ok = await underlay.basic_consume(self.topology.queue, self._deliver, no_ack=False)
+        self._consumer_tag = ok.consumer_tag
+
+    async def _deliver(self, delivered: aiormq.abc.DeliveredMessage) -> None:
+        message = Received(delivered)
+        if message.channel is not self._delivering_channel:
+            # A new channel after a reconnect: tags restart, the old ones are void.
+            self._delivering_channel = message.channel
+            self._outstanding = set()
+        if message.delivery_tag is not None:
+            self._outstanding.add(message.delivery_tag)
+        if self._handler is not None:
+            await self._handler(message)
+
+    @property
+    def consuming(self) -> bool:
+        """Whether the subscription is on and its channel open (false while reconnecting)."""
+        return (
+            self._consumer_tag is not None
+            and self._channel is not None
+            and not self._channel.is_closed
+        )
+
+    async def cancel(self) -> None:
+        """Stop deliveries; returns when the broker has confirmed that no more will come."""
+        self._handler = None
+        if self._consumer_tag is not None:
+            tag, self._consumer_tag = self._consumer_tag, None
+            with translated_errors():
+                underlay = await self.channel.get_underlay_channel()
+                await underlay.basic_cancel(tag)
+
+    async def ack(self, messages: Sequence[Received]) -> int:
+        """Ack messages, in one frame where that is safe; return how many could not be acked.
+
+        A message from a channel that has since closed can't be acked: the broker redelivers
+        it, and the idempotent insert absorbs the copy.
+        """
+        live = self._live(messages)
+        by_tag = {m.delivery_tag: m for m in live if m.delivery_tag is not None}
+        multiple, singles = plan_acks(list(by_tag), outstanding=list(self._outstanding))
+        try:
+            with translated_errors():
+                if multiple is not None:
+                    await by_tag[multiple].ack(multiple=True)
+                for tag in singles:
+                    await by_tag[tag].ack()
+        except BrokerUnavailableError:
+            return len(messages)
+        self._outstanding.difference_update(by_tag)
+        return len(messages) - len(live)
+
+    def holds_any(self, messages: Sequence[Received]) -> bool:
+        """Whether any of `messages` can still be acked: delivered on the channel open now."""
+        return bool(self._live(messages))
+
+    def _live(self, messages: Sequence[Received]) -> list[Received]:
+        return [
+            message
+            for message in messages
+            if message.channel is self._delivering_channel
+            and not message.channel.is_closed
+            and message.delivery_tag is not None
+        ]
+
+    async def dead_letter(
+        self, message: Received, *, code: ErrorCode, detail: str, now: datetime
+    ) -> None:
+        """Publish a copy to the dead-letter exchange with the error headers, confirmed."""
+        if self._dead_letters is None:
+            await self.declare()
+        assert self._dead_letters is not None  # noqa: S101  # declare() sets it
+        key = original_routing_key(message)
+        headers = dead_letter_headers(
+            dict(message.headers or {}), code=code, detail=detail, routing_key=key, failed_at=now
+        )
+        with translated_errors():
+            await self._dead_letters.publish(copy_message(message, headers), routing_key=key)
+
+    async def retry_later(
+        self,
+        message: Received,
+        *,
+        delay: float,
+        since: datetime,
+        received_at: datetime,
+    ) -> None:
+        """Park a copy in the retry queue for `delay` seconds; wait for the confirm."""
+        headers = retry_headers(
+            dict(message.headers or {}),
+            routing_key=original_routing_key(message),
+            since=since,
+            received_at=received_at,
+        )
+        copy = copy_message(message, headers, expiration=delay)
+        with translated_errors():
+            await self.channel.default_exchange.publish(copy, routing_key=self.topology.retry_queue)

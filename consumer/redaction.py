@@ -1,0 +1,25 @@
+"""Secrets kept out of messages and logs: passwords in URLs, and any secret named."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+_URL_PASSWORD = re.compile(
+    r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<password>[^@\s]+)@", re.IGNORECASE
+)
+_MASK = "***"
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """Hide passwords in URLs in `text`, and every one of `secrets`."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, _MASK)
+    return _URL_PASSWORD.sub(rf"\g<head>{_MASK}@", text)
+
+
+def url_secrets(*urls: str) -> list[str]:
+    """The passwords in `urls`, to be masked wherever they show up."""
+    return [password for url in urls if (password := urlsplit(url).password)]

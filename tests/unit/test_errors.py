@@ -1,0 +1,92 @@
+"""The exception base: explicit messages, retryability decided by the class."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from consumer import errors
+from consumer.errors import (
+    BrokerUnavailableError,
+    ConfigurationError,
+    DatabaseUnavailableError,
+    DataRejectedError,
+    DeadLetterQueueBusyError,
+    ErrorCode,
+    InvalidEventError,
+    NotConnectedError,
+    NotMigratedError,
+    PgCronUnavailableError,
+    TaskHistoryError,
+)
+
+ALL_ERRORS = [
+    value
+    for value in vars(errors).values()
+    if isinstance(value, type)
+    and issubclass(value, TaskHistoryError)
+    and value is not InvalidEventError
+]
+
+
+class TestMessages:
+    """Every error says something readable, however Python runs."""
+
+    @pytest.mark.parametrize("error", ALL_ERRORS, ids=lambda error: error.__name__)
+    def test_raised_bare_it_says_its_default_message(self, error: type[TaskHistoryError]) -> None:
+        """An error raised without a message carries its class's message, not a docstring."""
+        assert str(error()) == error.default_message
+        assert error.default_message.strip()
+
+    def test_messages_survive_python_dash_oo(self) -> None:
+        """Under `python -OO`, which strips docstrings, no error prints "None"."""
+        code = (
+            "from consumer import errors\n"
+            "for name, value in vars(errors).items():\n"
+            "    if isinstance(value, type) and issubclass(value, errors.TaskHistoryError)"
+            " and value is not errors.InvalidEventError:\n"
+            "        print(name, '|', value())\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-OO", "-c", code], capture_output=True, text=True, check=True
+        )
+        lines = result.stdout.splitlines()
+        assert len(lines) == len(ALL_ERRORS)
+        assert not [line for line in lines if line.endswith(("| None", "| "))]
+
+    def test_an_invalid_event_names_its_code_and_detail(self) -> None:
+        """InvalidEventError reads as `code: detail`, and keeps both apart for the headers."""
+        error = InvalidEventError(ErrorCode.TOO_LARGE, "body is 2 MiB")
+        assert str(error) == "too_large: body is 2 MiB"
+        assert (error.code, error.detail) == (ErrorCode.TOO_LARGE, "body is 2 MiB")
+
+
+class TestRetryable:
+    """Which errors the consumer waits out is a property of their class."""
+
+    @pytest.mark.parametrize(
+        "error",
+        [DatabaseUnavailableError, NotMigratedError, DataRejectedError, BrokerUnavailableError],
+        ids=lambda error: error.__name__,
+    )
+    def test_server_errors_are_retried(self, error: type[TaskHistoryError]) -> None:
+        """An outage, a missing migration or a refusal by a server may pass: retried."""
+        assert error.retryable
+
+    @pytest.mark.parametrize(
+        "error",
+        [
+            TaskHistoryError,
+            ConfigurationError,
+            NotConnectedError,
+            PgCronUnavailableError,
+            DeadLetterQueueBusyError,
+            InvalidEventError,
+        ],
+        ids=lambda error: error.__name__,
+    )
+    def test_bugs_and_bad_settings_are_not(self, error: type[TaskHistoryError]) -> None:
+        """A client used while closed, or a setting that is wrong, won't fix itself."""
+        assert not error.retryable
