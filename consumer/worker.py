@@ -96,15 +96,11 @@ class Rejected:
 class Worker:
     """Moves events from the queue to the table until stopped."""
 
-    def __init__(self, settings: Settings) -> None:
-        """Prepare a worker; `run()` connects and consumes."""
+    def __init__(self, settings: Settings, *, store: Store, broker: Broker) -> None:
+        """Prepare a worker on `store` and `broker`, not yet open; `run()` opens and consumes."""
         self._settings = settings
-        self._store = Store(
-            settings.database_url,
-            max_connections=3,
-            command_timeout=settings.database_timeout_seconds,
-        )
-        self._broker = Broker(settings.amqp_url, topology=settings.topology)
+        self._store = store
+        self._broker = broker
         self._inbox: Inbox[Delivery] = Inbox(
             max_size=settings.batch_size, max_wait=settings.batch_wait_ms / 1000
         )
@@ -123,6 +119,18 @@ class Worker:
                 host=settings.metrics_host,
                 port=settings.metrics_port,
             )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Worker:
+        """A worker on the database and broker the settings name."""
+        store = Store(
+            settings.database_url,
+            max_connections=3,
+            command_timeout=settings.database_timeout_seconds,
+        )
+        return cls(
+            settings, store=store, broker=Broker(settings.amqp_url, topology=settings.topology)
+        )
 
     def stop(self) -> None:
         """Stop taking messages; what is in hand is written and acked before `run` returns."""
@@ -467,6 +475,6 @@ class Worker:
 
 async def consume(settings: Settings) -> None:
     """Run the consumer until SIGTERM or SIGINT."""
-    worker = Worker(settings)
+    worker = Worker.from_settings(settings)
     with stop_on_signals(worker.stop):
         await worker.run()

@@ -154,7 +154,7 @@ async def count_rows(database_url: str) -> int:
 @contextlib.asynccontextmanager
 async def running(settings: Settings) -> AsyncIterator[Worker]:
     """A consumer running in this process until the block ends; then stopped and awaited."""
-    worker = Worker(settings)
+    worker = Worker.from_settings(settings)
     task = asyncio.create_task(worker.run())
     try:
         yield worker

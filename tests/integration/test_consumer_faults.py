@@ -152,7 +152,7 @@ class TestOutages:
                 "shutdown_timeout_seconds": 2,
             }
         )
-        worker = Worker(hanging)
+        worker = Worker.from_settings(hanging)
         run = asyncio.create_task(worker.run())
         async with Bus(amqp_url, topology) as bus:
             await backlog(bus, sql, 100, tasks=2)
