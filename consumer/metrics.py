@@ -143,9 +143,8 @@ class HealthServer:
                 " set TASK_HISTORY_METRICS_PORT to a free port, or 0 for none"
             ) from exc
         self._runner = runner
-        server = site._server  # noqa: SLF001  # aiohttp exposes the bound port nowhere else
-        if server is not None and server.sockets:  # type: ignore[attr-defined]
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        # The port actually bound (port 0 picks a free one).
+        self.port = runner.addresses[0][1]
         log.info("serving metrics and health", host=self._host, port=self.port)
 
     async def stop(self) -> None:

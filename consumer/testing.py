@@ -13,6 +13,8 @@ from consumer.errors import HistoryNotSeenError
 from consumer.publisher import DEFAULT_EXCHANGE, EventLike, HistoryPublisher
 from consumer.store import Store
 
+__all__ = ["HistoryNotSeenError", "publish_and_wait", "read_history", "wait_for_entries"]
+
 # How often the waits look again. They read by index; a test can afford twenty looks a second.
 POLL_SECONDS = 0.05
 

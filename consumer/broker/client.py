@@ -19,6 +19,7 @@ from consumer.broker.amqp import (
 )
 from consumer.broker.deliveries import MessageHandler, Received, plan_acks
 from consumer.broker.headers import (
+    MessageLike,
     dead_letter_headers,
     header_text,
     original_routing_key,
@@ -190,7 +191,7 @@ class Broker(AsyncResource):
                 underlay = await self.channel.get_underlay_channel()
                 await underlay.basic_cancel(tag)
 
-    async def ack(self, messages: Sequence[Received]) -> int:
+    async def ack(self, messages: Sequence[MessageLike]) -> int:
         """Ack messages, in one frame where that is safe; return how many could not be acked.
 
         A message from a channel that has since closed can't be acked: the broker redelivers
@@ -210,21 +211,22 @@ class Broker(AsyncResource):
         self._outstanding.difference_update(by_tag)
         return len(messages) - len(live)
 
-    def holds_any(self, messages: Sequence[Received]) -> bool:
+    def holds_any(self, messages: Sequence[MessageLike]) -> bool:
         """Whether any of `messages` can still be acked: delivered on the channel open now."""
         return bool(self._live(messages))
 
-    def _live(self, messages: Sequence[Received]) -> list[Received]:
+    def _live(self, messages: Sequence[MessageLike]) -> list[Received]:
         return [
             message
             for message in messages
-            if message.channel is self._delivering_channel
+            if isinstance(message, Received)
+            and message.channel is self._delivering_channel
             and not message.channel.is_closed
             and message.delivery_tag is not None
         ]
 
     async def dead_letter(
-        self, message: Received, *, code: ErrorCode, detail: str, now: datetime
+        self, message: MessageLike, *, code: ErrorCode, detail: str, now: datetime
     ) -> None:
         """Publish a copy to the dead-letter exchange with the error headers, confirmed."""
         if self._dead_letters is None:
@@ -239,7 +241,7 @@ class Broker(AsyncResource):
 
     async def retry_later(
         self,
-        message: Received,
+        message: MessageLike,
         *,
         delay: float,
         since: datetime,

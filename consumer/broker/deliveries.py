@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Self, TypeVar, overload
 
 import aiormq.abc
 
@@ -23,7 +23,13 @@ class _Property(Generic[T]):
     def __init__(self, name: str) -> None:
         self._name = name
 
-    def __get__(self, message: Received, owner: type[Received]) -> T:
+    @overload
+    def __get__(self, message: None, owner: type[Received]) -> Self: ...
+    @overload
+    def __get__(self, message: Received, owner: type[Received]) -> T: ...
+    def __get__(self, message: Received | None, owner: type[Received]) -> T | Self:
+        if message is None:  # looked up on the class
+            return self
         return getattr(message._properties, self._name)  # type: ignore[no-any-return]  # noqa: SLF001  # the descriptor's own class
 
 

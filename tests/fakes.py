@@ -1,0 +1,262 @@
+"""In-memory stand-ins for the database and the broker, for the consumer's decisions.
+
+They keep the promises the real ones make that the pipeline relies on (ids stored once, rows
+in order, acks only of messages still held) and write what happens to a shared journal, so
+a test can check the order of commits, dead letters and acks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from consumer.broker.headers import MessageLike
+from consumer.entries import NewEntry
+from consumer.errors import DataRejectedError, ErrorCode, NotConnectedError
+from consumer.topology import Topology
+
+Journal = list[tuple[str, str]]
+"""What happened, in order: ("commit", content), ("dead_letter", code), ("ack", message_id)."""
+
+
+@dataclass
+class FakeMessage:
+    """A delivered message: a body and the AMQP properties the pipeline reads."""
+
+    body: bytes
+    message_id: str | None = None
+    headers: dict[str, Any] = field(default_factory=dict)
+    routing_key: str | None = "history.agent_turn"
+    content_type: str | None = "application/json"
+    content_encoding: str | None = None
+    priority: int | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    timestamp: datetime | None = None
+    type: str | None = None
+    app_id: str | None = None
+
+    @classmethod
+    def of(cls, event: dict[str, Any], **properties: Any) -> FakeMessage:  # noqa: ANN401  # the properties above
+        """A message carrying `event` as JSON, its message_id a new UUID unless given."""
+        properties.setdefault("message_id", str(uuid.uuid4()))
+        return cls(json.dumps(event).encode(), **properties)
+
+
+@dataclass
+class InMemoryStore:
+    """The history database as a dict: tasks, rows in arrival order, and the two limits."""
+
+    journal: Journal = field(default_factory=list)
+    tasks: set[uuid.UUID] = field(default_factory=set)
+    rows: dict[uuid.UUID, NewEntry] = field(default_factory=dict)
+    retention: timedelta = timedelta(days=20)
+    # A row the database refuses, as a CHECK constraint or an encoding error would.
+    refuses: Callable[[NewEntry], bool] = lambda _entry: False
+    # Errors the next calls raise, one each, before the store works again.
+    failures: list[Exception] = field(default_factory=list)
+    statements: int = 0
+    reconnects: int = 0
+    opened: bool = False
+    terminated: bool = False
+    expiry_job_name: str | None = None
+    expired_runs: int = 0
+
+    def _maybe_fail(self) -> None:
+        if not self.opened:
+            raise NotConnectedError("the store is not open")
+        if self.failures:
+            raise self.failures.pop(0)
+
+    async def open(self) -> None:
+        """Connect (or fail with the next queued error)."""
+        if self.failures:
+            raise self.failures.pop(0)
+        self.opened = True
+
+    async def close(self) -> None:
+        """Disconnect."""
+        self.opened = False
+
+    def terminate(self) -> None:
+        """Drop the connections."""
+        self.terminated = True
+
+    async def reconnect(self) -> None:
+        """Count a request for fresh connections."""
+        self.reconnects += 1
+
+    async def check_schema(self) -> None:
+        """Always migrated."""
+        self._maybe_fail()
+
+    async def ping(self) -> None:
+        """Answer, unless an error is queued."""
+        self._maybe_fail()
+
+    async def limits(self) -> tuple[int, timedelta]:
+        """The cap and the retention."""
+        self._maybe_fail()
+        return 100, self.retention
+
+    async def missing_tasks(self, task_ids: Collection[uuid.UUID]) -> set[uuid.UUID]:
+        """The ids with no task."""
+        self._maybe_fail()
+        return set(task_ids) - self.tasks
+
+    async def create_tasks(self, task_ids: Collection[uuid.UUID]) -> None:
+        """Add the tasks."""
+        self._maybe_fail()
+        self.tasks |= set(task_ids)
+
+    async def insert_entries(self, entries: Sequence[NewEntry]) -> set[uuid.UUID]:
+        """All or nothing, as one statement: refused rows fail it whole; known ids are skipped."""
+        self._maybe_fail()
+        self.statements += 1
+        if any(self.refuses(entry) for entry in entries):
+            raise DataRejectedError("value violates a check constraint")
+        new = {entry.id for entry in entries if entry.id not in self.rows}
+        for entry in entries:
+            if entry.id in new and entry.id not in self.rows:
+                self.rows[entry.id] = entry
+                self.journal.append(("commit", entry.content))
+        return new
+
+    async def expiry_job(self) -> str | None:
+        """The registered pg_cron job, if the test set one."""
+        self._maybe_fail()
+        return self.expiry_job_name
+
+    async def expiry_job_silent(self, *, longer_than: timedelta) -> bool:  # noqa: ARG002  # never silent here
+        """Never silent."""
+        return False
+
+    async def expire_exclusively(self, *, batch_size: int) -> int | None:  # noqa: ARG002  # nothing to delete
+        """Count a run; nothing expires here."""
+        self._maybe_fail()
+        self.expired_runs += 1
+        return 0
+
+    @property
+    def contents(self) -> list[str]:
+        """The stored rows' contents, in arrival order."""
+        return [entry.content for entry in self.rows.values()]
+
+
+@dataclass
+class DeadLetterCopy:
+    """A dead-letter copy the fake broker confirmed."""
+
+    message: MessageLike
+    code: ErrorCode
+    detail: str
+
+
+@dataclass
+class InMemoryBroker:
+    """The broker as the consumer sees it: deliveries pushed by the test, copies and acks kept."""
+
+    journal: Journal = field(default_factory=list)
+    topology: Topology = field(default_factory=Topology)
+    dead_letters: list[DeadLetterCopy] = field(default_factory=list)
+    retries: list[tuple[MessageLike, datetime]] = field(default_factory=list)
+    acked: list[MessageLike] = field(default_factory=list)
+    # Errors the next publishes raise, one each.
+    failures: list[Exception] = field(default_factory=list)
+    # False plays a closed channel: nothing delivered before can be acked any more.
+    channel_open: bool = True
+    connected: bool = False
+    declared: bool = False
+    handler: Callable[[MessageLike], Awaitable[None]] | None = None
+
+    async def connect(self) -> None:
+        """Connect."""
+        self.connected = True
+
+    async def declare(self) -> None:
+        """Declare."""
+        self.declared = True
+
+    async def close(self) -> None:
+        """Disconnect."""
+        self.connected = False
+
+    async def consume(
+        self,
+        handler: Callable[[MessageLike], Awaitable[None]],
+        *,
+        prefetch: int,  # noqa: ARG002  # no flow control here
+    ) -> None:
+        """Deliver what the test pushes to `handler`."""
+        self.handler = handler
+
+    async def cancel(self) -> None:
+        """Stop deliveries."""
+        self.handler = None
+
+    @property
+    def consuming(self) -> bool:
+        """Whether a handler is subscribed."""
+        return self.handler is not None and self.channel_open
+
+    async def deliver(self, *messages: MessageLike) -> None:
+        """Hand messages to the subscribed consumer, as the broker would."""
+        assert self.handler is not None, "nothing is consuming"
+        for message in messages:
+            await self.handler(message)
+
+    def _maybe_fail(self) -> None:
+        if self.failures:
+            raise self.failures.pop(0)
+
+    async def dead_letter(
+        self,
+        message: MessageLike,
+        *,
+        code: ErrorCode,
+        detail: str,
+        now: datetime,  # noqa: ARG002  # the real one stamps it
+    ) -> None:
+        """Keep a confirmed dead-letter copy."""
+        self._maybe_fail()
+        self.dead_letters.append(DeadLetterCopy(message, code, detail))
+        self.journal.append(("dead_letter", code.value))
+
+    async def retry_later(
+        self,
+        message: MessageLike,
+        *,
+        delay: float,  # noqa: ARG002  # the real one sets the copy's TTL
+        since: datetime,
+        received_at: datetime,  # noqa: ARG002  # the real one writes it in a header
+    ) -> None:
+        """Keep a confirmed retry copy."""
+        self._maybe_fail()
+        self.retries.append((message, since))
+        self.journal.append(("retry", message.message_id or "-"))
+
+    async def ack(self, messages: Sequence[MessageLike]) -> int:
+        """Ack what the channel still holds; how many could not be."""
+        if not self.channel_open:
+            return len(messages)
+        self.acked.extend(messages)
+        self.journal.extend(("ack", message.message_id or "-") for message in messages)
+        return 0
+
+    def holds_any(self, messages: Sequence[MessageLike]) -> bool:
+        """Whether the channel that delivered them is open."""
+        return self.channel_open and bool(messages)
+
+
+async def until(condition: Callable[[], bool], *, within: float = 5) -> None:
+    """Return once `condition()` holds; TimeoutError after `within` seconds."""
+    async with asyncio.timeout(within):
+        while True:
+            if condition():
+                return
+            await asyncio.sleep(0.001)

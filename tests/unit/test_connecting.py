@@ -1,0 +1,72 @@
+"""Opening clients: a failure half-way leaves nothing running behind it."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+from consumer.broker import Broker
+from consumer.errors import BrokerUnavailableError
+from consumer.metrics import HealthServer, Metrics
+from consumer.publisher import HistoryPublisher
+from consumer.topology import Topology
+
+
+class HalfOpenConnection:
+    """A robust connection that opens, but whose channel never does."""
+
+    def __init__(self) -> None:
+        """Open, not yet closed."""
+        self.closed = False
+
+    async def channel(self, **_options: object) -> None:
+        """Fail as a broker closing the channel would."""
+        raise ConnectionResetError("channel refused")
+
+    async def close(self) -> None:
+        """Stop reconnecting."""
+        self.closed = True
+
+
+class TestBrokerConnect:
+    """A connection whose channel can't be opened is closed, not left reconnecting."""
+
+    @pytest.mark.parametrize("client", ["broker", "publisher"])
+    async def test_the_connection_is_closed_when_the_channel_fails(
+        self, monkeypatch: pytest.MonkeyPatch, client: str
+    ) -> None:
+        """Broker.connect and HistoryPublisher.connect close what they opened, then raise."""
+        opened: list[HalfOpenConnection] = []
+
+        async def connect_robust(_url: str) -> HalfOpenConnection:
+            opened.append(HalfOpenConnection())
+            return opened[-1]
+
+        monkeypatch.setattr("aio_pika.connect_robust", connect_robust)
+        url = "amqp://guest:guest@127.0.0.1:1/"
+        opening = Broker(url, topology=Topology()) if client == "broker" else HistoryPublisher(url)
+        with pytest.raises(BrokerUnavailableError, match="channel refused"):
+            await opening.connect()
+        assert [connection.closed for connection in opened] == [True]
+
+
+class TestHealthServer:
+    """The metrics and health server binds the port it reports."""
+
+    async def test_port_zero_reports_the_port_it_got(self) -> None:
+        """With port 0 the server picks a free port and says which; /healthz answers there."""
+
+        async def ready() -> str | None:
+            return None
+
+        server = HealthServer(Metrics(), ready=ready, host="127.0.0.1", port=0)
+        await server.start()
+        try:
+            assert server.port > 0
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"http://127.0.0.1:{server.port}/healthz") as response,
+            ):
+                assert (response.status, await response.text()) == (200, "ok\n")
+        finally:
+            await server.stop()

@@ -1,0 +1,44 @@
+"""What `import consumer` offers: the documented names, without loading the drivers."""
+
+from __future__ import annotations
+
+import builtins
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import consumer
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+class TestPublicApi:
+    """The package exports a deliberate set of names."""
+
+    def test_every_exported_name_resolves(self) -> None:
+        """Each name in `consumer.__all__` can be imported from `consumer`."""
+        for name in consumer.__all__:
+            assert getattr(consumer, name) is not None, name
+
+    def test_the_types_the_readme_names_are_exported(self) -> None:
+        """Every class of the project the README mentions is importable from `consumer`."""
+        text = README.read_text(encoding="utf-8")
+        mentioned = set(
+            re.findall(r"\b[A-Z][A-Za-z]+(?:Error|Query|Entry|Publisher|Event)\b", text)
+        )
+        ours = {name for name in mentioned if not hasattr(builtins, name)}
+        assert ours <= set(consumer.__all__)
+
+    def test_importing_it_loads_no_driver(self) -> None:
+        """`import consumer` leaves asyncpg and aio_pika unloaded until a client is used."""
+        code = (
+            "import sys, consumer\n"
+            "print(sorted(m for m in ('asyncpg', 'aio_pika') if m in sys.modules))\n"
+            "consumer.Store\n"
+            "print('asyncpg' in sys.modules)\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        )
+        assert result.stdout.split("\n")[:2] == ["[]", "True"]

@@ -1,0 +1,189 @@
+"""The worker's life around the pipeline: start-up, stopping, expiry, health; on fakes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import structlog
+
+from consumer.errors import DatabaseUnavailableError, StoreError
+from consumer.expiry import ExpiryLoop
+from consumer.metrics import Metrics
+from consumer.worker import Worker
+from tests.fakes import FakeMessage, InMemoryBroker, InMemoryStore, until
+from tests.unit.test_pipeline import quick_settings
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class Rig:
+    """A worker on in-memory fakes, and one known task."""
+
+    def __init__(self, **settings: Any) -> None:  # noqa: ANN401  # any setting
+        """Build the fakes and the worker; `settings` override the quick defaults."""
+        self.store = InMemoryStore()
+        self.broker = InMemoryBroker(journal=self.store.journal)
+        self.task = uuid.uuid4()
+        self.store.tasks.add(self.task)
+        options = {"batch_wait_ms": 1, "expire_interval_seconds": 0, "metrics_port": 0}
+        self.worker = Worker(
+            quick_settings(**{**options, **settings}), store=self.store, broker=self.broker
+        )
+
+    def message(self, content: str) -> FakeMessage:
+        """A valid event of the known task."""
+        return FakeMessage.of(
+            {"task_id": str(self.task), "context_type": "agent_turn", "content": content}
+        )
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[asyncio.Task[None]]:
+        """The worker running until the block ends; stopped then, and awaited."""
+        task = asyncio.create_task(self.worker.run())
+        try:
+            yield task
+        finally:
+            if not task.done():
+                self.worker.stop()
+            await asyncio.wait_for(task, timeout=10)
+
+    async def until_consuming(self) -> None:
+        """Wait until the worker has subscribed."""
+        await until(lambda: self.broker.consuming)
+
+
+class TestStopping:
+    """A stop writes and acks what is in hand before `run` returns."""
+
+    async def test_messages_in_hand_are_written_and_acked(self) -> None:
+        """Deliveries waiting in the inbox when the stop comes are stored and acked, not lost."""
+        rig = Rig(batch_wait_ms=60_000, batch_size=1000)  # nothing is written before the stop
+        async with rig.running():
+            await rig.until_consuming()
+            await rig.broker.deliver(*(rig.message(f"event {n}") for n in range(10)))
+            assert rig.store.rows == {}
+        assert rig.store.contents == [f"event {n}" for n in range(10)]
+        assert len(rig.broker.acked) == 10
+        assert rig.broker.handler is None  # the subscription was cancelled first
+        assert not rig.store.opened
+        assert not rig.broker.connected
+
+    async def test_a_stop_before_the_database_answers_ends_the_wait(self) -> None:
+        """Stopped while waiting for the database, the worker returns without consuming."""
+        rig = Rig(retry_backoff_max_seconds=60)
+        rig.store.failures = [DatabaseUnavailableError()] * 100
+        async with rig.running() as task:
+            await asyncio.sleep(0.05)
+            rig.worker.stop()
+            await asyncio.wait_for(task, timeout=1)
+        assert not rig.broker.connected
+
+
+class TestStartUp:
+    """The worker waits for servers that are down, and fails fast on a bad setting."""
+
+    async def test_the_database_is_waited_for(self) -> None:
+        """Two failed connects, then the worker consumes."""
+        rig = Rig()
+        rig.store.failures = [DatabaseUnavailableError(), DatabaseUnavailableError()]
+        async with rig.running():
+            await rig.until_consuming()
+            await rig.broker.deliver(rig.message("after the outage"))
+        assert rig.store.contents == ["after the outage"]
+
+    async def test_a_refusal_is_not_waited_for(self) -> None:
+        """A database that refuses the login is an error at once, not an endless wait."""
+        rig = Rig()
+        rig.store.failures = [StoreError('password authentication failed for user "app"')]
+        with pytest.raises(StoreError, match="password authentication failed"):
+            await rig.worker.run()
+
+
+class TestCleanup:
+    """Whatever fails on the way out, every connection is closed."""
+
+    async def test_a_failing_health_server_stop_still_closes_the_servers(self) -> None:
+        """If the health server's stop raises, the broker and the database are closed anyway."""
+        rig = Rig(metrics_port=free_port(), metrics_host="127.0.0.1")
+        health = rig.worker.health
+        assert health is not None
+        real_stop = health.stop
+
+        async def broken_stop() -> None:
+            await real_stop()
+            raise RuntimeError("health server would not stop")
+
+        health.stop = broken_stop  # type: ignore[method-assign]  # the failure under test
+        with pytest.raises(RuntimeError, match="would not stop"):
+            async with rig.running():
+                await rig.until_consuming()
+        assert not rig.store.opened
+        assert not rig.broker.connected
+
+
+class TestReadiness:
+    """/readyz says why the worker is not ready, in a few words."""
+
+    async def test_ready_only_while_consuming_with_the_database_answering(self) -> None:
+        """Not consuming, then ready, then the database's error, then stopping."""
+        rig = Rig()
+        assert await rig.worker.readiness() == "not consuming from the broker"
+        async with rig.running():
+            await rig.until_consuming()
+            assert await rig.worker.readiness() is None
+            rig.store.failures = [DatabaseUnavailableError("database unavailable: refused")]
+            assert await rig.worker.readiness() == "database unavailable: refused"
+            rig.worker.stop()
+            assert await rig.worker.readiness() == "stopping"
+
+
+class TestExpiryLoop:
+    """Expiry runs every interval, stands down for pg_cron, and survives its own failures."""
+
+    async def test_an_unexpected_error_is_logged_and_expiry_goes_on(self) -> None:
+        """A bug in one run is logged with its traceback; the next interval runs again."""
+        store = InMemoryStore(opened=True, failures=[RuntimeError("expiry bug")])
+        metrics = Metrics()
+        loop = ExpiryLoop(store, interval=0.001, batch_size=10, metrics=metrics)
+        with structlog.testing.capture_logs() as logs:
+            running = asyncio.create_task(loop.run())
+            await until(lambda: store.expired_runs >= 2)
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+        (failure,) = [line for line in logs if line["log_level"] == "error"]
+        assert failure["event"] == "expiry failed unexpectedly; trying again next interval"
+        assert failure["exc_info"] is True
+        sample = metrics.registry.get_sample_value
+        assert sample("task_history_expiry_runs_total", {"outcome": "failed"}) == 1
+        assert (sample("task_history_expiry_runs_total", {"outcome": "done"}) or 0) >= 1
+
+    async def test_the_worker_ends_cleanly_after_an_expiry_failure(self) -> None:
+        """A failed expiry run is not the worker's exit cause: `run` returns normally."""
+        rig = Rig(expire_interval_seconds=0.001)
+        rig.store.failures = []
+        async with rig.running():
+            await rig.until_consuming()
+            rig.store.failures.append(RuntimeError("expiry bug"))
+            await until(lambda: rig.store.expired_runs >= 2)
+
+    async def test_stands_down_while_pg_cron_runs_expiry(self) -> None:
+        """With a pg_cron job registered, the loop deletes nothing itself."""
+        store = InMemoryStore(opened=True, expiry_job_name="task_build_history_expire:db")
+        metrics = Metrics()
+        await ExpiryLoop(store, interval=1, batch_size=10, metrics=metrics).run_once()
+        assert store.expired_runs == 0
+        sample = metrics.registry.get_sample_value
+        assert sample("task_history_expiry_runs_total", {"outcome": "scheduled"}) == 1
