@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import aio_pika
 import aiormq.exceptions
@@ -13,9 +12,10 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from consumer.broker.amqp import CLOSE_GRACE, close_connection, copy_message, translated_errors
 from consumer.errors import DeadLetterQueueBusyError
+from consumer.lifecycle import AsyncResource
 
 
-class HeldQueue:
+class HeldQueue(AsyncResource):
     """A queue's messages taken in order and held, each then dropped, sent on or given back.
 
     Nothing is lost whatever happens to the process: a message is acked only once it is dropped
@@ -36,7 +36,7 @@ class HeldQueue:
         self._exchanges: dict[str, aio_pika.abc.AbstractExchange] = {}
         self.size = 0
 
-    async def __aenter__(self) -> Self:
+    async def _begin(self) -> None:
         """Connect, take the lock, and start taking the messages that are in the queue now."""
         with translated_errors():
             # A plain connection: after a reconnect, held messages would come again as new.
@@ -46,10 +46,9 @@ class HeldQueue:
         except BaseException:
             await self.close()
             raise
-        return self
 
     async def _open(self) -> None:
-        assert self._connection is not None  # noqa: S101  # set by __aenter__
+        assert self._connection is not None  # noqa: S101  # set by _begin
         with translated_errors():
             lock = await self._connection.channel()
             try:
@@ -74,15 +73,6 @@ class HeldQueue:
         if self._connection is not None:
             connection, self._connection = self._connection, None
             await close_connection(connection, grace=CLOSE_GRACE)
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        """Close."""
-        await self.close()
 
     async def messages(self) -> AsyncIterator[AbstractIncomingMessage]:
         """The messages that were in the queue when the hold began, oldest first.

@@ -11,7 +11,7 @@ import pytest
 from consumer.entries import ContextType
 from consumer.errors import InvalidCursorError
 from consumer.pages import Cursor, HistoryQuery
-from consumer.store import read_arguments, read_sql
+from consumer.store.queries import read_arguments, read_sql
 
 MOMENT = datetime(2026, 11, 26, 10, 15, 0, 123456, tzinfo=UTC)
 

@@ -1,0 +1,33 @@
+"""The only package that talks to PostgreSQL: `Store`, composed of one class per concern.
+
+Rooms: `queries` (every SQL text, and the read builder), `pool` (the pool and the asyncpg
+boundary), `schema`, `cron` (pg_cron), `writes`, `reads` and `expiry`.
+"""
+
+from __future__ import annotations
+
+from consumer.store.cron import CronStore
+from consumer.store.expiry import ExpiryStore
+from consumer.store.queries import (
+    EXPIRE_LOCK,
+    MIGRATE_LOCK,
+    NOTIFY_CHANNEL,
+    read_arguments,
+    read_sql,
+)
+from consumer.store.reads import ReadStore
+from consumer.store.schema import SchemaStore
+from consumer.store.writes import WriteStore
+
+__all__ = [
+    "EXPIRE_LOCK",
+    "MIGRATE_LOCK",
+    "NOTIFY_CHANNEL",
+    "Store",
+    "read_arguments",
+    "read_sql",
+]
+
+
+class Store(SchemaStore, CronStore, WriteStore, ReadStore, ExpiryStore):
+    """A pool of connections to the history database, and every query the project runs."""

@@ -1,0 +1,164 @@
+"""The pool of connections and the driver boundary: asyncpg's errors become the project's."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import asyncpg
+
+from consumer.errors import (
+    ConcurrencyConflictError,
+    ConfigurationError,
+    DatabaseUnavailableError,
+    DataRejectedError,
+    NotConnectedError,
+    NotMigratedError,
+    StoreError,
+)
+from consumer.lifecycle import AsyncResource
+from consumer.redaction import redact
+from consumer.store.queries import PING
+
+
+@contextmanager
+def translated() -> Iterator[None]:
+    """Turn driver and socket errors into the project's, with no secret in the message."""
+    try:
+        yield
+    except asyncpg.ClientConfigurationError as exc:
+        raise ConfigurationError(f"invalid database URL: {redact(str(exc))}") from exc
+    except asyncpg.ForeignKeyViolationError as exc:
+        # The task was checked a moment ago and deleted since: looking again sorts it out.
+        raise ConcurrencyConflictError(redact(str(exc))) from exc
+    except (
+        asyncpg.DataError,
+        asyncpg.IntegrityConstraintViolationError,
+        asyncpg.exceptions.ProgramLimitExceededError,
+    ) as exc:
+        raise DataRejectedError(redact(str(exc))) from exc
+    except asyncpg.InterfaceError as exc:
+        if isinstance(exc, ValueError):  # the driver could not encode a value of the row
+            raise DataRejectedError(redact(str(exc))) from exc
+        raise DatabaseUnavailableError(f"database unavailable: {redact(str(exc))}") from exc
+    except (
+        OSError,
+        TimeoutError,
+        asyncpg.PostgresConnectionError,
+        asyncpg.exceptions.OperatorInterventionError,
+        asyncpg.TooManyConnectionsError,
+    ) as exc:
+        detail = redact(str(exc)) or type(exc).__name__
+        raise DatabaseUnavailableError(f"database unavailable: {detail}") from exc
+    except asyncpg.exceptions.TransactionRollbackError as exc:
+        raise ConcurrencyConflictError(redact(str(exc))) from exc
+    except (asyncpg.UndefinedTableError, asyncpg.UndefinedFunctionError) as exc:
+        raise NotMigratedError(
+            f"{redact(str(exc))}: the database is not migrated; run `task-history migrate`"
+        ) from exc
+    except asyncpg.PostgresError as exc:
+        raise StoreError(redact(str(exc))) from exc
+
+
+async def _init_connection(connection: asyncpg.Connection) -> None:
+    # jsonb in and out as Python objects rather than text.
+    await connection.set_type_codec(
+        "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+    )
+
+
+class StoreBase(AsyncResource):
+    """A pool of connections to the history database: open, close, drop, and run a query."""
+
+    def __init__(
+        self, dsn: str, *, max_connections: int = 4, command_timeout: float | None = None
+    ) -> None:
+        """Prepare a store for `dsn`; `open()` (or `async with`) connects.
+
+        `command_timeout` bounds each statement in seconds: a server that stops answering
+        without closing the connection (a partition) becomes an error instead of a stall.
+        """
+        self._dsn = dsn
+        self._max_connections = max_connections
+        self._command_timeout = command_timeout
+        self._pool: asyncpg.Pool | None = None
+        # Set by terminate() and kept until the next open(), close() included: the consumer
+        # drops its connections at the shutdown deadline and retries what is in flight until
+        # then, so their loss must read as an outage (retryable), not as a caller's bug.
+        self._dropped = False
+
+    async def open(self) -> None:
+        """Connect the pool."""
+        with translated():
+            self._pool = await asyncpg.create_pool(
+                self._dsn,
+                min_size=1,
+                max_size=self._max_connections,
+                init=_init_connection,
+                command_timeout=self._command_timeout,
+                timeout=self._command_timeout or 60,
+            )
+        self._dropped = False
+
+    async def _begin(self) -> None:
+        await self.open()
+
+    async def close(self, *, grace: float = 10) -> None:
+        """Close every connection; after `grace` seconds, drop the ones that don't answer."""
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            try:
+                await asyncio.wait_for(pool.close(), grace)
+            except TimeoutError:
+                pool.terminate()
+
+    def terminate(self) -> None:
+        """Drop every connection at once, mid-query or not, without waiting for the server."""
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            self._dropped = True
+            pool.terminate()
+
+    async def reconnect(self) -> None:
+        """Replace every pooled connection with a new one as it is next used."""
+        if self._pool is not None:
+            await self._pool.expire_connections()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The open pool; refused before `open()` or after `close()` (a bug), or `terminate()`."""
+        if self._pool is None:
+            if self._dropped:
+                raise DatabaseUnavailableError(
+                    "database unavailable: connections dropped at the shutdown deadline"
+                )
+            raise NotConnectedError("the store is not open")
+        return self._pool
+
+    async def ping(self, *, within: float = 2) -> None:
+        """Run a trivial query; DatabaseUnavailableError unless it answers within `within` s."""
+        # The wait for a free connection counts too: a busy or hung pool is not ready.
+        async with self._connection(wait=within) as connection:
+            await connection.fetchval(PING, timeout=within)
+
+    @asynccontextmanager
+    async def _connection(self, *, wait: float | None = None) -> AsyncIterator[asyncpg.Connection]:
+        """One connection of the pool (waiting `wait` s at most for it), errors translated."""
+        with translated():
+            async with self.pool.acquire(timeout=wait) as connection:
+                yield connection
+
+    async def _fetch(self, query: str, *args: object) -> list[asyncpg.Record]:
+        with translated():
+            return await self.pool.fetch(query, *args)  # type: ignore[no-any-return]
+
+    async def _fetchval(self, query: str, *args: object) -> Any:  # noqa: ANN401  # driver values
+        with translated():
+            return await self.pool.fetchval(query, *args)
+
+    async def _execute(self, query: str, *args: object) -> None:
+        with translated():
+            await self.pool.execute(query, *args)

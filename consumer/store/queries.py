@@ -1,0 +1,167 @@
+"""Every SQL text the store sends, named, and the read builder that assembles paged reads."""
+
+from __future__ import annotations
+
+from consumer.pages import HistoryQuery
+
+# Advisory lock keys (pg_advisory_lock's bigint form), one per job that must run alone.
+MIGRATE_LOCK = 0x7461736B_0001
+EXPIRE_LOCK = 0x7461736B_0002
+LOCK = "SELECT pg_advisory_lock($1)"
+TRY_LOCK = "SELECT pg_try_advisory_lock($1)"
+UNLOCK = "SELECT pg_advisory_unlock($1)"
+
+PING = "SELECT 1"
+
+# Schema
+
+MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS task_history_migrations (
+    name text PRIMARY KEY,
+    checksum text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+APPLIED = "SELECT name, checksum FROM task_history_migrations"
+HAS_MIGRATIONS_TABLE = "SELECT to_regclass('task_history_migrations') IS NOT NULL"
+RECORD_MIGRATION = "INSERT INTO task_history_migrations (name, checksum) VALUES ($1, $2)"
+LIMITS = "SELECT max_entries_per_task, retention FROM task_build_history_settings"
+
+# pg_cron. Its library, when preloaded, defines cron.database_name: the one database of the
+# server where its jobs table lives. Jobs there may run in any database of the server.
+
+CRON_PLACE = (
+    "SELECT current_database() AS here, current_schema() AS schema,"
+    " current_setting('cron.database_name', true) AS cron_database"
+)
+HAS_PG_CRON = "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_cron')"
+CREATE_PG_CRON = "CREATE EXTENSION IF NOT EXISTS pg_cron"
+CRON_JOB_IDS = "SELECT jobid FROM cron.job WHERE jobname = $1"
+CRON_UNSCHEDULE = "SELECT cron.unschedule($1::bigint)"
+# cron.schedule is open to any role with USAGE on schema cron, but only runs in its own
+# database; cron.schedule_in_database reaches the others and is a superuser's by default.
+CRON_SCHEDULE = "SELECT cron.schedule($1, $2, $3)"
+CRON_SCHEDULE_IN_DATABASE = "SELECT cron.schedule_in_database($1, $2, $3, $4)"
+EXPIRY_JOB = "SELECT job_name FROM task_build_history_expiry_job"
+EXPIRY_JOB_SILENT = (
+    "SELECT greatest(last_run_at, registered_at) < now() - $1::interval"
+    " FROM task_build_history_expiry_job"
+)
+RECORD_EXPIRY_JOB = """
+INSERT INTO task_build_history_expiry_job (job_name, cron_database, schedule)
+VALUES ($1, $2, $3)
+ON CONFLICT (singleton) DO UPDATE
+SET job_name = excluded.job_name, cron_database = excluded.cron_database,
+    schedule = excluded.schedule, registered_at = now()
+"""
+FORGET_EXPIRY_JOB = "DELETE FROM task_build_history_expiry_job RETURNING job_name, cron_database"
+
+# Writes
+
+CREATE_TASKS = "INSERT INTO tasks (id) SELECT unnest($1::uuid[]) ON CONFLICT (id) DO NOTHING"
+MISSING_TASKS = (
+    "SELECT t.id FROM unnest($1::uuid[]) AS t (id)"
+    " WHERE NOT EXISTS (SELECT 1 FROM tasks WHERE tasks.id = t.id)"
+)
+# One statement per batch. Rows keep their array order (the arrival sequence follows it), the
+# retention is read once per statement, and a redelivered id is skipped, not stored twice.
+INSERT_ENTRIES = """
+INSERT INTO task_build_history (id, task_id, workspace_id, session_id, context_type, content,
+                                metadata, created_at, expires_at)
+SELECT r.id, r.task_id, r.workspace_id, r.session_id, r.context_type, r.content,
+       r.metadata::jsonb, r.created_at, r.created_at + s.retention
+FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[],
+            $8::timestamptz[]) WITH ORDINALITY
+         AS r (id, task_id, workspace_id, session_id, context_type, content, metadata,
+               created_at, n)
+CROSS JOIN task_build_history_settings AS s
+ORDER BY r.n
+ON CONFLICT (id) DO NOTHING
+RETURNING id
+"""
+DELETE_TASK_HISTORY = "SELECT task_build_history_delete_task_v1($1)"
+
+# Expiry
+
+EXPIRE_BATCH = "SELECT task_build_history_expire_batch_v1($1)"
+
+# Reads. Every one hides expired rows, whether or not the expiry job has run yet, and every
+# entry read starts from READ_SELECT: the entry's nine columns and its arrival sequence.
+
+READ_SELECT = (
+    "SELECT id, task_id, workspace_id, session_id, context_type, content, metadata,"
+    " created_at, expires_at, seq FROM task_build_history WHERE expires_at > now()"
+)
+FIND_BY_IDS = READ_SELECT + " AND id = ANY ($1::uuid[]) ORDER BY created_at, seq"
+# What `follow` reads on each notification: the task's entries in arrival order. A task holds
+# at most the cap (100 by default), so reading them all is cheap, and it is exact where
+# `seq > last seen` is not: two writers can commit in the other order than they drew seq.
+FOLLOW_TASK = READ_SELECT + " AND task_id = $1 ORDER BY seq"
+COUNT_BY_TASK = "SELECT count(*) FROM task_build_history WHERE task_id = $1 AND expires_at > now()"
+OLDEST = "SELECT min(created_at) FROM task_build_history WHERE expires_at > now()"
+OLDEST_OF_TASK = (
+    "SELECT created_at FROM task_build_history WHERE task_id = $1 AND expires_at > now()"
+    " ORDER BY created_at, seq LIMIT 1"
+)
+# The channel sql/0002_notify.sql notifies once per task per INSERT or COPY statement.
+NOTIFY_CHANNEL = "task_build_history"
+# Whether that migration is applied; readable by any role, unlike the migrations table.
+HAS_NOTIFY = "SELECT to_regprocedure('task_build_history_notify_v1()') IS NOT NULL"
+
+# Paged, filtered and streamed reads. The text of these queries is assembled only from the
+# constant fragments below, picked by which filters are present, and every value travels as a
+# numbered parameter: all nine ($1 to $9) are always sent, and an absent filter's fragment
+# merely checks that its parameter is NULL. Nothing a caller passes ever becomes SQL text, and
+# the fragments of present filters stay plain comparisons the indexes can serve.
+_READ_FILTERS = (  # (fragment when the filter is given, fragment when it is not)
+    (" AND task_id = $1", " AND $1::uuid IS NULL"),
+    (" AND workspace_id = $2", " AND $2::uuid IS NULL"),
+    (" AND session_id = $3", " AND $3::uuid IS NULL"),
+    (" AND context_type = ANY ($4::text[])", " AND $4::text[] IS NULL"),
+    (" AND created_at >= $5", " AND $5::timestamptz IS NULL"),
+    (" AND created_at < $6", " AND $6::timestamptz IS NULL"),
+)
+_READ_AFTER_OLDEST_FIRST = " AND (created_at, seq) > ($7::timestamptz, $8::bigint)"
+_READ_AFTER_NEWEST_FIRST = " AND (created_at, seq) < ($7::timestamptz, $8::bigint)"
+_READ_FROM_START = " AND $7::timestamptz IS NULL AND $8::bigint IS NULL"
+_READ_OLDEST_FIRST = " ORDER BY created_at, seq LIMIT $9"
+_READ_NEWEST_FIRST = " ORDER BY created_at DESC, seq DESC LIMIT $9"
+
+
+def read_sql(query: HistoryQuery) -> str:
+    """The text of the read `query` asks for, from constant fragments only (see _READ_FILTERS)."""
+    given = (
+        query.task_id,
+        query.workspace_id,
+        query.session_id,
+        query.context_types or None,
+        query.since,
+        query.until,
+    )
+    parts = [READ_SELECT]
+    parts.extend(
+        when if value is not None else otherwise
+        for value, (when, otherwise) in zip(given, _READ_FILTERS, strict=True)
+    )
+    if query.after is None:
+        parts.append(_READ_FROM_START)
+    else:
+        parts.append(_READ_AFTER_NEWEST_FIRST if query.newest_first else _READ_AFTER_OLDEST_FIRST)
+    parts.append(_READ_NEWEST_FIRST if query.newest_first else _READ_OLDEST_FIRST)
+    return "".join(parts)
+
+
+def read_arguments(query: HistoryQuery, *, limit: int | None) -> tuple[object, ...]:
+    """The nine parameters of `read_sql(query)`, in order; `limit` None reads to the end."""
+    after = query.after
+    return (
+        query.task_id,
+        query.workspace_id,
+        query.session_id,
+        [context_type.value for context_type in query.context_types] or None,
+        query.since,
+        query.until,
+        None if after is None else after.created_at,
+        None if after is None else after.seq,
+        limit,
+    )

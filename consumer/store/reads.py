@@ -1,0 +1,158 @@
+"""Reads, paged, streamed or live: oldest first, ties in arrival order, expired rows hidden."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Collection
+from datetime import datetime
+from uuid import UUID
+
+import asyncpg
+
+from consumer.entries import HistoryEntry
+from consumer.errors import DatabaseUnavailableError, NotMigratedError
+from consumer.pages import Cursor, HistoryQuery, Page
+from consumer.store import queries
+from consumer.store.pool import StoreBase
+from consumer.store.queries import read_arguments, read_sql
+
+
+def _entry_and_seq(record: asyncpg.Record) -> tuple[HistoryEntry, int]:
+    values = dict(record.items())
+    seq = values.pop("seq")
+    return HistoryEntry.model_validate(values), seq
+
+
+def _entry(record: asyncpg.Record) -> HistoryEntry:
+    return _entry_and_seq(record)[0]
+
+
+class ReadStore(StoreBase):
+    """Every read of the entries."""
+
+    async def _read(self, query: HistoryQuery, *, limit: int | None) -> list[asyncpg.Record]:
+        return await self._fetch(read_sql(query), *read_arguments(query, limit=limit))
+
+    async def _entries(self, query: HistoryQuery) -> list[HistoryEntry]:
+        return [_entry(record) for record in await self._read(query, limit=query.limit)]
+
+    async def find_by_task(self, task_id: UUID, *, limit: int | None = None) -> list[HistoryEntry]:
+        """A task's entries, oldest first."""
+        return await self._entries(HistoryQuery(task_id=task_id, limit=limit))
+
+    async def find_by_workspace(
+        self, workspace_id: UUID, *, limit: int | None = None
+    ) -> list[HistoryEntry]:
+        """A workspace's entries across its tasks, oldest first."""
+        return await self._entries(HistoryQuery(workspace_id=workspace_id, limit=limit))
+
+    async def find_by_session(
+        self, session_id: UUID, *, limit: int | None = None
+    ) -> list[HistoryEntry]:
+        """A session's entries, oldest first."""
+        return await self._entries(HistoryQuery(session_id=session_id, limit=limit))
+
+    async def find_page(self, query: HistoryQuery) -> Page:
+        """One page of the entries `query` selects, and the cursor of the next, if any."""
+        # One row more than asked says whether another page follows.
+        limit = None if query.limit is None else query.limit + 1
+        rows = [_entry_and_seq(record) for record in await self._read(query, limit=limit)]
+        following = None
+        if query.limit is not None and len(rows) > query.limit:
+            rows = rows[: query.limit]
+            last, seq = rows[-1]
+            following = Cursor(last.created_at, seq, newest_first=query.newest_first)
+        return Page(entries=[entry for entry, _ in rows], next=following)
+
+    async def stream(
+        self, query: HistoryQuery, *, prefetch: int = 1000
+    ) -> AsyncGenerator[HistoryEntry]:
+        """Every entry `query` selects, fetched `prefetch` at a time through a server-side cursor.
+
+        Memory stays bounded however many entries match; one read-only REPEATABLE READ
+        transaction gives the whole stream one snapshot. Close the iterator (or read it to the
+        end) to give the connection back.
+        """
+        async with (
+            self._connection() as connection,
+            connection.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            cursor = connection.cursor(
+                read_sql(query), *read_arguments(query, limit=query.limit), prefetch=prefetch
+            )
+            async for record in cursor:
+                yield _entry(record)
+
+    async def find_by_ids(self, ids: Collection[UUID]) -> list[HistoryEntry]:
+        """The entries with these ids that are stored (and not expired), oldest first."""
+        return [_entry(record) for record in await self._fetch(queries.FIND_BY_IDS, list(ids))]
+
+    async def follow(
+        self, task_id: UUID, *, from_start: bool = False
+    ) -> AsyncGenerator[HistoryEntry]:
+        """A task's entries as they are stored, without end; `from_start` yields its history first.
+
+        Driven by LISTEN/NOTIFY (sql/0002_notify.sql), never by polling: it listens before it
+        reads the current entries, so nothing committed in between is missed. On each
+        notification for the task it reads the task's entries and yields the ones it has not
+        seen, in arrival order. Cancel the task iterating it (or close it) to stop.
+        """
+        woken = asyncio.Event()
+        lost = asyncio.Event()
+        wanted = str(task_id)
+
+        def on_notify(_connection: object, _pid: int, _channel: str, payload: str) -> None:
+            # The payload is JSON with the task id; cheaper to look for the id than to parse.
+            if wanted in payload:
+                woken.set()
+
+        def on_lost(_connection: object) -> None:
+            lost.set()
+            woken.set()
+
+        history = HistoryQuery(task_id=task_id)
+        async with self._connection() as connection:
+            await _require_notifications(connection)
+            await connection.add_listener(queries.NOTIFY_CHANNEL, on_notify)
+            connection.add_termination_listener(on_lost)
+            try:
+                current = await connection.fetch(
+                    read_sql(history), *read_arguments(history, limit=None)
+                )
+                seen = {record["id"] for record in current}
+                if from_start:
+                    for record in current:
+                        yield _entry(record)
+                while True:
+                    await woken.wait()
+                    woken.clear()
+                    if lost.is_set():
+                        raise DatabaseUnavailableError("database unavailable: connection lost")
+                    records = await connection.fetch(queries.FOLLOW_TASK, task_id)
+                    fresh = [record for record in records if record["id"] not in seen]
+                    # Keep only ids still stored: a trimmed or expired id never comes back.
+                    seen = {record["id"] for record in records}
+                    for record in fresh:
+                        yield _entry(record)
+            finally:
+                connection.remove_termination_listener(on_lost)
+                if not connection.is_closed():
+                    await connection.remove_listener(queries.NOTIFY_CHANNEL, on_notify)
+
+    async def count_by_task(self, task_id: UUID) -> int:
+        """How many entries a task has."""
+        return int(await self._fetchval(queries.COUNT_BY_TASK, task_id))
+
+    async def oldest_entry_date(self, task_id: UUID | None = None) -> datetime | None:
+        """When the oldest entry (of one task, or of all) was created; None when there is none."""
+        if task_id is None:
+            oldest: datetime | None = await self._fetchval(queries.OLDEST)
+        else:
+            oldest = await self._fetchval(queries.OLDEST_OF_TASK, task_id)
+        return oldest
+
+
+async def _require_notifications(connection: asyncpg.Connection) -> None:
+    """Raise NotMigratedError unless sql/0002_notify.sql is applied: nothing else wakes a tail."""
+    if not await connection.fetchval(queries.HAS_NOTIFY):
+        raise NotMigratedError("the database lacks sql/0002_notify.sql: run `task-history migrate`")
