@@ -17,7 +17,12 @@ from typing import Any
 
 from consumer.broker.headers import MessageLike
 from consumer.entries import NewEntry
-from consumer.errors import DataRejectedError, ErrorCode, NotConnectedError
+from consumer.errors import (
+    DatabaseUnavailableError,
+    DataRejectedError,
+    ErrorCode,
+    NotConnectedError,
+)
 from consumer.topology import Topology
 
 Journal = list[tuple[str, str]]
@@ -40,6 +45,11 @@ class FakeMessage:
     timestamp: datetime | None = None
     type: str | None = None
     app_id: str | None = None
+    # Read from dead letters only.
+    exchange: str | None = None
+    delivery_mode: int | None = None
+    expiration: float | None = None
+    user_id: str | None = None
 
     @classmethod
     def of(cls, event: dict[str, Any], **properties: Any) -> FakeMessage:  # noqa: ANN401  # the properties above
@@ -60,6 +70,8 @@ class InMemoryStore:
     refuses: Callable[[NewEntry], bool] = lambda _entry: False
     # Errors the next calls raise, one each, before the store works again.
     failures: list[Exception] = field(default_factory=list)
+    # True plays a server that stopped answering: inserts wait forever.
+    hangs: bool = False
     statements: int = 0
     reconnects: int = 0
     opened: bool = False
@@ -68,6 +80,8 @@ class InMemoryStore:
     expired_runs: int = 0
 
     def _maybe_fail(self) -> None:
+        if self.terminated:  # as the real store: an outage, so the shutdown deadline applies
+            raise DatabaseUnavailableError("connections dropped at the shutdown deadline")
         if not self.opened:
             raise NotConnectedError("the store is not open")
         if self.failures:
@@ -118,6 +132,8 @@ class InMemoryStore:
         """All or nothing, as one statement: refused rows fail it whole; known ids are skipped."""
         self._maybe_fail()
         self.statements += 1
+        if self.hangs:
+            await asyncio.Event().wait()
         if any(self.refuses(entry) for entry in entries):
             raise DataRejectedError("value violates a check constraint")
         new = {entry.id for entry in entries if entry.id not in self.rows}

@@ -80,6 +80,19 @@ class TestStopping:
         assert not rig.store.opened
         assert not rig.broker.connected
 
+    async def test_a_hung_write_is_abandoned_at_the_deadline(self) -> None:
+        """A write the database never answers is cut at the shutdown deadline, left unacked."""
+        rig = Rig(shutdown_timeout_seconds=0.2)
+        rig.store.hangs = True
+        async with rig.running() as task:
+            await rig.until_consuming()
+            await rig.broker.deliver(rig.message("never answered"))
+            await until(lambda: rig.store.statements == 1)
+            rig.worker.stop()
+            await asyncio.wait_for(task, timeout=2)
+        assert rig.broker.acked == []
+        assert rig.store.terminated  # its connections dropped, as a hung server needs
+
     async def test_a_stop_before_the_database_answers_ends_the_wait(self) -> None:
         """Stopped while waiting for the database, the worker returns without consuming."""
         rig = Rig(retry_backoff_max_seconds=60)
