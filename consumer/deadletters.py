@@ -8,10 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
-
-from aio_pika.abc import AbstractIncomingMessage
 
 from consumer.broker.headers import (
     BROKER_HEADERS,
@@ -27,6 +25,9 @@ from consumer.broker.headers import (
 )
 from consumer.errors import ErrorCode
 from consumer.events import MAX_BODY_BYTES
+
+if TYPE_CHECKING:
+    from aio_pika.abc import AbstractIncomingMessage
 
 # What the broker's own x-death reasons mean, as x-error codes. `expired` is taken (an event
 # older than the retention), so a message whose TTL ran out in a queue is `ttl_expired`.

@@ -14,7 +14,7 @@ from typing import ClassVar
 class TaskHistoryError(Exception):
     """The base of every error the project raises on purpose."""
 
-    default_message: ClassVar[str] = "task history failed"
+    default_message: ClassVar[str] = "Task history failed."
     # Whether the same operation may succeed later unchanged: a server coming back, a lock
     # freed. The consumer waits such errors out; any other error is a bug or a bad setting.
     retryable: ClassVar[bool] = False
@@ -27,19 +27,21 @@ class TaskHistoryError(Exception):
 class ConfigurationError(TaskHistoryError):
     """A setting is invalid."""
 
-    default_message = "the configuration is invalid"
+    default_message = "The configuration is invalid."
 
 
 class NotConnectedError(TaskHistoryError):
     """A client was used before it was opened or after it was closed: a bug, not an outage."""
 
-    default_message = "used before connecting, or after closing"
+    default_message = "The client was used before it was opened, or after it was closed."
 
 
 class MigrationEditedError(TaskHistoryError):
     """An applied migration file changed."""
 
-    default_message = "a migration file was edited after it was applied: add a new migration"
+    default_message = (
+        "A migration file was edited after it was applied: add a new migration instead."
+    )
 
 
 class StoreError(TaskHistoryError):
@@ -49,59 +51,61 @@ class StoreError(TaskHistoryError):
     disk or a revoked grant must not crash-loop the consumer into dead-lettering valid events.
     """
 
-    default_message = "the database refused the operation"
+    default_message = "The database refused the operation."
     retryable = True
 
 
 class NotMigratedError(StoreError):
     """The database lacks a migration this release ships."""
 
-    default_message = "the database schema is not up to date: run `task-history migrate`"
+    default_message = "The database schema is not up to date: run `task-history migrate`."
 
 
 class DatabaseUnavailableError(StoreError):
     """The database can't be reached."""
 
-    default_message = "the database can't be reached"
+    default_message = "The database can't be reached; the operation can be retried."
 
 
 class ConcurrencyConflictError(StoreError):
     """A concurrent transaction got in the way: a deadlock, a serialization failure."""
 
-    default_message = "a concurrent transaction got in the way (deadlock or serialization)"
+    default_message = "A concurrent transaction got in the way (deadlock or serialization); retry."
 
 
 class DataRejectedError(StoreError):
     """The database refused the data of a row: a constraint, or a value it can't store."""
 
-    default_message = "the database refused the data of a row"
+    default_message = (
+        "The database refused the data of a row (a constraint or a value it can't store)."
+    )
 
 
 class PgCronUnavailableError(StoreError):
     """pg_cron is missing on the server."""
 
-    default_message = "pg_cron is not available on this PostgreSQL server"
+    default_message = "pg_cron is not available on this PostgreSQL server."
     retryable = False
 
 
 class BrokerError(TaskHistoryError):
     """The message broker refused an operation."""
 
-    default_message = "the message broker refused the operation"
+    default_message = "The message broker refused the operation."
     retryable = True
 
 
 class BrokerUnavailableError(BrokerError):
     """The message broker can't be reached."""
 
-    default_message = "the message broker can't be reached"
+    default_message = "The message broker can't be reached; the operation can be retried."
 
 
 class UnroutableError(BrokerError):
     """A mandatory message was returned: no queue is bound for its routing key."""
 
     default_message = (
-        "the broker could route the message to no queue: nothing is bound for its routing key"
+        "The broker could route the message to no queue: nothing is bound for its routing key."
     )
 
 
@@ -109,7 +113,7 @@ class DeadLetterQueueBusyError(BrokerError):
     """Another dead-letter command holds the queue."""
 
     default_message = (
-        "another `task-history dlq` command is working on the dead-letter queue; try again later"
+        "Another `task-history dlq` command is working on the dead-letter queue; try again later."
     )
     retryable = False
 
@@ -117,14 +121,14 @@ class DeadLetterQueueBusyError(BrokerError):
 class DeadLetterNotFoundError(TaskHistoryError):
     """No dead letter has the message id asked for."""
 
-    default_message = "no dead letter has that message id"
+    default_message = "No dead letter has that message id."
 
 
 class InvalidCursorError(TaskHistoryError):
     """A page cursor this program did not give out."""
 
     default_message = (
-        "the cursor is not one this program gave out (or was made for the other direction)"
+        "The cursor is not one this program gave out (or was made for the other direction)."
     )
 
 
@@ -153,4 +157,4 @@ class InvalidEventError(TaskHistoryError):
 class HistoryNotSeenError(TaskHistoryError, AssertionError):
     """A test waited for entries that did not show up in time."""
 
-    default_message = "the history did not show what the test waited for in time"
+    default_message = "The history did not show what the test waited for in time."

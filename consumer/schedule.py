@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from consumer.errors import PgCronUnavailableError, StoreError
-from consumer.store import Store
+
+if TYPE_CHECKING:
+    from consumer.store import Store
 
 DEFAULT_SCHEDULE = "*/5 * * * *"
 _JOB_PREFIX = "task_build_history_expire:"
@@ -55,6 +58,8 @@ def _unavailable(database: str) -> PgCronUnavailableError:
 
 async def schedule_expiry(database_url: str, *, schedule: str, batch_size: int) -> ExpiryJob:
     """Register the expiry job with pg_cron, and note it in the history database."""
+    from consumer.store import Store  # noqa: PLC0415  # the CLI imports this module for its help
+
     async with Store(database_url, max_connections=1) as store:
         here, schema, cron_database = await store.cron_place()
         if cron_database is None:
@@ -89,6 +94,8 @@ async def _schedule_on(cron: Store, job: ExpiryJob, command: str, *, elsewhere: 
 
 async def unschedule_expiry(database_url: str) -> ExpiryJob | None:
     """Remove the expiry job from pg_cron and the note; the job that was there, if any."""
+    from consumer.store import Store  # noqa: PLC0415  # the CLI imports this module for its help
+
     async with Store(database_url, max_connections=1) as store:
         here, schema, cron_database = await store.cron_place()
         removed = False

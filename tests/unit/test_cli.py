@@ -2,12 +2,48 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from consumer.cli import main
+from consumer.errors import ConfigurationError, TaskHistoryError
+from consumer.settings import Settings
+
+
+@pytest.fixture
+def plain_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No TASK_HISTORY_* variable and no .env file: every setting at its default."""
+    for name in list(os.environ):
+        if name.startswith("TASK_HISTORY_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def consume_raises(monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
+    """Make `task-history consume` fail with `error` at once, connecting to nothing."""
+
+    async def consume(_settings: Settings) -> None:
+        raise error
+
+    monkeypatch.setattr("consumer.worker.consume", consume)
+
+
+def with_notes(error: Exception, *notes: str) -> Exception:
+    """`error` with `notes` added, as code that catches, annotates and re-raises does."""
+    for note in notes:
+        error.add_note(note)
+    return error
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    """The JSON log lines of `text`, in order; other lines left out."""
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
 class TestUsageErrors:
@@ -48,6 +84,103 @@ class TestFailures:
         assert err.startswith("task-history: error: database unavailable")
         assert "hunter2" not in err
         assert len(err.splitlines()) == 1
+
+    @pytest.mark.usefixtures("plain_environment")
+    @pytest.mark.parametrize(
+        ("error", "line", "code"),
+        [
+            (
+                with_notes(TaskHistoryError("replay failed"), "stopped after moving 3", "safe"),
+                "task-history: error: replay failed (stopped after moving 3; safe)",
+                1,
+            ),
+            (
+                with_notes(ConfigurationError("bad queue"), "see README"),
+                "task-history: error: bad queue (see README)",
+                2,
+            ),
+            (
+                with_notes(TaskHistoryError("two\nlines"), "a note\non two lines"),
+                "task-history: error: two\nlines (a note on two lines)",
+                1,
+            ),
+        ],
+    )
+    def test_notes_on_the_same_line(
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+        error: Exception,
+        line: str,
+        code: int,
+    ) -> None:
+        """An exception's notes follow its message in brackets, on the one line."""
+        consume_raises(monkeypatch, error)
+        assert main(["consume"]) == code
+        assert capsys.readouterr().err == line + "\n"
+
+
+class TestTracebacks:
+    """Where an error came from: logged at debug level, or at error level when consume crashes."""
+
+    @pytest.mark.usefixtures("plain_environment")
+    def test_debug_level_logs_the_traceback(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """--log-level debug logs the failure's traceback, then prints the one line."""
+        consume_raises(monkeypatch, TaskHistoryError("it broke"))
+        assert main(["--log-level", "debug", "--log-format", "json", "consume"]) == 1
+        err = capsys.readouterr().err
+        assert err.splitlines()[-1] == "task-history: error: it broke"
+        [failure] = [log for log in json_lines(err) if log["event"] == "command failed"]
+        assert failure["level"] == "debug"
+        assert "Traceback (most recent call last)" in failure["exception"]
+        assert "in consume" in failure["exception"]
+        assert "TaskHistoryError: it broke" in failure["exception"]
+
+    @pytest.mark.usefixtures("plain_environment")
+    def test_info_level_prints_one_line(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """At the default level a failure is the one line, no traceback."""
+        consume_raises(monkeypatch, TaskHistoryError("it broke"))
+        assert main(["--log-format", "json", "consume"]) == 1
+        assert capsys.readouterr().err == "task-history: error: it broke\n"
+
+    def test_debug_traceback_hides_secrets(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """The traceback masks the password of the URL, as every log line does."""
+        url = "postgresql://app:hunter2@127.0.0.1:1/db"
+        argv = ["--log-level", "debug", "--log-format", "json", "--database-url", url, "expire"]
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert "hunter2" not in err
+        assert err.splitlines()[-1].startswith("task-history: error: database unavailable")
+        assert any(log["event"] == "command failed" for log in json_lines(err))
+
+    def test_failure_before_logging_is_set_up(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """A setting refused before logging exists is still one line, on stderr only."""
+        argv = ["--log-level", "debug", "--database-url", "mysql://x/y", "consume"]
+        assert main(argv) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert len(captured.err.splitlines()) == 1
+        assert captured.err.startswith("task-history: error: invalid setting")
+
+    @pytest.mark.usefixtures("plain_environment")
+    def test_consume_crash_logs_the_traceback(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """An unexpected exception in consume is an error log line with its traceback first."""
+        consume_raises(monkeypatch, RuntimeError("boom"))
+        assert main(["--log-format", "json", "consume"]) == 1
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        *logs, last = captured.err.splitlines()
+        assert last == "task-history: error: unexpected RuntimeError: boom"
+        [crash] = [json.loads(line) for line in logs]
+        assert crash["level"] == "error"
+        assert "Traceback (most recent call last)" in crash["exception"]
+        assert "RuntimeError: boom" in crash["exception"]
 
 
 class TestEntryPoints:

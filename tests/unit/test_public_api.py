@@ -42,3 +42,16 @@ class TestPublicApi:
             [sys.executable, "-c", code], capture_output=True, text=True, check=True
         )
         assert result.stdout.split("\n")[:2] == ["[]", "True"]
+
+    def test_the_command_line_loads_no_driver_for_its_help(self) -> None:
+        """`task-history --help` answers without importing asyncpg or aio_pika."""
+        code = (
+            "import sys\n"
+            "from consumer.cli import main\n"
+            "main(['--help'])\n"
+            "print(sorted(m for m in ('asyncpg', 'aio_pika') if m in sys.modules))\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        )
+        assert result.stdout.strip().endswith("[]")

@@ -1,0 +1,164 @@
+"""Running the service: migrate, consume, expire, schedule, health, and a demo stream."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.error
+import urllib.request
+
+import click
+import structlog
+
+from consumer import schedule as expiry_schedule
+from consumer.cli.context import run_async, settings_from
+from consumer.errors import TaskHistoryError
+from consumer.signals import stop_on_signals
+
+
+@click.command()
+@click.option("--skip-broker", is_flag=True, help="Migrate the database only; declare nothing.")
+@click.pass_context
+def migrate(ctx: click.Context, *, skip_broker: bool) -> None:
+    """Apply the pending SQL migrations and declare the AMQP topology (both idempotent)."""
+    from consumer.broker import Broker  # noqa: PLC0415  # loads aio-pika: at run time only
+    from consumer.store import Store  # noqa: PLC0415  # loads asyncpg: at run time only
+
+    settings = settings_from(ctx)
+
+    async def run() -> list[str]:
+        async with Store(settings.database_url, max_connections=1) as store:
+            return await store.migrate()
+
+    applied = run_async(run)
+    for name in applied:
+        click.echo(f"applied {name}")
+    if not applied:
+        click.echo("database is up to date")
+    structlog.get_logger().info("migrated", applied=applied)
+    if not skip_broker:
+
+        async def declare() -> None:
+            async with Broker(settings.amqp_url, topology=settings.topology) as broker:
+                await broker.declare()
+
+        run_async(declare)
+        click.echo(f"declared exchange {settings.exchange} and queue {settings.queue}")
+
+
+@click.command()
+@click.option("--batch-size", type=click.IntRange(1, 10_000), help="[TASK_HISTORY_BATCH_SIZE]")
+@click.option(
+    "--batch-wait-ms", type=click.IntRange(0, 60_000), help="[TASK_HISTORY_BATCH_WAIT_MS]"
+)
+@click.option("--prefetch", type=click.IntRange(1, 65_535), help="[TASK_HISTORY_PREFETCH]")
+@click.pass_context
+def consume(ctx: click.Context, /, **options: int | None) -> None:
+    """Move events from RabbitMQ to PostgreSQL until SIGTERM or SIGINT."""
+    from consumer import worker  # noqa: PLC0415  # loads asyncpg and aio-pika: at run time only
+
+    settings = settings_from(ctx, **options)
+    try:
+        run_async(lambda: worker.consume(settings))
+    except Exception as exc:
+        if not isinstance(exc, TaskHistoryError):
+            # A bug, not an outage: the log of a crashed container must say where it was.
+            structlog.get_logger().exception("consumer crashed")
+        raise
+
+
+@click.command()
+@click.pass_context
+def expire(ctx: click.Context) -> None:
+    """Delete expired entries now and print how many went."""
+    from consumer.store import Store  # noqa: PLC0415  # loads asyncpg: at run time only
+
+    settings = settings_from(ctx)
+
+    async def run() -> int:
+        async with Store(settings.database_url, max_connections=1) as store:
+            return await store.expire(batch_size=settings.expire_batch_size)
+
+    click.echo(run_async(run))
+
+
+@click.command()
+@click.option(
+    "--cron",
+    "schedule",
+    default=expiry_schedule.DEFAULT_SCHEDULE,
+    show_default=True,
+    metavar="SCHEDULE",
+    help="When pg_cron runs expiry, in cron syntax, GMT.",
+)
+@click.option("--unschedule", is_flag=True, help="Remove the job; the consumers expire again.")
+@click.pass_context
+def schedule(ctx: click.Context, *, schedule: str, unschedule: bool) -> None:
+    """Let pg_cron run expiry in the database; the consumers' expiry loops then stand down."""
+    if not expiry_schedule.is_schedule(schedule):
+        raise click.BadParameter(
+            "five cron fields (like '*/5 * * * *') or @hourly, @daily …", param_hint="--cron"
+        )
+    settings = settings_from(ctx)
+    if unschedule:
+        gone = run_async(lambda: expiry_schedule.unschedule_expiry(settings.database_url))
+        if gone is None:
+            click.echo("no pg_cron expiry job was registered")
+        else:
+            click.echo(f"removed pg_cron job {gone.name}; the consumers expire entries again")
+        return
+    job = run_async(
+        lambda: expiry_schedule.schedule_expiry(
+            settings.database_url, schedule=schedule, batch_size=settings.expire_batch_size
+        )
+    )
+    click.echo(
+        f"pg_cron job {job.name} (in database {job.cron_database}) expires entries of"
+        f" {job.database} at '{job.schedule}' (GMT); the consumers' expiry loops stand down"
+    )
+
+
+@click.command()
+@click.option("--ready", is_flag=True, help="Ask /readyz (consuming) instead of /healthz (alive).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Where the consumer runs.")
+@click.pass_context
+def health(ctx: click.Context, *, ready: bool, host: str) -> None:
+    """Ask a running consumer whether it is alive (or ready); exit 1 if not. For health checks."""
+    settings = settings_from(ctx)
+    if not settings.metrics_port:
+        raise click.UsageError("TASK_HISTORY_METRICS_PORT is 0: the consumer serves no health")
+    path = "/readyz" if ready else "/healthz"
+    url = f"http://{host}:{settings.metrics_port}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            click.echo(response.read().decode(errors="replace").strip())
+    except urllib.error.HTTPError as exc:
+        raise TaskHistoryError(
+            f"{path}: {exc.code} {exc.read().decode(errors='replace').strip()}"
+        ) from None
+    except OSError as exc:
+        raise TaskHistoryError(f"{url} does not answer: {exc}") from None
+
+
+@click.command()
+@click.option("--agents", type=click.IntRange(1, 100), default=3, show_default=True)
+@click.option(
+    "--rate",
+    type=click.FloatRange(0.01, 1000),
+    default=2.0,
+    show_default=True,
+    help="Events per second per agent, on average.",
+)
+@click.option("--count", type=click.IntRange(min=1), help="Stop after this many events.")
+@click.pass_context
+def demo(ctx: click.Context, *, agents: int, rate: float, count: int | None) -> None:
+    """Publish a realistic stream from simulated agents until SIGTERM/SIGINT (or --count)."""
+    from consumer.demo import run_demo  # noqa: PLC0415  # loads asyncpg and aio-pika: run time
+
+    settings = settings_from(ctx)
+
+    async def run() -> int:
+        stop = asyncio.Event()
+        with stop_on_signals(stop.set):
+            return await run_demo(settings, agents=agents, rate=rate, count=count, stop=stop)
+
+    click.echo(f"published {run_async(run)} events")
