@@ -107,14 +107,15 @@ class TestWithPgCron:
             async with Store(url, max_connections=1) as store:
                 assert await store.expiry_job() == f"task_build_history_expire:{database}"
 
-            # pg_cron runs jobs on the minute: wait for the first run to delete the 5.
+            # pg_cron runs jobs on the minute: wait for the first run to delete the 5. The
+            # procedure commits its deletes before it records the run: wait for the record.
             await wait_for(
-                lambda: sql.fetchval("SELECT count(*) FROM task_build_history"),
-                lambda n: n == 1,
+                lambda: sql.fetchval("SELECT last_deleted FROM task_build_history_expiry_job"),
+                lambda n: n == 5,
                 timeout=150,
                 what="pg_cron's job to delete the expired entries",
             )
-            assert await sql.fetchval("SELECT last_deleted FROM task_build_history_expiry_job") == 5
+            assert await sql.fetchval("SELECT count(*) FROM task_build_history") == 1
 
             assert await cli("--database-url", url, "schedule", "--unschedule") == 0
             assert "removed pg_cron job" in capsys.readouterr().out
