@@ -18,7 +18,7 @@ log = structlog.get_logger("consumer")
 CRON_SILENCE = timedelta(hours=25)
 
 
-class ExpiryStore(Protocol):
+class ExpiryBackend(Protocol):
     """What the expiry loop asks of the database."""
 
     async def expiry_job(self) -> str | None:
@@ -35,7 +35,7 @@ class ExpiryLoop:
     """Runs expiry every interval, unless pg_cron does; one replica at a time."""
 
     def __init__(
-        self, store: ExpiryStore, *, interval: float, batch_size: int, metrics: Metrics
+        self, store: ExpiryBackend, *, interval: float, batch_size: int, metrics: Metrics
     ) -> None:
         """Expire through `store` every `interval` seconds, `batch_size` rows a transaction."""
         self._store = store

@@ -19,7 +19,7 @@ from consumer.errors import (
     DatabaseUnavailableError,
     TaskHistoryError,
 )
-from consumer.expiry import ExpiryLoop, ExpiryStore
+from consumer.expiry import ExpiryBackend, ExpiryLoop
 from consumer.metrics import HealthServer, Metrics
 from consumer.pipeline import Delivery, HistoryWriter, Outbox, Pipeline
 from consumer.retry import backoff
@@ -32,7 +32,7 @@ from consumer.topology import Topology
 log = structlog.get_logger("consumer")
 
 
-class ConsumerStore(HistoryWriter, ExpiryStore, Protocol):
+class ConsumerStore(HistoryWriter, ExpiryBackend, Protocol):
     """The database as the worker uses it: the pipeline's and the expiry loop's, and a life."""
 
     async def open(self) -> None:

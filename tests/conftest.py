@@ -1,13 +1,15 @@
-"""Fixtures: a real PostgreSQL for every test, each test in its own database."""
+"""Fixtures: a real PostgreSQL for every test, each test in its own database; markers by folder."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Iterator
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -17,13 +19,23 @@ from consumer.broker import Broker
 from consumer.settings import Settings, load_settings
 from consumer.store import Store
 from consumer.topology import Topology
-from tests.helpers import admin, with_database
+from tests.helpers import admin, run_sync, with_database
 
 DATABASE_ENV = "TASK_HISTORY_TEST_DATABASE_URL"
 LOCAL_DATABASE = "postgresql://postgres@localhost:5432/postgres"
 AMQP_ENV = "TASK_HISTORY_TEST_AMQP_URL"
 LOCAL_AMQP = "amqp://guest:guest@localhost:5672/"
-T = TypeVar("T")
+TESTS = Path(__file__).resolve().parent
+# Each suite's folder is also its marker: `pytest -m unit` runs without any server.
+SUITES = ("unit", "integration", "reliability")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test with the suite its folder names (tests/unit -> unit, ...)."""
+    for item in items:
+        path = item.path.resolve()
+        if TESTS in path.parents and (suite := path.relative_to(TESTS).parts[0]) in SUITES:
+            item.add_marker(suite)
 
 
 @pytest.fixture(autouse=True)
@@ -31,15 +43,6 @@ def _fresh_logging() -> Iterator[None]:
     """Each test starts with structlog's defaults, whatever a CLI test configured before."""
     yield
     structlog.reset_defaults()
-
-
-def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine on a private loop, leaving pytest-asyncio's loops alone."""
-    loop = asyncio.new_event_loop()
-    try:
-        return loop.run_until_complete(coroutine)
-    finally:
-        loop.close()
 
 
 def answers(host: str, port: int) -> bool:
@@ -51,30 +54,68 @@ def answers(host: str, port: int) -> bool:
         return False
 
 
-@pytest.fixture(scope="session")
-def postgres_server_url() -> Iterator[str]:
-    """A PostgreSQL server: $TASK_HISTORY_TEST_DATABASE_URL, else localhost, else a container."""
-    if url := os.environ.get(DATABASE_ENV):
+def server(
+    what: str, variable: str, local: str, container: Callable[[], Any], url_of: Callable[[Any], str]
+) -> Iterator[str]:
+    """A server's URL: $`variable`, else `local` if it answers, else a testcontainer's."""
+    if url := os.environ.get(variable):
         yield url
         return
-    if answers("localhost", 5432):
-        yield LOCAL_DATABASE
+    parts = urlsplit(local)
+    host, port = parts.hostname or "localhost", parts.port or 0
+    if answers(host, port):
+        yield local
         return
     try:
-        from testcontainers.postgres import PostgresContainer  # noqa: PLC0415  # only without a server
-
-        container = PostgresContainer("postgres:16-alpine", driver=None)
-        container.start()
+        started = container()
     except Exception as exc:  # noqa: BLE001  # any failure here means: no server to test against
         pytest.fail(
-            f"no PostgreSQL to test against: set {DATABASE_ENV}, start one on localhost:5432,"
+            f"no {what} to test against: set {variable}, start one on {host}:{port},"
             f" or start Docker so testcontainers can run one ({type(exc).__name__}: {exc})",
             pytrace=False,
         )
     try:
-        yield container.get_connection_url()
+        yield url_of(started)
     finally:
-        container.stop()
+        started.stop()
+
+
+def postgres_container() -> Any:  # noqa: ANN401  # testcontainers ships no types
+    """A started PostgreSQL container."""
+    from testcontainers.postgres import PostgresContainer  # noqa: PLC0415  # only without a server
+
+    container = PostgresContainer("postgres:16-alpine", driver=None)
+    container.start()
+    return container
+
+
+def rabbitmq_container() -> Any:  # noqa: ANN401  # testcontainers ships no types
+    """A started RabbitMQ container, ready for connections."""
+    from testcontainers.core.container import DockerContainer  # noqa: PLC0415  # same
+    from testcontainers.core.waiting_utils import wait_for_logs  # noqa: PLC0415  # same
+
+    container = DockerContainer("rabbitmq:3.13-alpine").with_exposed_ports(5672)
+    container.start()
+    wait_for_logs(container, "Server startup complete", timeout=120)
+    return container
+
+
+def rabbitmq_url(container: Any) -> str:  # noqa: ANN401  # testcontainers ships no types
+    """The guest URL of a RabbitMQ container."""
+    host, port = container.get_container_host_ip(), container.get_exposed_port(5672)
+    return f"amqp://guest:guest@{host}:{port}/"
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    """A PostgreSQL server: $TASK_HISTORY_TEST_DATABASE_URL, else localhost, else a container."""
+    yield from server(
+        "PostgreSQL",
+        DATABASE_ENV,
+        LOCAL_DATABASE,
+        postgres_container,
+        lambda container: container.get_connection_url(),
+    )
 
 
 def unique_name(prefix: str) -> str:
@@ -133,30 +174,7 @@ async def sql(database_url: str) -> AsyncIterator[asyncpg.Connection]:
 @pytest.fixture(scope="session")
 def amqp_url() -> Iterator[str]:
     """A RabbitMQ: $TASK_HISTORY_TEST_AMQP_URL, else localhost, else a container."""
-    if url := os.environ.get(AMQP_ENV):
-        yield url
-        return
-    if answers("localhost", 5672):
-        yield LOCAL_AMQP
-        return
-    try:
-        from testcontainers.core.container import DockerContainer  # noqa: PLC0415
-        from testcontainers.core.waiting_utils import wait_for_logs  # noqa: PLC0415
-
-        container = DockerContainer("rabbitmq:3.13-alpine").with_exposed_ports(5672)
-        container.start()
-        wait_for_logs(container, "Server startup complete", timeout=120)
-    except Exception as exc:  # noqa: BLE001  # any failure here means: no broker to test against
-        pytest.fail(
-            f"no RabbitMQ to test against: set {AMQP_ENV}, start one on localhost:5672,"
-            f" or start Docker so testcontainers can run one ({type(exc).__name__}: {exc})",
-            pytrace=False,
-        )
-    try:
-        host, port = container.get_container_host_ip(), container.get_exposed_port(5672)
-        yield f"amqp://guest:guest@{host}:{port}/"
-    finally:
-        container.stop()
+    yield from server("RabbitMQ", AMQP_ENV, LOCAL_AMQP, rabbitmq_container, rabbitmq_url)
 
 
 @pytest.fixture
@@ -188,3 +206,27 @@ def settings(database_url: str, amqp_url: str, topology: Topology) -> Settings:
         log_format="json",
         metrics_port=0,  # tests run side by side; the metrics tests pick free ports
     )
+
+
+@dataclass(frozen=True)
+class Env:
+    """One test's own servers, bundled: its settings, broker names, database and scratch folder."""
+
+    settings: Settings
+    amqp_url: str
+    topology: Topology
+    sql: asyncpg.Connection
+    tmp_path: Path
+
+    @property
+    def database_url(self) -> str:
+        """This test's migrated database."""
+        return self.settings.database_url
+
+
+@pytest.fixture
+def env(
+    settings: Settings, amqp_url: str, topology: Topology, sql: asyncpg.Connection, tmp_path: Path
+) -> Env:
+    """This test's settings, broker URL, topology, SQL connection and scratch folder in one."""
+    return Env(settings, amqp_url, topology, sql, tmp_path)

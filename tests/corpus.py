@@ -17,6 +17,11 @@ class Bad(NamedTuple):
     body: bytes | dict[str, Any]
     word: str
 
+    @property
+    def raw(self) -> bytes:
+        """The body as it goes over the wire."""
+        return self.body if isinstance(self.body, bytes) else json.dumps(self.body).encode()
+
 
 def _raw(task: uuid.UUID, content: str = '"x"', tail: str = "") -> bytes:
     """A body written by hand, for what json.dumps can't produce."""

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
@@ -27,6 +28,7 @@ from tests.helpers import new_task
 
 T = TypeVar("T")
 REPOSITORY = Path(__file__).resolve().parent.parent
+DEFAULT_PORTS = {"postgresql": 5432, "postgres": 5432, "amqp": 5672}
 
 
 def event(task_id: uuid.UUID, content: str = "did something", **fields: object) -> dict[str, Any]:
@@ -176,6 +178,33 @@ def settings_environment(settings: Settings) -> dict[str, str]:
     return environment
 
 
+async def start_command(
+    *args: str, environment: dict[str, str] | None = None, output: int = asyncio.subprocess.PIPE
+) -> asyncio.subprocess.Process:
+    """`task-history ARGS` started in a process of its own from the repository, no stdin."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "consumer",
+        *args,
+        cwd=REPOSITORY,
+        env=environment,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=output,
+        stderr=output,
+    )
+
+
+async def run_command(
+    *args: str, environment: dict[str, str] | None = None
+) -> tuple[int, str, str]:
+    """Run `task-history ARGS` to its end (at most 120 s); (exit code, stdout, stderr)."""
+    process = await start_command(*args, environment=environment)
+    out, err = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
 @dataclass
 class ConsumerProcess:
     """`task-history consume` in a process of its own, its log kept in a file."""
@@ -221,6 +250,56 @@ class ConsumerProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+async def drain_in_process(
+    settings: Settings, bus: Bus, log: Path, *, rows: int, timeout: float = 60
+) -> str:
+    """A new consumer process stores until `rows` are in and the queue is empty; exit 0; its log."""
+    consumer = ConsumerProcess(settings, log)
+    consumer.start()
+    try:
+        await wait_for(
+            lambda: count_rows(settings.database_url), lambda n: n == rows, timeout=timeout
+        )
+        await wait_for(lambda: bus.depth(bus.topology.queue), lambda n: n == 0)
+    finally:
+        consumer.signal(signal.SIGTERM)
+        assert await consumer.exit_code() == 0, consumer.log()
+    return consumer.log()
+
+
+async def signal_mid_stream(
+    settings: Settings, log: Path, number: int, *, stored: int
+) -> tuple[int, str]:
+    """Start a consumer process; signal it once over `stored` rows are in; (exit code, log)."""
+    consumer = ConsumerProcess(settings, log)
+    consumer.start()
+    try:
+        await wait_for(lambda: count_rows(settings.database_url), lambda n: n > stored)
+        consumer.signal(number)
+        return await consumer.exit_code(timeout=30), consumer.log()
+    finally:
+        consumer.kill()
+
+
+@contextlib.asynccontextmanager
+async def replicas(
+    settings: Settings, folder: Path, count: int
+) -> AsyncIterator[list[ConsumerProcess]]:
+    """`count` consumer processes on small batches, all subscribed; SIGTERM and awaited after."""
+    small = settings.model_copy(update={"batch_size": 50, "prefetch": 100})
+    consumers = [ConsumerProcess(small, folder / f"c{n}.log") for n in range(count)]
+    for consumer in consumers:
+        consumer.start()
+    try:
+        await asyncio.sleep(1.5)  # every one subscribed, so each gets a share
+        yield consumers
+    finally:
+        for consumer in consumers:
+            consumer.signal(signal.SIGTERM)
+        for consumer in consumers:
+            await consumer.exit_code()
 
 
 class TcpProxy:
@@ -285,6 +364,24 @@ def through(url: str, port: int) -> str:
     parts = urlsplit(url)
     credentials = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
     return urlunsplit(parts._replace(netloc=f"{credentials}127.0.0.1:{port}"))
+
+
+async def proxy_to(url: str) -> TcpProxy:
+    """A started TcpProxy to the server at `url` (its scheme's usual port if it names none)."""
+    target = urlsplit(url)
+    port = target.port or DEFAULT_PORTS.get(target.scheme, 0)
+    proxy = TcpProxy(target.hostname or "localhost", port)
+    await proxy.start()
+    return proxy
+
+
+async def proxied(
+    settings: Settings, server: Literal["database_url", "amqp_url"], **update: object
+) -> tuple[TcpProxy, Settings]:
+    """A started proxy to the `server` URL of `settings`; `settings` through it, with `update`."""
+    url = getattr(settings, server)
+    proxy = await proxy_to(url)
+    return proxy, settings.model_copy(update={server: through(url, proxy.port), **update})
 
 
 async def backlog(bus: Bus, sql: asyncpg.Connection, count: int, tasks: int) -> list[uuid.UUID]:

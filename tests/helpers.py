@@ -2,17 +2,54 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+
+T = TypeVar("T")
+
+
+def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine on a private loop, leaving pytest-asyncio's loops alone."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coroutine)
+    finally:
+        loop.close()
+
+
+def on_database(database_url: str, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    """Run `work` on a connection of its own to `database_url`, from synchronous code."""
+
+    async def connected() -> T:
+        connection = await asyncpg.connect(database_url)
+        try:
+            return await work(connection)
+        finally:
+            await connection.close()
+
+    return run_sync(connected())
 
 
 def with_database(url: str, name: str) -> str:
     """`url` pointing at database `name` instead."""
     return urlunsplit(urlsplit(url)._replace(path="/" + name))
+
+
+def breaking_on(marker: bytes, parse: Callable[..., T]) -> Callable[..., T]:
+    """`parse`, but raising RuntimeError("parser bug") for a body that holds `marker`."""
+
+    def parse_unless_marked(body: bytes, **kwargs: Any) -> T:  # noqa: ANN401  # passed through
+        if marker in body:
+            raise RuntimeError("parser bug")
+        return parse(body, **kwargs)
+
+    return parse_unless_marked
 
 
 async def admin(url: str, *statements: str) -> None:

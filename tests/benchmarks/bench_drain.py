@@ -15,7 +15,6 @@ Every task already holds 100 entries before the drain, so every batch trims.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -24,7 +23,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -32,19 +30,21 @@ from pathlib import Path
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
-from consumer.broker import Broker
 from consumer.store import Store
 from consumer.topology import Topology
 from tests.benchmarks.common import (
+    BACKLOG_OPTIONS,
     CONTEXT_TYPES,
+    Stopwatch,
     amqp_server,
     content,
-    fill_to_cap,
-    machine,
+    database_at_cap,
+    declared_topology,
+    exit_unless_at_cap,
+    headed,
+    main_queue,
     metadata,
-    now_iso,
-    report,
-    scratch_database,
+    run_and_report,
 )
 
 ACK_EVERY = 250
@@ -87,30 +87,18 @@ async def publish(url: str, topology: Topology, bodies: list[bytes]) -> None:
 
 async def ceiling(url: str, topology: Topology, total: int) -> float:
     """Seconds a bare consume, parse and ack loop takes to drain `total` messages."""
-    connection = await aio_pika.connect(url)
-    channel = await connection.channel()
-    await channel.set_qos(prefetch_count=PREFETCH)
-    queue = await channel.get_queue(topology.queue)
-    done = asyncio.Event()
-    seen = 0
-    first = 0.0
+    clock = Stopwatch(total)
 
     async def on_message(message: AbstractIncomingMessage) -> None:
-        nonlocal seen, first
-        if seen == 0:
-            first = time.perf_counter()
+        clock.arrived()
         json.loads(message.body)
-        seen += 1
-        if seen % ACK_EVERY == 0 or seen == total:
+        if (seen := clock.counted()) % ACK_EVERY == 0 or seen == total:
             await message.ack(multiple=True)
-        if seen == total:
-            done.set()
+        clock.finish()
 
-    await queue.consume(on_message)
-    await done.wait()
-    elapsed = time.perf_counter() - first
-    await connection.close()
-    return elapsed
+    async with main_queue(url, topology, PREFETCH) as queue:
+        await queue.consume(on_message)
+        return await clock.seconds()
 
 
 def consumer_environment(database_url: str, url: str, topology: Topology) -> dict[str, str]:
@@ -130,6 +118,33 @@ def consumer_environment(database_url: str, url: str, topology: Topology) -> dic
     return environment
 
 
+def start_consumer(environment: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """`task-history consume` in a process of its own, logging to `log`."""
+    with log.open("wb") as output:
+        return subprocess.Popen(  # our own interpreter and module
+            [sys.executable, "-m", "consumer", "consume"],
+            env=environment,
+            stdout=output,
+            stderr=output,
+        )
+
+
+async def until_consumed(
+    processes: list[subprocess.Popen[bytes]], logs: list[Path], total: int
+) -> None:
+    """Wait until the consumers' logs count `total` events in batches; end if one exits."""
+    while sum(int(str(b["size"])) for log in logs for b in logged_batches(log)) < total:
+        if any(process.poll() is not None for process in processes):
+            sys.exit("benchmark: a consumer exited:\n" + logs[0].read_text())
+        await asyncio.sleep(0.5)
+
+
+def batch_span(batch: dict[str, object]) -> tuple[datetime, datetime]:
+    """When a logged batch started and ended: it is logged at its end, with its length in ms."""
+    ended = datetime.fromisoformat(str(batch["timestamp"]))
+    return ended - timedelta(milliseconds=float(str(batch["ms"]))), ended
+
+
 def peak_rss_mb(pid: int) -> float:
     """The most resident memory a process has had, in MB (VmHWM)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -145,91 +160,66 @@ async def project(
 
     The seconds run from the start of its first batch to the end of its last, per its log.
     """
-    with tempfile.NamedTemporaryFile("w+b", suffix=".log") as log:
-        process = subprocess.Popen(  # our own interpreter and module
-            [sys.executable, "-m", "consumer", "consume"],
-            env=consumer_environment(database_url, url, topology),
-            stdout=log,
-            stderr=log,
-        )
+    with tempfile.TemporaryDirectory() as folder:
+        log = Path(folder) / "consumer.log"
+        process = start_consumer(consumer_environment(database_url, url, topology), log)
         try:
-            while sum(int(str(b["size"])) for b in _batches(Path(log.name))) < total:
-                if process.poll() is not None:
-                    sys.exit(f"benchmark: the consumer exited:\n{Path(log.name).read_text()}")
-                await asyncio.sleep(0.5)
+            await until_consumed([process], [log], total)
             peak = peak_rss_mb(process.pid)
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=60)
-        batches = _batches(Path(log.name))
-    first, last = batches[0], batches[-1]
-    started = datetime.fromisoformat(str(first["timestamp"])) - timedelta(
-        milliseconds=float(str(first["ms"]))
-    )
-    return (datetime.fromisoformat(str(last["timestamp"])) - started).total_seconds(), peak
+        batches = logged_batches(log)
+    (started, _), (_, ended) = batch_span(batches[0]), batch_span(batches[-1])
+    return (ended - started).total_seconds(), peak
 
 
-def _batches(log: Path) -> list[dict[str, object]]:
+def logged_batches(log: Path) -> list[dict[str, object]]:
+    """The batch lines of a consumer's JSON log, in order."""
     lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
     return [line for line in lines if line.get("event") == "batch"]
 
 
-async def run(events: int, tasks_count: int) -> dict[str, object]:
+async def run(events: int, tasks: int) -> dict[str, object]:
     """Prepare the database at the cap, then drain the backlog twice: bare loop, then project."""
     rng = random.Random(60)
     url = amqp_server()
-    topology = Topology.named(f"th_bench_{uuid.uuid4().hex[:8]}")
-    async with scratch_database("th_bench_drain") as database_url:
-        tasks = [uuid.uuid4() for _ in range(tasks_count)]
-        await fill_to_cap(database_url, tasks)
-        async with Broker(url, topology=topology) as broker:
-            await broker.declare()
-        try:
-            await publish(url, topology, backlog(rng, tasks, events))
-            bare = await ceiling(url, topology, events)
-            await publish(url, topology, backlog(rng, tasks, events))
-            ours, peak = await project(database_url, url, topology, events)
-            async with Store(database_url, max_connections=1) as store:
-                sizes = await store.pool.fetch(
-                    "SELECT count(*) AS n FROM task_build_history GROUP BY task_id"
-                )
-            if {r["n"] for r in sizes} != {100} or len(sizes) != tasks_count:
-                sys.exit("benchmark: tasks are not exactly at the cap; the figures are void")
-        finally:
-            async with Broker(url, topology=topology) as broker:
-                await broker.delete()
-    return {
-        "benchmark": "drain",
-        "when": now_iso(),
-        "machine": machine(),
-        "events": events,
-        "tasks": tasks_count,
-        "ceiling_events_per_s": round(events / bare),
-        "project_events_per_s": round(events / ours),
-        "ratio": round(bare / ours, 3),
-        "project_peak_rss_mb": round(peak, 1),
-    }
+    task_ids = [uuid.uuid4() for _ in range(tasks)]
+    async with (
+        database_at_cap("th_bench_drain", task_ids) as database_url,
+        declared_topology(url) as topology,
+    ):
+        await publish(url, topology, backlog(rng, task_ids, events))
+        bare = await ceiling(url, topology, events)
+        await publish(url, topology, backlog(rng, task_ids, events))
+        ours, peak = await project(database_url, url, topology, events)
+        async with Store(database_url, max_connections=1) as store:
+            await exit_unless_at_cap(store, tasks)
+    return headed(
+        "drain",
+        events=events,
+        tasks=tasks,
+        ceiling_events_per_s=round(events / bare),
+        project_events_per_s=round(events / ours),
+        ratio=round(bare / ours, 3),
+        project_peak_rss_mb=round(peak, 1),
+    )
+
+
+def table(result: dict[str, object]) -> list[str]:
+    """The figures as printed."""
+    return [
+        f"drain {result['events']} events over {result['tasks']} tasks, all at the cap",
+        f"  bare aio-pika consume+ack (ceiling)  {result['ceiling_events_per_s']:>8} events/s",
+        f"  task-history consume                 {result['project_events_per_s']:>8} events/s",
+        f"  project / ceiling                    {result['ratio']:>8}",
+        f"  consumer peak RSS                    {result['project_peak_rss_mb']:>8} MB",
+    ]
 
 
 def main() -> None:
     """Parse arguments, run, print a table, and write JSON when asked."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=60_000)
-    parser.add_argument("--tasks", type=int, default=300)
-    parser.add_argument("--json", type=Path, help="also write the result to this file")
-    args = parser.parse_args()
-    result = asyncio.run(run(args.events, args.tasks))
-    report(
-        result,
-        [
-            f"drain {result['events']} events over {result['tasks']} tasks, all at the cap",
-            f"  bare aio-pika consume+ack (ceiling)  {result['ceiling_events_per_s']:>8} events/s",
-            f"  task-history consume                 {result['project_events_per_s']:>8} events/s",
-            f"  project / ceiling                    {result['ratio']:>8}",
-            f"  consumer peak RSS                    {result['project_peak_rss_mb']:>8} MB",
-        ],
-        args.json,
-    )
+    run_and_report(__doc__, BACKLOG_OPTIONS, run, table)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ It prints a table with the ratios and whether each bar is met, and writes it all
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -36,14 +35,12 @@ import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 
 import aio_pika
 import aiormq.abc
 import asyncpg
 from aio_pika.abc import AbstractIncomingMessage
 
-from consumer.broker import Broker
 from consumer.errors import InvalidEventError
 from consumer.events import parse_event
 from consumer.store import Store
@@ -57,13 +54,15 @@ from tests.benchmarks.bench_drain import (
     publish,
 )
 from tests.benchmarks.common import (
+    BACKLOG_OPTIONS,
+    Stopwatch,
     amqp_server,
     content,
-    fill_to_cap,
-    machine,
-    now_iso,
-    report,
-    scratch_database,
+    database_at_cap,
+    declared_topology,
+    headed,
+    main_queue,
+    run_and_report,
 )
 
 # The bars of issue 7: (result key, comparison, bar).
@@ -94,25 +93,18 @@ async def bare_aiormq(url: str, topology: Topology, total: int) -> float:
     connection = await aio_pika.connect(url)
     channel = await (await connection.channel()).get_underlay_channel()
     await channel.basic_qos(prefetch_count=1000)
-    done = asyncio.Event()
-    seen = 0
-    first = 0.0
+    clock = Stopwatch(total)
 
     async def on_message(message: aiormq.abc.DeliveredMessage) -> None:
-        nonlocal seen, first
-        if seen == 0:
-            first = time.perf_counter()
+        clock.arrived()
         json.loads(message.body)
-        seen += 1
-        if seen % 250 == 0 or seen == total:
+        if (seen := clock.counted()) % 250 == 0 or seen == total:
             tag = getattr(message.delivery, "delivery_tag", 0)  # a Basic.Deliver's
             await channel.basic_ack(tag, multiple=True)
-        if seen == total:
-            done.set()
+        clock.finish()
 
     await channel.basic_consume(topology.queue, on_message, no_ack=False)
-    await done.wait()
-    elapsed = time.perf_counter() - first
+    elapsed = await clock.seconds()
     await connection.close()
     return elapsed
 
@@ -120,18 +112,10 @@ async def bare_aiormq(url: str, topology: Topology, total: int) -> float:
 async def naive(database_url: str, url: str, topology: Topology, total: int) -> float:
     """Seconds a per-message consumer takes to drain `total`: validate, INSERT, ack each."""
     pool = await asyncpg.create_pool(database_url, min_size=10, max_size=10)
-    connection = await aio_pika.connect(url)
-    channel = await connection.channel()
-    await channel.set_qos(prefetch_count=NAIVE_IN_FLIGHT)
-    queue = await channel.get_queue(topology.queue)
-    done = asyncio.Event()
-    seen = 0
-    first = 0.0
+    clock = Stopwatch(total)
 
     async def on_message(message: AbstractIncomingMessage) -> None:
-        nonlocal seen, first
-        if seen == 0:
-            first = time.perf_counter()
+        clock.arrived()
         try:
             entry = parse_event(
                 message.body, message_id=message.message_id, received_at=datetime.now(UTC)
@@ -141,14 +125,12 @@ async def naive(database_url: str, url: str, topology: Topology, total: int) -> 
         else:
             await pool.execute(NAIVE_INSERT, *entry)
             await message.ack()
-        seen += 1
-        if seen == total:
-            done.set()
+        clock.counted()
+        clock.finish()
 
-    await queue.consume(on_message)
-    await done.wait()
-    elapsed = time.perf_counter() - first
-    await connection.close()
+    async with main_queue(url, topology, NAIVE_IN_FLIGHT) as queue:
+        await queue.consume(on_message)
+        elapsed = await clock.seconds()
     await pool.close()
     return elapsed
 
@@ -216,57 +198,48 @@ async def latency(database_url: str, url: str, topology: Topology) -> list[float
     return [(visible[task] - published[task]) * 1000 for task in published]
 
 
-async def run(events: int, tasks_count: int, trim_batches: int) -> dict[str, object]:
+async def run(events: int, tasks: int, trim_batches: int) -> dict[str, object]:
     """Every measurement, one after the other, on fresh databases and names."""
     rng = random.Random(60)
     url = amqp_server()
-    topology = Topology.named(f"th_bench_{uuid.uuid4().hex[:8]}")
-    tasks = [uuid.uuid4() for _ in range(tasks_count)]
-    bodies = backlog(rng, tasks, events)
-    async with Broker(url, topology=topology) as broker:
-        await broker.declare()
-    try:
+    task_ids = [uuid.uuid4() for _ in range(tasks)]
+    bodies = backlog(rng, task_ids, events)
+    async with declared_topology(url) as topology:
         await publish(url, topology, bodies)
         bare = await ceiling(url, topology, events)
         await publish(url, topology, bodies)
         raw = await bare_aiormq(url, topology, events)
-        async with scratch_database("th_bench_naive") as database_url:
-            await fill_to_cap(database_url, tasks)
+        async with database_at_cap("th_bench_naive", task_ids) as database_url:
             await publish(url, topology, bodies)
             plain = await naive(database_url, url, topology, events)
-        async with scratch_database("th_bench_project") as database_url:
-            await fill_to_cap(database_url, tasks)
+        async with database_at_cap("th_bench_project", task_ids) as database_url:
             await publish(url, topology, bodies)
             ours, peak = await project(database_url, url, topology, events)
-        async with scratch_database("th_bench_latency") as database_url:
-            await fill_to_cap(database_url, [])
+        async with database_at_cap("th_bench_latency", []) as database_url:
             latencies = sorted(await latency(database_url, url, topology))
-    finally:
-        async with Broker(url, topology=topology) as broker:
-            await broker.delete()
     trim = await bench_trim.run(trim_batches)
-    return {
-        "benchmark": "peers",
-        "when": now_iso(),
-        "machine": machine(),
-        "events": events,
-        "tasks": tasks_count,
-        "ceiling_events_per_s": round(events / bare),
-        "bare_aiormq_events_per_s": round(events / raw),
-        "naive_events_per_s": round(events / plain),
-        "project_events_per_s": round(events / ours),
-        "project_over_ceiling": round(bare / ours, 3),
-        "project_over_naive": round(plain / ours, 2),
-        "project_over_bare_aiormq": round(raw / ours, 3),
-        "latency_rate_per_s": LATENCY_RATE,
-        "latency_p50_ms": round(statistics.median(latencies), 1),
-        "latency_p99_ms": round(latencies[int(len(latencies) * 0.99) - 1], 1),
-        "latency_max_ms": round(latencies[-1], 1),
-        "trim_rows_per_s_with": trim["rows_per_s_with_trim"],
-        "trim_rows_per_s_without": trim["rows_per_s_without_trim"],
-        "trim_ratio": trim["ratio"],
-        "project_peak_rss_mb": round(peak, 1),
-    }
+    result = headed(
+        "peers",
+        events=events,
+        tasks=tasks,
+        ceiling_events_per_s=round(events / bare),
+        bare_aiormq_events_per_s=round(events / raw),
+        naive_events_per_s=round(events / plain),
+        project_events_per_s=round(events / ours),
+        project_over_ceiling=round(bare / ours, 3),
+        project_over_naive=round(plain / ours, 2),
+        project_over_bare_aiormq=round(raw / ours, 3),
+        latency_rate_per_s=LATENCY_RATE,
+        latency_p50_ms=round(statistics.median(latencies), 1),
+        latency_p99_ms=round(latencies[int(len(latencies) * 0.99) - 1], 1),
+        latency_max_ms=round(latencies[-1], 1),
+        trim_rows_per_s_with=trim["rows_per_s_with_trim"],
+        trim_rows_per_s_without=trim["rows_per_s_without_trim"],
+        trim_ratio=trim["ratio"],
+        project_peak_rss_mb=round(peak, 1),
+    )
+    result["bars_met"] = verdicts(result)
+    return result
 
 
 def verdicts(result: dict[str, object]) -> dict[str, bool]:
@@ -278,17 +251,10 @@ def verdicts(result: dict[str, object]) -> dict[str, bool]:
     return met
 
 
-def main() -> None:
-    """Parse arguments, run, print the table, and write JSON when asked."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=60_000)
-    parser.add_argument("--tasks", type=int, default=300)
-    parser.add_argument("--trim-batches", type=int, default=60)
-    parser.add_argument("--json", type=Path, help="also write the result to this file")
-    args = parser.parse_args()
-    result = asyncio.run(run(args.events, args.tasks, args.trim_batches))
-    met = verdicts(result)
-    result["bars_met"] = met
+def table(result: dict[str, object]) -> list[str]:
+    """The figures as printed: a Markdown table with the ratios and whether each bar is met."""
+    met = result["bars_met"]
+    assert isinstance(met, dict)
 
     def bar(key: str, text: str) -> str:
         return f"{text}: {'meets' if met[key] else 'MISSES'}"
@@ -336,17 +302,19 @@ def main() -> None:
             bar("project_peak_rss_mb", "≤ 150 MB"),
         ),
     ]
-    report(
-        result,
-        [
-            f"{r['events']} events over {r['tasks']} tasks, all at the cap; {r['machine']}",
-            "",
-            "| what | figure | ratio | bar |",
-            "|---|---|---|---|",
-            *("| " + " | ".join(row) + " |" for row in rows),
-        ],
-        args.json,
-    )
+    return [
+        f"{r['events']} events over {r['tasks']} tasks, all at the cap; {r['machine']}",
+        "",
+        "| what | figure | ratio | bar |",
+        "|---|---|---|---|",
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
+def main() -> None:
+    """Parse arguments, run, print the table, and write JSON when asked."""
+    options = {**BACKLOG_OPTIONS, "--trim-batches": {"type": int, "default": 60}}
+    run_and_report(__doc__, options, run, table)
 
 
 if __name__ == "__main__":

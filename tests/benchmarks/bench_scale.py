@@ -17,30 +17,34 @@ servers (or the core count), not the consumer.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import json
 import os
 import random
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
-from consumer.broker import Broker
 from consumer.topology import Topology
-from tests.benchmarks.bench_drain import _batches, backlog, consumer_environment, publish
+from tests.benchmarks.bench_drain import (
+    backlog,
+    batch_span,
+    consumer_environment,
+    logged_batches,
+    publish,
+    start_consumer,
+    until_consumed,
+)
 from tests.benchmarks.common import (
+    BACKLOG_OPTIONS,
     amqp_server,
-    fill_to_cap,
-    machine,
-    now_iso,
-    report,
-    scratch_database,
+    database_at_cap,
+    declared_topology,
+    headed,
+    run_and_report,
 )
 
 
@@ -58,23 +62,10 @@ async def drain(
     environment = consumer_environment(database_url, url, topology)
     with tempfile.TemporaryDirectory() as folder:
         logs = [Path(folder) / f"consumer-{n}.log" for n in range(replicas)]
-        processes = []
         busy_before, total_before = cpu_ticks()
-        for log in logs:
-            with log.open("wb") as output:
-                processes.append(
-                    subprocess.Popen(  # our own interpreter and module
-                        [sys.executable, "-m", "consumer", "consume"],
-                        env=environment,
-                        stdout=output,
-                        stderr=output,
-                    )
-                )
+        processes = [start_consumer(environment, log) for log in logs]
         try:
-            while sum(int(str(b["size"])) for log in logs for b in _batches(log)) < total:
-                if any(p.poll() is not None for p in processes):
-                    sys.exit("benchmark: a consumer exited:\n" + logs[0].read_text())
-                await asyncio.sleep(0.5)
+            await until_consumed(processes, logs, total)
         finally:
             busy_after, total_after = cpu_ticks()
             consumer_cpu = 0.0
@@ -83,19 +74,11 @@ async def drain(
             for process in processes:
                 _, _, usage = os.wait4(process.pid, 0)  # noqa: ASYNC222  # signalled: exits soon
                 consumer_cpu += usage.ru_utime + usage.ru_stime
-        batches = [b for log in logs for b in _batches(log)]
+        batches = [b for log in logs for b in logged_batches(log)]
         ready = max(_consuming_since(log) for log in logs)
     # Steady state only: from the moment the last replica started consuming. Before that,
     # the others drain while it is still starting up (and takes CPU from them).
-    spans = [
-        (
-            datetime.fromisoformat(str(b["timestamp"]))
-            - timedelta(milliseconds=float(str(b["ms"]))),
-            datetime.fromisoformat(str(b["timestamp"])),
-            int(str(b["size"])),
-        )
-        for b in batches
-    ]
+    spans = [(*batch_span(b), int(str(b["size"]))) for b in batches]
     counted = [(start, end, size) for start, end, size in spans if start >= ready]
     if not counted:
         sys.exit(
@@ -119,56 +102,37 @@ def _consuming_since(log: Path) -> datetime:
     sys.exit(f"benchmark: {log.name} never started consuming")
 
 
-async def run(events: int, tasks_count: int, counts: list[int]) -> dict[str, object]:
+async def run(events: int, tasks: int, replicas: list[int]) -> dict[str, object]:
     """Prepare the database at the cap, then drain the same backlog with each replica count."""
     rng = random.Random(60)
     url = amqp_server()
-    topology = Topology.named(f"th_bench_{uuid.uuid4().hex[:8]}")
+    task_ids = [uuid.uuid4() for _ in range(tasks)]
     rows: list[dict[str, object]] = []
-    async with scratch_database("th_bench_scale") as database_url:
-        tasks = [uuid.uuid4() for _ in range(tasks_count)]
-        await fill_to_cap(database_url, tasks)
-        async with Broker(url, topology=topology) as broker:
-            await broker.declare()
-        try:
-            for replicas in counts:
-                await publish(url, topology, backlog(rng, tasks, events))
-                started = time.perf_counter()
-                figures = await drain(database_url, url, topology, events, replicas)
-                wall = time.perf_counter() - started
-                rows.append(
-                    {
-                        "replicas": replicas,
-                        "events_per_s": round(figures["events"] / figures["seconds"]),
-                        "events_measured": int(figures["events"]),
-                        "consumer_cpu_per_replica": round(
-                            figures["consumer_cpu_seconds"] / replicas / wall, 2
-                        ),
-                        "machine_busy": round(figures["machine_busy"], 2),
-                    }
-                )
-        finally:
-            async with Broker(url, topology=topology) as broker:
-                await broker.delete()
-    return {
-        "benchmark": "scale",
-        "when": now_iso(),
-        "machine": machine(),
-        "events": events,
-        "tasks": tasks_count,
-        "runs": rows,
-    }
+    async with (
+        database_at_cap("th_bench_scale", task_ids) as database_url,
+        declared_topology(url) as topology,
+    ):
+        for count in replicas:
+            await publish(url, topology, backlog(rng, task_ids, events))
+            started = time.perf_counter()
+            figures = await drain(database_url, url, topology, events, count)
+            wall = time.perf_counter() - started
+            rows.append(
+                {
+                    "replicas": count,
+                    "events_per_s": round(figures["events"] / figures["seconds"]),
+                    "events_measured": int(figures["events"]),
+                    "consumer_cpu_per_replica": round(
+                        figures["consumer_cpu_seconds"] / count / wall, 2
+                    ),
+                    "machine_busy": round(figures["machine_busy"], 2),
+                }
+            )
+    return headed("scale", events=events, tasks=tasks, runs=rows)
 
 
-def main() -> None:
-    """Parse arguments, run, print a table, and write JSON when asked."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=60_000)
-    parser.add_argument("--tasks", type=int, default=300)
-    parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2, 4])
-    parser.add_argument("--json", type=Path, help="also write the result to this file")
-    args = parser.parse_args()
-    result = asyncio.run(run(args.events, args.tasks, args.replicas))
+def table(result: dict[str, object]) -> list[str]:
+    """The figures as printed: one line per replica count, with the speed-up over the first."""
     runs = result["runs"]
     assert isinstance(runs, list)
     base = runs[0]["events_per_s"]
@@ -181,7 +145,16 @@ def main() -> None:
         f"   {r['consumer_cpu_per_replica']:>25}   {r['machine_busy']:>12.0%}"
         for r in runs
     ]
-    report(result, lines, args.json)
+    return lines
+
+
+def main() -> None:
+    """Parse arguments, run, print a table, and write JSON when asked."""
+    options = {
+        **BACKLOG_OPTIONS,
+        "--replicas": {"type": int, "nargs": "+", "default": [1, 2, 4]},
+    }
+    run_and_report(__doc__, options, run, table)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,8 @@ import pytest
 from consumer.settings import Settings, load_settings
 from consumer.topology import Topology
 from tests.compose import load_compose
-from tests.conftest import run_sync
 from tests.harness import Bus, event, running, wait_for
-from tests.helpers import new_task
+from tests.helpers import new_task, run_sync
 
 
 def rabbitmqctl(*arguments: str) -> None:
@@ -103,14 +102,7 @@ class TestHistoryUserIsEnough:
         self, limited_settings: Settings, sql: asyncpg.Connection
     ) -> None:
         """Valid events are stored, a bad one dead-lettered, one for a missing task parked."""
-        topology = Topology(
-            exchange="task_build_history",
-            queue="task_build_history.events",
-            dead_letter_exchange="task_build_history.dlx",
-            dead_letter_queue="task_build_history.dead",
-            retry_queue="task_build_history.retry",
-            delivery_limit=20,
-        )
+        topology = Topology()  # the contract's names, which the compose file's definitions use
         task = await new_task(sql)
         async with running(limited_settings) as worker:
             await wait_for(worker.readiness, lambda r: r is None, what="the consumer ready")

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import sys
-
 import asyncpg
 
 from consumer.settings import Settings
-from tests.harness import running, settings_environment, wait_for
+from tests.harness import run_command, running, settings_environment, wait_for
 
 
 class TestDemo:
@@ -17,20 +14,16 @@ class TestDemo:
     async def test_count_events_stored(self, settings: Settings, sql: asyncpg.Connection) -> None:
         """`demo --count 40` publishes 40 events of tasks it created; the consumer stores all."""
         async with running(settings):
-            demo = await asyncio.create_subprocess_exec(
-                sys.executable,
-                *("-m", "consumer", "demo", "--agents", "2", "--rate", "200", "--count", "40"),
-                env=settings_environment(settings),
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+            code, out, err = await run_command(
+                *("demo", "--agents", "2", "--rate", "200", "--count", "40"),
+                environment=settings_environment(settings),
             )
-            out, err = await asyncio.wait_for(demo.communicate(), 60)
-            assert demo.returncode == 0, err.decode()
+            assert code == 0, err
             await wait_for(
                 lambda: sql.fetchval("SELECT count(*) FROM task_build_history"),
                 lambda n: n == 40,
                 what="40 demo events stored",
             )
-        assert out.decode() == "published 40 events\n"
+        assert out == "published 40 events\n"
         kinds = await sql.fetchval("SELECT count(DISTINCT context_type) FROM task_build_history")
         assert kinds >= 3

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -24,12 +23,13 @@ from consumer.settings import Settings
 from consumer.topology import Topology
 from tests.conftest import unique_name
 from tests.harness import (
-    REPOSITORY,
     Bus,
     count_rows,
     event,
+    run_command,
     running,
     settings_environment,
+    start_command,
     wait_for,
 )
 from tests.helpers import new_task
@@ -37,20 +37,7 @@ from tests.helpers import new_task
 
 async def task_history(settings: Settings, *args: str) -> tuple[int, str, str]:
     """Run `task-history ARGS` in a process of its own with `settings`; (exit code, out, err)."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "consumer",
-        *args,
-        cwd=REPOSITORY,
-        env=settings_environment(settings),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 120)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    return await run_command(*args, environment=settings_environment(settings))
 
 
 async def bury(  # noqa: PLR0913  # one parameter per header the consumer writes
@@ -367,16 +354,11 @@ class TestReplay:
                 pending = []
         await wait_for(lambda: bus.depth(bus.topology.dead_letter_queue), lambda n: n == 5000)
 
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "consumer",
+        process = await start_command(
             "dlq",
             "replay",
-            cwd=REPOSITORY,
-            env=settings_environment(settings),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
+            environment=settings_environment(settings),
+            output=asyncio.subprocess.DEVNULL,
         )
         moved = await wait_for(
             lambda: bus.depth(bus.topology.queue), lambda n: n >= 2000, timeout=60, what="half"

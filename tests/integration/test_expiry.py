@@ -11,7 +11,7 @@ import pytest
 
 from consumer.cli import main
 from consumer.store import Store
-from tests.helpers import at, insert_rows, kept_ids, new_task
+from tests.helpers import at, insert_rows, kept_ids, new_task, on_database
 
 DAYS_AGO_25 = datetime.now(UTC) - timedelta(days=25)
 
@@ -133,12 +133,10 @@ class TestExpireCommand:
     def test_prints_the_count(self, database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
         """It prints how many rows it deleted and exits 0."""
 
-        async def seed() -> None:
-            connection = await asyncpg.connect(database_url)
+        async def seed(connection: asyncpg.Connection) -> None:
             task = await new_task(connection)
             await insert_rows(connection, [(task, DAYS_AGO_25)] * 3)
-            await connection.close()
 
-        asyncio.run(seed())
+        on_database(database_url, seed)
         assert main(["--database-url", database_url, "expire"]) == 0
         assert capsys.readouterr().out == "3\n"

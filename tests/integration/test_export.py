@@ -14,8 +14,7 @@ import asyncpg
 import pytest
 
 from consumer.cli import main
-from tests.conftest import run_sync
-from tests.helpers import at, insert_rows, new_task
+from tests.helpers import at, insert_rows, new_task, on_database
 
 NINE_FIELDS = {
     "id", "task_id", "workspace_id", "session_id", "context_type",
@@ -97,8 +96,7 @@ class TestExportCommand:
     ) -> None:
         """--task and --type select entries; stdout gets exactly the JSON lines."""
 
-        async def seed() -> tuple[uuid.UUID, list[uuid.UUID]]:
-            connection = await asyncpg.connect(database_url)
+        async def seed(connection: asyncpg.Connection) -> tuple[uuid.UUID, list[uuid.UUID]]:
             task, other = await new_task(connection), await new_task(connection)
             ids = await insert_rows(connection, [(task, at(n)) for n in range(3)])
             await insert_rows(connection, [(other, at(n)) for n in range(3)])
@@ -107,10 +105,9 @@ class TestExportCommand:
                 " VALUES ($1, 'error', 'not an agent turn')",
                 task,
             )
-            await connection.close()
             return task, ids
 
-        task, ids = run_sync(seed())
+        task, ids = on_database(database_url, seed)
         argv = ["--database-url", database_url, "export", "--task", str(task)]
         assert main([*argv, "--type", "agent_turn"]) == 0
         captured = capsys.readouterr()

@@ -8,7 +8,6 @@ import socket
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
@@ -20,7 +19,7 @@ from consumer.errors import ConfigurationError
 from consumer.settings import Settings
 from consumer.topology import Topology
 from consumer.worker import Worker
-from tests.harness import Bus, TcpProxy, event, running, wait_for
+from tests.harness import Bus, event, proxied, running, through, wait_for
 from tests.helpers import insert_rows, new_task
 
 
@@ -37,13 +36,6 @@ def with_metrics(settings: Settings, **more: object) -> Settings:
     return settings.model_copy(
         update={"metrics_host": "127.0.0.1", "metrics_port": free_port(), **more}
     )
-
-
-def through(url: str, port: int) -> str:
-    """`url` with its host and port replaced by the local proxy's."""
-    parts = urlsplit(url)
-    credentials = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
-    return urlunsplit(parts._replace(netloc=f"{credentials}127.0.0.1:{port}"))
 
 
 async def get(settings: Settings, path: str) -> tuple[int, str]:
@@ -198,10 +190,8 @@ class TestHealth:
         self, settings: Settings
     ) -> None:
         """/readyz is 200 while consuming, 503 while the database is cut, 200 again after."""
-        target = urlsplit(settings.database_url)
-        proxy = TcpProxy(target.hostname or "localhost", target.port or 5432)
-        await proxy.start()
-        settings = with_metrics(settings, database_url=through(settings.database_url, proxy.port))
+        proxy, through_proxy = await proxied(settings, "database_url")
+        settings = with_metrics(through_proxy)
         async with serving(settings):
             await wait_for(lambda: get(settings, "/readyz"), lambda r: r[0] == 200, what="ready")
             assert await get(settings, "/healthz") == (200, "ok\n")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -14,7 +13,7 @@ from consumer.cli import main
 from consumer.entries import ContextType
 from consumer.pages import Cursor, HistoryQuery
 from consumer.store import Store
-from tests.helpers import at, insert_rows, new_task
+from tests.helpers import at, insert_rows, new_task, on_database
 
 
 async def insert_typed(
@@ -162,18 +161,13 @@ class TestShowFlags:
     def task(self, database_url: str) -> uuid.UUID:
         """A task with five entries: error, agent_turn, error, agent_turn, error."""
 
-        async def seed() -> uuid.UUID:
-            connection = await asyncpg.connect(database_url)
+        async def seed(connection: asyncpg.Connection) -> uuid.UUID:
             task = await new_task(connection)
-            await insert_typed(
-                connection,
-                task,
-                [("error" if n % 2 == 0 else "agent_turn", at(n)) for n in range(5)],
-            )
-            await connection.close()
+            kinds = [("error" if n % 2 == 0 else "agent_turn", at(n)) for n in range(5)]
+            await insert_typed(connection, task, kinds)
             return task
 
-        return asyncio.run(seed())
+        return on_database(database_url, seed)
 
     def test_json_pages_put_the_cursor_on_stderr(
         self, database_url: str, task: uuid.UUID, capsys: pytest.CaptureFixture[str]
@@ -222,8 +216,7 @@ class TestShowFlags:
     ) -> None:
         """--session alone shows that session's entries, whatever their task."""
 
-        async def seed() -> uuid.UUID:
-            connection = await asyncpg.connect(database_url)
+        async def seed(connection: asyncpg.Connection) -> uuid.UUID:
             session = uuid.uuid4()
             for content in ("first", "second"):
                 task = await new_task(connection)
@@ -234,10 +227,9 @@ class TestShowFlags:
                     session,
                     content,
                 )
-            await connection.close()
             return session
 
-        session = asyncio.run(seed())
+        session = on_database(database_url, seed)
         assert main(["--database-url", database_url, "show", "--session", str(session)]) == 0
         out = capsys.readouterr().out
         assert f"session {session}: 2 entries, oldest first" in out

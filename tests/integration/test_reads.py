@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from datetime import timedelta
@@ -13,7 +12,7 @@ import pytest
 from consumer.cli import main
 from consumer.entries import ContextType
 from consumer.store import Store
-from tests.helpers import at, insert_rows, kept_ids, new_task
+from tests.helpers import at, insert_rows, kept_ids, new_task, on_database
 
 
 class TestLookups:
@@ -104,8 +103,7 @@ class TestShowCommand:
     def task(self, database_url: str) -> uuid.UUID:
         """A task with two entries, an agent turn and an error."""
 
-        async def seed() -> uuid.UUID:
-            connection = await asyncpg.connect(database_url)
+        async def seed(connection: asyncpg.Connection) -> uuid.UUID:
             task = await new_task(connection)
             await connection.execute(
                 "INSERT INTO task_build_history (task_id, context_type, content, metadata,"
@@ -115,10 +113,9 @@ class TestShowCommand:
                 at(1),
                 at(2),
             )
-            await connection.close()
             return task
 
-        return asyncio.run(seed())
+        return on_database(database_url, seed)
 
     def test_table(
         self, database_url: str, task: uuid.UUID, capsys: pytest.CaptureFixture[str]

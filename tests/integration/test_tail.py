@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import sys
 import uuid
 from collections.abc import AsyncIterator
 
@@ -16,8 +15,8 @@ import pytest
 from consumer.cli import main
 from consumer.entries import HistoryEntry
 from consumer.store import NOTIFY_CHANNEL, Store
-from tests.conftest import run_sync
-from tests.helpers import admin, at, insert_rows, new_task
+from tests.harness import start_command
+from tests.helpers import admin, at, insert_rows, new_task, run_sync
 
 # Generous: it is a bound for a loaded CI machine, not the expected delay (well under a second).
 ARRIVAL_TIMEOUT = 5
@@ -113,11 +112,8 @@ class TestTailCommand:
             "TASK_HISTORY_DATABASE_URL": database_url,
             "TASK_HISTORY_LOG_FORMAT": "json",
         }
-        process = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "consumer", "tail", str(task), "--from-start", "--json"),
-            env=environment,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+        process = await start_command(
+            "tail", str(task), "--from-start", "--json", environment=environment
         )
         try:
             assert process.stdout is not None

@@ -16,9 +16,8 @@ from consumer.errors import BrokerError
 from consumer.settings import Settings
 from consumer.store import EXPIRE_LOCK, Store
 from consumer.topology import Topology
-from tests.conftest import run_sync
 from tests.harness import Bus, count_rows, event, running, wait_for
-from tests.helpers import insert_rows, new_task
+from tests.helpers import insert_rows, new_task, run_sync
 
 
 class TestDeclare:

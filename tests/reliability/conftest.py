@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
+import asyncpg
 import pytest
+
+from tests.harness import stored_twice
 
 REPORT_ENV = "TASK_HISTORY_RELIABILITY_REPORT"
 
@@ -30,6 +34,19 @@ class Figures:
 
 
 _recorded: list[Figures] = []
+
+
+async def check_stored(
+    sql: asyncpg.Connection, ids: list[uuid.UUID], figures: Figures, *, dead: int
+) -> None:
+    """Record and check: every id stored, once; nothing dead-lettered."""
+    stored = [row["id"] for row in await sql.fetch("SELECT id FROM task_build_history")]
+    figures.events = len(ids)
+    figures.lost = len(set(ids) - set(stored))
+    figures.duplicated = await stored_twice(sql)
+    figures.dead_lettered_wrongly = dead
+    assert (figures.lost, figures.duplicated, figures.dead_lettered_wrongly) == (0, 0, 0)
+    assert set(stored) == set(ids)
 
 
 @pytest.fixture

@@ -16,8 +16,7 @@ from hypothesis import strategies as st
 from consumer.entries import ContextType, NewEntry
 from consumer.errors import InvalidEventError
 from consumer.events import parse_event
-from consumer.settings import Settings
-from consumer.topology import Topology
+from tests.conftest import Env
 from tests.corpus import bad_bodies
 from tests.harness import Bus, event, running, wait_for
 from tests.helpers import new_task
@@ -38,41 +37,33 @@ class TestCorpus:
     """Every kind of bad message is dead-lettered with the right code and a useful detail."""
 
     @pytest.mark.parametrize("properties", ["full", "none"])
-    async def test_every_kind_among_valid_events(  # noqa: PLR0913, PLR0917  # fixtures
-        self,
-        settings: Settings,
-        amqp_url: str,
-        topology: Topology,
-        sql: asyncpg.Connection,
-        figures: Figures,
-        properties: str,
+    async def test_every_kind_among_valid_events(
+        self, env: Env, figures: Figures, properties: str
     ) -> None:
         """200 valid events around 61 kinds of bad body, published with or without properties."""
-        task = await new_task(sql)
+        task = await new_task(env.sql)
         bad = bad_bodies(task)
-        async with Bus(amqp_url, topology) as bus:
-            exchange = await bus.channel.get_exchange(topology.exchange)
+        async with Bus(env.amqp_url, env.topology) as bus:
+            exchange = await bus.channel.get_exchange(env.topology.exchange)
             for n in range(200):
                 await bus.publish(event(task, f"valid {n}"))
                 if n % 3 == 0 and n // 3 < len(bad):
                     case = bad[n // 3]
-                    body = case.body
-                    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
                     key = f"history.case{n // 3}"
                     if properties == "full":
-                        await bus.publish(raw, routing_key=key, message_id=case.code)
+                        await bus.publish(case.raw, routing_key=key, message_id=case.code)
                     else:  # no content type, message id, headers or delivery mode
-                        await exchange.publish(aio_pika.Message(raw), routing_key=key)
-            async with running(settings):
+                        await exchange.publish(aio_pika.Message(case.raw), routing_key=key)
+            async with running(env.settings):
                 await wait_for(
-                    lambda: bus.depth(topology.dead_letter_queue),
+                    lambda: bus.depth(env.topology.dead_letter_queue),
                     lambda n: n >= len(bad),
                     what="every bad message dead-lettered",
                 )
-                await wait_for(lambda: contents(sql, task), lambda c: c[-1:] == ["valid 199"])
+                await wait_for(lambda: contents(env.sql, task), lambda c: c[-1:] == ["valid 199"])
             dead = await bus.dead_letters()
         figures.events, figures.faults = 200 + len(bad), len(bad)
-        assert await contents(sql, task) == [f"valid {n}" for n in range(100, 200)]
+        assert await contents(env.sql, task) == [f"valid {n}" for n in range(100, 200)]
         assert len(dead) == len(bad)
         wrong = []
         for case_number, (message, case) in enumerate(zip(dead, bad, strict=True)):
@@ -83,8 +74,7 @@ class TestCorpus:
             assert headers["x-original-routing-key"] == f"history.case{case_number}"
             assert datetime.fromisoformat(str(headers["x-failed-at"])).tzinfo is not None
             assert len(detail.splitlines()) == 1
-            raw = case.body if isinstance(case.body, bytes) else json.dumps(case.body).encode()
-            assert message.body == raw
+            assert message.body == case.raw
             if properties == "full":
                 assert message.message_id == case.code
         figures.dead_lettered_wrongly = len(wrong)

@@ -5,17 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import signal
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import asyncpg
 
-from consumer.settings import Settings
-from consumer.topology import Topology
-from tests.harness import Bus, ConsumerProcess, event, stored_twice, wait_for
+from tests.conftest import Env
+from tests.harness import Bus, event, replicas, stored_twice, wait_for
 from tests.helpers import new_task
 from tests.reliability.conftest import Figures
 
@@ -66,18 +63,12 @@ async def write_directly(
 class TestConcurrentWriters:
     """Consumers and direct writers race on the same tasks; the database keeps it exact."""
 
-    async def test_3_consumers_and_4_sql_writers_on_10_tasks(  # noqa: PLR0913, PLR0917  # fixtures
-        self,
-        settings: Settings,
-        amqp_url: str,
-        topology: Topology,
-        sql: asyncpg.Connection,
-        tmp_path: Path,
-        figures: Figures,
+    async def test_3_consumers_and_4_sql_writers_on_10_tasks(
+        self, env: Env, figures: Figures
     ) -> None:
         """Every task ends at exactly 100, the newest; no deadlock, no serialization error."""
         rng = random.Random(20261126)
-        tasks = [await new_task(sql) for _ in range(TASKS)]
+        tasks = [await new_task(env.sql) for _ in range(TASKS)]
         total = EVENTS + WRITERS * ROWS_PER_WRITER
         # Distinct times, dealt out shuffled: arrival order is not time order.
         start = datetime.now(UTC) - timedelta(hours=2)
@@ -86,43 +77,37 @@ class TestConcurrentWriters:
         writes = [(uuid.uuid4(), tasks[n % TASKS], times[n]) for n in range(total)]
         by_events, by_sql = writes[:EVENTS], writes[EVENTS:]
 
-        small = settings.model_copy(update={"batch_size": 50, "prefetch": 100})
-        consumers = [ConsumerProcess(small, tmp_path / f"c{n}.log") for n in range(3)]
-        for consumer in consumers:
-            consumer.start()
-        try:
-            async with Bus(amqp_url, topology) as bus:
-                await asyncio.sleep(1.5)  # all three subscribed, so each gets a share
-                writers = [
-                    asyncio.create_task(
-                        write_directly(
-                            settings.database_url,
-                            by_sql[n * ROWS_PER_WRITER : (n + 1) * ROWS_PER_WRITER],
-                            random.Random(n),
-                        )
+        async with (
+            replicas(env.settings, env.tmp_path, 3) as consumers,
+            Bus(env.amqp_url, env.topology) as bus,
+        ):
+            writers = [
+                asyncio.create_task(
+                    write_directly(
+                        env.database_url,
+                        by_sql[n * ROWS_PER_WRITER : (n + 1) * ROWS_PER_WRITER],
+                        random.Random(n),
                     )
-                    for n in range(WRITERS)
-                ]
-                await bus.publish_many(
-                    event(task, f"event {entry}", id=str(entry), created_at=created.isoformat())
-                    for entry, task, created in by_events
                 )
-                writer_errors = await asyncio.gather(*writers)
+                for n in range(WRITERS)
+            ]
+            await bus.publish_many(
+                event(task, f"event {entry}", id=str(entry), created_at=created.isoformat())
+                for entry, task, created in by_events
+            )
+            writer_errors = await asyncio.gather(*writers)
 
-                async def handled() -> int:
-                    return consumed([c.log() for c in consumers])
+            async def handled() -> int:
+                return consumed([c.log() for c in consumers])
 
-                await wait_for(
-                    handled,
-                    lambda n: n >= EVENTS,
-                    timeout=90,
-                    what="every event handled",
-                )
-                dead = await bus.depth(topology.dead_letter_queue)
-        finally:
-            for consumer in consumers:
-                consumer.signal(signal.SIGTERM)
-            codes = [await consumer.exit_code() for consumer in consumers]
+            await wait_for(
+                handled,
+                lambda n: n >= EVENTS,
+                timeout=90,
+                what="every event handled",
+            )
+            dead = await bus.depth(env.topology.dead_letter_queue)
+        codes = [await consumer.exit_code() for consumer in consumers]
         logs = [consumer.log() for consumer in consumers]
         assert codes == [0, 0, 0], logs
         sql_errors: Counter[str] = sum(writer_errors, Counter())
@@ -133,7 +118,7 @@ class TestConcurrentWriters:
             written = sorted(created for _, t, created in writes if t == task)
             kept = [
                 row["created_at"]
-                for row in await sql.fetch(
+                for row in await env.sql.fetch(
                     "SELECT created_at FROM task_build_history WHERE task_id = $1"
                     " ORDER BY created_at, seq",
                     task,
@@ -143,7 +128,7 @@ class TestConcurrentWriters:
             wrong += len(set(kept) - set(written[-100:]))
         figures.faults, figures.events = 0, total
         figures.lost, figures.dead_lettered_wrongly = missing, dead
-        figures.duplicated = await stored_twice(sql)
+        figures.duplicated = await stored_twice(env.sql)
         figures.note = (
             f"3 consumers + {WRITERS} SQL writers; deadlocks {sql_errors['40P01']},"
             f" serialization errors {sql_errors['40001']}, consumer retries {consumer_retries},"
@@ -155,7 +140,9 @@ class TestConcurrentWriters:
             line for log in logs for line in log.splitlines() if "retry" in line
         ]
         assert (missing, wrong, figures.duplicated, dead) == (0, 0, 0, 0)
-        per_task = await sql.fetch("SELECT count(*) AS n FROM task_build_history GROUP BY task_id")
+        per_task = await env.sql.fetch(
+            "SELECT count(*) AS n FROM task_build_history GROUP BY task_id"
+        )
         assert sorted(row["n"] for row in per_task) == [100] * TASKS
-        counters = await sql.fetch("SELECT entries FROM task_build_history_counts")
+        counters = await env.sql.fetch("SELECT entries FROM task_build_history_counts")
         assert sorted(row["entries"] for row in counters) == [100] * TASKS

@@ -7,43 +7,24 @@ import os
 import shutil
 import signal
 import subprocess
-import uuid
-from pathlib import Path
-from urllib.parse import urlsplit
 
-import asyncpg
 import pytest
 
 from consumer.settings import Settings
-from consumer.topology import Topology
+from tests.conftest import Env
 from tests.harness import (
     Bus,
     ConsumerProcess,
-    TcpProxy,
     backlog,
     count_rows,
-    stored_twice,
-    through,
+    proxied,
     wait_for,
 )
-from tests.reliability.conftest import Figures
+from tests.reliability.conftest import Figures, check_stored
 
 # How long each outage lasts; the issue's figure, shorter only to try the suite quickly.
 OUTAGE_SECONDS = float(os.environ.get("TASK_HISTORY_TEST_OUTAGE_SECONDS", "30"))
 EVENTS = 2000  # before the outage, and again during it
-
-
-async def check_stored(
-    sql: asyncpg.Connection, ids: list[uuid.UUID], figures: Figures, *, dead: int
-) -> None:
-    """Record and check: every id stored, once; nothing dead-lettered."""
-    stored = [row["id"] for row in await sql.fetch("SELECT id FROM task_build_history")]
-    figures.events = len(ids)
-    figures.lost = len(set(ids) - set(stored))
-    figures.duplicated = await stored_twice(sql)
-    figures.dead_lettered_wrongly = dead
-    assert (figures.lost, figures.duplicated, figures.dead_lettered_wrongly) == (0, 0, 0)
-    assert set(stored) == set(ids)
 
 
 async def drained(settings: Settings, bus: Bus, *, what: str) -> int:
@@ -70,42 +51,28 @@ class TestProxiedOutages:
         ("server", "how"),
         [("database", "reset"), ("database", "hang"), ("broker", "reset"), ("broker", "hang")],
     )
-    async def test_the_consumer_waits_it_out(  # noqa: PLR0913, PLR0917  # fixtures and cases
-        self,
-        settings: Settings,
-        amqp_url: str,
-        topology: Topology,
-        sql: asyncpg.Connection,
-        tmp_path: Path,
-        figures: Figures,
-        server: str,
-        how: str,
+    async def test_the_consumer_waits_it_out(
+        self, env: Env, figures: Figures, server: str, how: str
     ) -> None:
         """The consumer stays up, logs its retries, and stores everything once it is over."""
-        url = settings.database_url if server == "database" else amqp_url
-        target = urlsplit(url)
-        proxy = TcpProxy(target.hostname or "localhost", target.port or 0)
-        await proxy.start()
-        field = "database_url" if server == "database" else "amqp_url"
-        proxied = settings.model_copy(
-            update={
-                field: through(url, proxy.port),
-                "database_timeout_seconds": 5,  # a hung statement becomes an error to retry
-                "retry_backoff_max_seconds": 2,
-            }
+        proxy, through_proxy = await proxied(
+            env.settings,
+            "database_url" if server == "database" else "amqp_url",
+            database_timeout_seconds=5,  # a hung statement becomes an error to retry
+            retry_backoff_max_seconds=2,
         )
-        consumer = ConsumerProcess(proxied, tmp_path / "consumer.log")
+        consumer = ConsumerProcess(through_proxy, env.tmp_path / "consumer.log")
         consumer.start()
         try:
-            async with Bus(amqp_url, topology) as bus:
-                ids = await backlog(bus, sql, EVENTS, tasks=40)
-                await wait_for(lambda: count_rows(settings.database_url), lambda n: n == EVENTS)
+            async with Bus(env.amqp_url, env.topology) as bus:
+                ids = await backlog(bus, env.sql, EVENTS, tasks=40)
+                await wait_for(lambda: count_rows(env.database_url), lambda n: n == EVENTS)
 
                 if how == "reset":
                     await proxy.cut()
                 else:
                     proxy.freeze()
-                ids += await backlog(bus, sql, EVENTS, tasks=40)
+                ids += await backlog(bus, env.sql, EVENTS, tasks=40)
                 for _ in range(int(OUTAGE_SECONDS)):
                     await asyncio.sleep(1)
                     assert consumer.process is not None
@@ -115,7 +82,7 @@ class TestProxiedOutages:
                 else:
                     proxy.thaw()
 
-                dead = await drained(settings, bus, what="outage")
+                dead = await drained(env.settings, bus, what="outage")
         finally:
             consumer.signal(signal.SIGTERM)
             code = await consumer.exit_code(timeout=60)
@@ -131,7 +98,7 @@ class TestProxiedOutages:
             assert "broker connection restored" in log
         elif server == "database":
             assert retries > 0, log
-        await check_stored(sql, ids, figures, dead=dead)
+        await check_stored(env.sql, ids, figures, dead=dead)
 
 
 def restart_broker() -> None:
@@ -152,25 +119,19 @@ def restart_broker() -> None:
 class TestBrokerRestart:
     """The broker itself restarts under a running consumer."""
 
-    async def test_the_consumer_reconnects_and_stores_everything(  # noqa: PLR0913, PLR0917  # fixtures
-        self,
-        settings: Settings,
-        amqp_url: str,
-        topology: Topology,
-        sql: asyncpg.Connection,
-        tmp_path: Path,
-        figures: Figures,
+    async def test_the_consumer_reconnects_and_stores_everything(
+        self, env: Env, figures: Figures
     ) -> None:
         """Messages published before and after a restart are all stored once; exit 0 after."""
-        consumer = ConsumerProcess(settings, tmp_path / "consumer.log")
+        consumer = ConsumerProcess(env.settings, env.tmp_path / "consumer.log")
         consumer.start()
         try:
-            async with Bus(amqp_url, topology) as bus:
-                ids = await backlog(bus, sql, EVENTS, tasks=40)
+            async with Bus(env.amqp_url, env.topology) as bus:
+                ids = await backlog(bus, env.sql, EVENTS, tasks=40)
             await asyncio.to_thread(restart_broker)
-            async with Bus(amqp_url, topology) as bus:
-                ids += await backlog(bus, sql, EVENTS, tasks=40)
-                dead = await drained(settings, bus, what="restart")
+            async with Bus(env.amqp_url, env.topology) as bus:
+                ids += await backlog(bus, env.sql, EVENTS, tasks=40)
+                dead = await drained(env.settings, bus, what="restart")
         finally:
             consumer.signal(signal.SIGTERM)
             code = await consumer.exit_code(timeout=60)
@@ -180,4 +141,4 @@ class TestBrokerRestart:
         assert all_json(log), "a line not in JSON"
         figures.faults = 1
         figures.note = "rabbitmqctl stop_app, start_app"
-        await check_stored(sql, ids, figures, dead=dead)
+        await check_stored(env.sql, ids, figures, dead=dead)

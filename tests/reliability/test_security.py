@@ -11,24 +11,22 @@ import asyncio
 import re
 import signal
 import socket
-import sys
 import uuid
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
-import asyncpg
 import pytest
 
 from consumer import store
 from consumer.settings import Settings
-from consumer.topology import Topology
+from tests.conftest import Env
 from tests.corpus import bad_bodies
 from tests.harness import (
-    REPOSITORY,
     Bus,
     ConsumerProcess,
     count_rows,
     event,
+    run_command,
     settings_environment,
     wait_for,
 )
@@ -65,33 +63,25 @@ def leaks(text: str, *passwords: str) -> list[str]:
 class TestNoSecretInLogs:
     """Passwords in the URLs never reach a log line or an error message."""
 
-    async def test_a_working_consumer_logging_everything(  # noqa: PLR0913, PLR0917  # fixtures
-        self,
-        settings: Settings,
-        amqp_url: str,
-        topology: Topology,
-        sql: asyncpg.Connection,
-        tmp_path: Path,
-        figures: Figures,
-    ) -> None:
+    async def test_a_working_consumer_logging_everything(self, env: Env, figures: Figures) -> None:
         """Debug logging, valid and invalid events, a stop: no line holds the password."""
         # The local server trusts local connections: any password is accepted, and carried.
-        secret = settings.model_copy(
+        secret = env.settings.model_copy(
             update={
-                "database_url": with_password(settings.database_url, DATABASE_PASSWORD),
+                "database_url": with_password(env.database_url, DATABASE_PASSWORD),
                 "log_level": "debug",
             }
         )
-        task = await new_task(sql)
-        consumer = ConsumerProcess(secret, tmp_path / "consumer.log")
+        task = await new_task(env.sql)
+        consumer = ConsumerProcess(secret, env.tmp_path / "consumer.log")
         consumer.start()
         try:
-            async with Bus(amqp_url, topology) as bus:
+            async with Bus(env.amqp_url, env.topology) as bus:
                 await bus.publish_many([event(task, f"ok {n}") for n in range(20)])
                 for case in bad_bodies(task)[:10]:
                     await bus.publish(case.body, routing_key="history.agent_turn")
-                await wait_for(lambda: count_rows(settings.database_url), lambda n: n == 20)
-                await wait_for(lambda: bus.depth(topology.dead_letter_queue), lambda n: n == 10)
+                await wait_for(lambda: count_rows(env.database_url), lambda n: n == 20)
+                await wait_for(lambda: bus.depth(env.topology.dead_letter_queue), lambda n: n == 10)
         finally:
             consumer.signal(signal.SIGTERM)
             assert await consumer.exit_code() == 0, consumer.log()
@@ -129,23 +119,12 @@ class TestNoSecretInLogs:
                 "amqp_url": with_password(settings.amqp_url, BROKER_PASSWORD),
             }
         )
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "consumer",
-            "--log-level",
-            "debug",
-            "consume",
-            cwd=REPOSITORY,
-            env=settings_environment(secret),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+        code, out, err = await run_command(
+            "--log-level", "debug", "consume", environment=settings_environment(secret)
         )
-        out, err = await asyncio.wait_for(process.communicate(), 60)
-        output = out.decode() + err.decode()
-        assert process.returncode == 1, output
-        assert "task-history: error: the broker refused the credentials" in err.decode()
-        assert leaks(output, DATABASE_PASSWORD, BROKER_PASSWORD) == []
+        assert code == 1, out + err
+        assert "task-history: error: the broker refused the credentials" in err
+        assert leaks(out + err, DATABASE_PASSWORD, BROKER_PASSWORD) == []
 
     @pytest.mark.parametrize("command", [["expire"], ["show", str(uuid.uuid4())], ["migrate"]])
     async def test_command_errors(self, command: list[str]) -> None:
@@ -153,21 +132,10 @@ class TestNoSecretInLogs:
         url = with_password(
             "postgresql://postgres@127.0.0.1/x", DATABASE_PASSWORD, port=closed_port()
         )
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "consumer",
-            "--database-url",
-            url,
-            *command,
-            cwd=REPOSITORY,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(process.communicate(), 60)
-        assert process.returncode == 1
-        assert len(err.decode().strip().splitlines()) == 1, err
-        assert leaks(out.decode() + err.decode(), DATABASE_PASSWORD) == []
+        code, out, err = await run_command("--database-url", url, *command)
+        assert code == 1
+        assert len(err.strip().splitlines()) == 1, err
+        assert leaks(out + err, DATABASE_PASSWORD) == []
 
 
 def formatted_sql(source: str) -> list[tuple[int, str]]:
@@ -197,11 +165,19 @@ def formatted_sql(source: str) -> list[tuple[int, str]]:
 
 
 class TestParameterisedSql:
-    """The only module that talks SQL never formats a value into a statement."""
+    """The only package that talks SQL never formats a value into a statement."""
 
-    def test_no_formatted_sql_in_the_store(self) -> None:
-        """No f-string, % or str.format builds text that holds SQL in consumer/store.py."""
-        assert formatted_sql(Path(store.__file__).read_text(encoding="utf-8")) == []
+    @pytest.mark.parametrize(
+        "module", sorted(Path(store.__file__).parent.glob("*.py")), ids=lambda path: path.name
+    )
+    def test_no_formatted_sql_in_the_store(self, module: Path) -> None:
+        """No f-string, % or str.format builds text holding SQL in any module of consumer/store/."""
+        assert formatted_sql(module.read_text(encoding="utf-8")) == []
+
+    def test_the_store_modules_are_all_checked(self) -> None:
+        """The check above reads the whole package, the SQL texts and the read builder included."""
+        names = {path.name for path in Path(store.__file__).parent.glob("*.py")}
+        assert {"__init__.py", "queries.py", "pool.py", "reads.py"} <= names
 
     @pytest.mark.parametrize(
         ("snippet", "how"),

@@ -19,8 +19,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from consumer.settings import Settings
-from consumer.topology import Topology
+from tests.conftest import Env
 from tests.corpus import bad_bodies
 from tests.harness import Bus, ConsumerProcess, count_rows, event, wait_for
 from tests.helpers import new_task
@@ -108,41 +107,35 @@ class TestSoak:
     """A long steady stream: nothing grows, nothing is lost."""
 
     @pytest.mark.timeout(SECONDS + 240)  # the run's own 300 s would cut the long variant
-    async def test_steady_stream_with_bad_messages(  # noqa: PLR0913, PLR0917  # fixtures
-        self,
-        settings: Settings,
-        amqp_url: str,
-        topology: Topology,
-        sql: asyncpg.Connection,
-        tmp_path: Path,
-        figures: Figures,
-    ) -> None:
+    async def test_steady_stream_with_bad_messages(self, env: Env, figures: Figures) -> None:
         """RSS and connections flat, the queue never backs up, every valid event stored."""
         total = int(SECONDS * RATE)
-        task_ids = [await new_task(sql) for _ in range(max(10, math.ceil(total / 80)))]
+        task_ids = [await new_task(env.sql) for _ in range(max(10, math.ceil(total / 80)))]
         bad = [
-            case.body if isinstance(case.body, bytes) else json.dumps(case.body).encode()
+            case.raw
             for case in bad_bodies(task_ids[0])
             if case.code != "too_large"  # 1 MiB each would make this a bandwidth test
         ]
-        consumer = ConsumerProcess(settings, tmp_path / "consumer.log")
+        consumer = ConsumerProcess(env.settings, env.tmp_path / "consumer.log")
         consumer.start()
         samples = Samples()
         stop = asyncio.Event()
         try:
-            async with Bus(amqp_url, topology) as bus:
+            async with Bus(env.amqp_url, env.topology) as bus:
                 assert consumer.process is not None
-                watcher = asyncio.create_task(watch(consumer.process.pid, bus, sql, samples, stop))
+                watcher = asyncio.create_task(
+                    watch(consumer.process.pid, bus, env.sql, samples, stop)
+                )
                 valid, invalid = await publish_steadily(bus, task_ids, bad)
                 await wait_for(
-                    lambda: count_rows(settings.database_url), lambda n: n == valid, timeout=60
+                    lambda: count_rows(env.database_url), lambda n: n == valid, timeout=60
                 )
                 await wait_for(
-                    lambda: bus.depth(topology.dead_letter_queue), lambda n: n >= invalid
+                    lambda: bus.depth(env.topology.dead_letter_queue), lambda n: n >= invalid
                 )
                 stop.set()
                 await watcher
-                dead = await bus.depth(topology.dead_letter_queue)
+                dead = await bus.depth(env.topology.dead_letter_queue)
         finally:
             consumer.signal(signal.SIGTERM)
             code = await consumer.exit_code()
@@ -151,7 +144,7 @@ class TestSoak:
         quarter = max(1, len(samples.rss_mb) // 4)
         early = statistics.median(samples.rss_mb[:quarter])
         late = statistics.median(samples.rss_mb[-quarter:])
-        stored = await count_rows(settings.database_url)
+        stored = await count_rows(env.database_url)
         figures.faults, figures.events = invalid, valid + invalid
         figures.lost = valid - stored
         figures.dead_lettered_wrongly = dead - invalid

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Awaitable, Iterable
 from typing import TypeVar
 
 import pytest
@@ -31,10 +32,31 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+def holding(items: Iterable[T], *, max_size: int, max_wait: float = LONG_WAIT) -> Inbox[T]:
+    """An inbox with `items` already put, in order."""
+    inbox: Inbox[T] = Inbox(max_size=max_size, max_wait=max_wait)
+    for item in items:
+        inbox.put(item)
+    return inbox
+
+
+async def promptly(batch: Awaitable[list[T]]) -> list[T]:
+    """The batch, failing the test if it doesn't come promptly."""
+    async with asyncio.timeout(PROMPTLY):
+        return await batch
+
+
 async def take_promptly(inbox: Inbox[T]) -> list[T]:
     """The next batch, failing the test if it doesn't come promptly."""
-    async with asyncio.timeout(PROMPTLY):
-        return await inbox.take()
+    return await promptly(inbox.take())
+
+
+async def waiting_take(inbox: Inbox[T]) -> asyncio.Task[list[T]]:
+    """A take, started and given every chance to run, that is still waiting."""
+    task = asyncio.create_task(inbox.take())
+    await settle()
+    assert not task.done()
+    return task
 
 
 class TestConstruction:
@@ -54,9 +76,7 @@ class TestConstruction:
 
     async def test_len_counts_waiting_items(self) -> None:
         """The length is the number of items put and not yet taken."""
-        inbox = Inbox[int](max_size=2, max_wait=SHORT_WAIT)
-        for item in range(5):
-            inbox.put(item)
+        inbox = holding(range(5), max_size=2, max_wait=SHORT_WAIT)
         assert len(inbox) == 5
         inbox.take_nowait()
         assert len(inbox) == 3
@@ -67,41 +87,30 @@ class TestFullBatch:
 
     async def test_full_batch_at_once(self) -> None:
         """Items already filling a batch are returned without waiting."""
-        inbox = Inbox[int](max_size=3, max_wait=LONG_WAIT)
-        for item in range(3):
-            inbox.put(item)
+        inbox = holding(range(3), max_size=3)
         assert await take_promptly(inbox) == [0, 1, 2]
         assert len(inbox) == 0
 
     async def test_waiting_take_wakes_when_batch_fills(self) -> None:
         """A take waiting on a partial batch returns as soon as the batch is full."""
-        inbox = Inbox[str](max_size=3, max_wait=LONG_WAIT)
-        inbox.put("a")
-        task = asyncio.create_task(inbox.take())
-        await settle()
-        assert not task.done()
+        inbox = holding(["a"], max_size=3)
+        task = await waiting_take(inbox)
         inbox.put("b")
         await settle()
         assert not task.done()
         inbox.put("c")
-        async with asyncio.timeout(PROMPTLY):
-            assert await task == ["a", "b", "c"]
+        assert await promptly(task) == ["a", "b", "c"]
 
     async def test_take_waits_for_first_item(self) -> None:
         """A take on an empty inbox waits, then returns once an item fills the batch."""
         inbox = Inbox[str](max_size=1, max_wait=LONG_WAIT)
-        task = asyncio.create_task(inbox.take())
-        await settle()
-        assert not task.done()
+        task = await waiting_take(inbox)
         inbox.put("only")
-        async with asyncio.timeout(PROMPTLY):
-            assert await task == ["only"]
+        assert await promptly(task) == ["only"]
 
     async def test_items_beyond_max_size_stay(self) -> None:
         """Items past max_size are left in the inbox for the next take."""
-        inbox = Inbox[int](max_size=2, max_wait=LONG_WAIT)
-        for item in range(5):
-            inbox.put(item)
+        inbox = holding(range(5), max_size=2)
         assert await take_promptly(inbox) == [0, 1]
         assert len(inbox) == 3
         assert await take_promptly(inbox) == [2, 3]
@@ -111,9 +120,7 @@ class TestFullBatch:
 
     async def test_max_size_one(self) -> None:
         """With max_size 1 every item is a batch of its own."""
-        inbox = Inbox[int](max_size=1, max_wait=LONG_WAIT)
-        inbox.put(7)
-        inbox.put(8)
+        inbox = holding([7, 8], max_size=1)
         assert await take_promptly(inbox) == [7]
         assert await take_promptly(inbox) == [8]
 
@@ -152,8 +159,7 @@ class TestPartialBatch:
         await settle()
         inbox.put("b")
         inbox.put("c")
-        async with asyncio.timeout(PROMPTLY):
-            assert await task == ["a", "b", "c"]
+        assert await promptly(task) == ["a", "b", "c"]
 
     async def test_first_item_already_old(self) -> None:
         """A take returns at once when the first item has already waited max_wait."""
@@ -167,9 +173,7 @@ class TestPartialBatch:
 
     async def test_remainder_goes_out_after_max_wait(self) -> None:
         """Items left over from a full batch are returned after at most about max_wait."""
-        inbox = Inbox[int](max_size=2, max_wait=SHORT_WAIT)
-        for item in range(3):
-            inbox.put(item)
+        inbox = holding(range(3), max_size=2, max_wait=SHORT_WAIT)
         assert await take_promptly(inbox) == [0, 1]
         assert await take_promptly(inbox) == [2]
         assert len(inbox) == 0
@@ -181,17 +185,13 @@ class TestOrder:
     async def test_order_within_a_batch(self) -> None:
         """A batch lists its items in arrival order."""
         items = ["delta", "alpha", "charlie", "bravo"]
-        inbox = Inbox[str](max_size=4, max_wait=LONG_WAIT)
-        for item in items:
-            inbox.put(item)
+        inbox = holding(items, max_size=4)
         assert await take_promptly(inbox) == items
 
     async def test_order_across_batches(self) -> None:
         """Consecutive batches continue the arrival order without gaps or repeats."""
         items = random.sample(range(1000), 10)
-        inbox = Inbox[int](max_size=3, max_wait=LONG_WAIT)
-        for item in items:
-            inbox.put(item)
+        inbox = holding(items, max_size=3)
         batches = [await take_promptly(inbox) for _ in range(3)]
         batches.append(inbox.take_nowait())
         assert [len(batch) for batch in batches] == [3, 3, 3, 1]
@@ -204,24 +204,16 @@ class TestInterrupt:
     async def test_waiting_take_on_empty_inbox(self) -> None:
         """A take waiting for a first item returns an empty batch when interrupted."""
         inbox = Inbox[int](max_size=3, max_wait=LONG_WAIT)
-        task = asyncio.create_task(inbox.take())
-        await settle()
-        assert not task.done()
+        task = await waiting_take(inbox)
         inbox.interrupt()
-        async with asyncio.timeout(PROMPTLY):
-            assert await task == []
+        assert await promptly(task) == []
 
     async def test_waiting_take_on_partial_batch(self) -> None:
         """A take waiting out max_wait returns the partial batch when interrupted."""
-        inbox = Inbox[int](max_size=3, max_wait=LONG_WAIT)
-        inbox.put(1)
-        inbox.put(2)
-        task = asyncio.create_task(inbox.take())
-        await settle()
-        assert not task.done()
+        inbox = holding([1, 2], max_size=3)
+        task = await waiting_take(inbox)
         inbox.interrupt()
-        async with asyncio.timeout(PROMPTLY):
-            assert await task == [1, 2]
+        assert await promptly(task) == [1, 2]
 
     async def test_interrupt_before_take(self) -> None:
         """A take after interrupt() on an empty inbox returns an empty batch at once."""
@@ -240,9 +232,7 @@ class TestInterrupt:
 
     async def test_interrupt_keeps_max_size(self) -> None:
         """An interrupted inbox still hands out at most max_size items per batch, in order."""
-        inbox = Inbox[int](max_size=2, max_wait=LONG_WAIT)
-        for item in range(3):
-            inbox.put(item)
+        inbox = holding(range(3), max_size=2)
         inbox.interrupt()
         assert await take_promptly(inbox) == [0, 1]
         assert await take_promptly(inbox) == [2]
@@ -258,18 +248,14 @@ class TestTakeNowait:
 
     async def test_partial_batch(self) -> None:
         """A partial batch is handed out without waiting for max_wait."""
-        inbox = Inbox[int](max_size=5, max_wait=LONG_WAIT)
-        inbox.put(1)
-        inbox.put(2)
+        inbox = holding([1, 2], max_size=5)
         assert inbox.take_nowait() == [1, 2]
         assert len(inbox) == 0
         assert inbox.take_nowait() == []
 
     async def test_at_most_max_size(self) -> None:
         """At most max_size items are handed out; the rest stay, in order."""
-        inbox = Inbox[int](max_size=2, max_wait=LONG_WAIT)
-        for item in range(5):
-            inbox.put(item)
+        inbox = holding(range(5), max_size=2)
         assert inbox.take_nowait() == [0, 1]
         assert inbox.take_nowait() == [2, 3]
         assert inbox.take_nowait() == [4]

@@ -218,17 +218,25 @@ class TestHeaderTime:
         assert header_time(message({RECEIVED_AT: value}), RECEIVED_AT) is None
 
 
+def failed(
+    original: dict[str, Any], code: ErrorCode, detail: str, *, routing_key: str = "history.error"
+) -> dict[str, Any]:
+    """The dead-letter headers for a failure at NOW of a message that had `original`."""
+    return dead_letter_headers(
+        original, code=code, detail=detail, routing_key=routing_key, failed_at=NOW
+    )
+
+
 class TestDeadLetterHeaders:
     """A dead-lettered copy keeps its headers and gains the contract's error headers."""
 
     def test_error_headers(self) -> None:
         """The code, detail, original key and failure time are set."""
-        headers = dead_letter_headers(
+        headers = failed(
             {},
-            code=ErrorCode.INVALID_EVENT,
-            detail="content: String should have at least 1 character",
+            ErrorCode.INVALID_EVENT,
+            "content: String should have at least 1 character",
             routing_key="history.agent_turn",
-            failed_at=NOW,
         )
         assert headers == {
             ERROR: "invalid_event",
@@ -250,13 +258,7 @@ class TestDeadLetterHeaders:
     def test_keeps_original_headers(self) -> None:
         """Headers already on the message, such as the replay count, are kept."""
         original = {"trace-id": "abc", REPLAY_COUNT: 2}
-        headers = dead_letter_headers(
-            original,
-            code=ErrorCode.UNKNOWN_TASK,
-            detail="task_id: no such task",
-            routing_key="history.error",
-            failed_at=NOW,
-        )
+        headers = failed(original, ErrorCode.UNKNOWN_TASK, "task_id: no such task")
         assert headers["trace-id"] == "abc"
         assert headers[REPLAY_COUNT] == 2
         assert headers[ERROR] == "unknown_task"
@@ -264,13 +266,7 @@ class TestDeadLetterHeaders:
     def test_replaces_earlier_error(self) -> None:
         """A message that failed before carries only the latest error."""
         original = {ERROR: "unknown_task", ERROR_DETAIL: "old", FAILED_AT: "2024-01-01T00:00:00"}
-        headers = dead_letter_headers(
-            original,
-            code=ErrorCode.EXPIRED,
-            detail="new",
-            routing_key="history.error",
-            failed_at=NOW,
-        )
+        headers = failed(original, ErrorCode.EXPIRED, "new")
         assert headers[ERROR] == "expired"
         assert headers[ERROR_DETAIL] == "new"
         assert headers[FAILED_AT] == NOW.isoformat()
@@ -278,27 +274,17 @@ class TestDeadLetterHeaders:
     def test_does_not_change_input(self) -> None:
         """The headers passed in are left as they were."""
         original: dict[str, Any] = {"trace-id": "abc"}
-        dead_letter_headers(
-            original, code=ErrorCode.TOO_LARGE, detail="big", routing_key="k", failed_at=NOW
-        )
+        failed(original, ErrorCode.TOO_LARGE, "big")
         assert original == {"trace-id": "abc"}
 
     def test_detail_on_one_line(self) -> None:
         """Newlines, tabs and runs of spaces in the detail become single spaces."""
-        headers = dead_letter_headers(
-            {},
-            code=ErrorCode.DATABASE_REJECTED,
-            detail="  first line\n\tsecond   line\r\n",
-            routing_key="k",
-            failed_at=NOW,
-        )
+        headers = failed({}, ErrorCode.DATABASE_REJECTED, "  first line\n\tsecond   line\r\n")
         assert headers[ERROR_DETAIL] == "first line second line"
 
     def test_detail_bounded(self) -> None:
         """A very long detail is cut to 1000 characters."""
-        headers = dead_letter_headers(
-            {}, code=ErrorCode.INVALID_EVENT, detail="x" * 5000, routing_key="k", failed_at=NOW
-        )
+        headers = failed({}, ErrorCode.INVALID_EVENT, "x" * 5000)
         assert headers[ERROR_DETAIL] == "x" * 1000
 
     def test_failed_at_keeps_offset(self) -> None:

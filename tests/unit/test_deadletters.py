@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, cast
@@ -28,36 +27,24 @@ from consumer.deadletters import (
 from consumer.errors import ErrorCode
 from consumer.moments import parse_moment
 from consumer.topology import Topology
+from tests.fakes import FakeMessage
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 TASK = uuid.UUID("6f1c2a1e-7d4b-4c8e-9a0f-1b2c3d4e5f60")
 
 
-@dataclass
-class FakeMessage:
-    """The attributes of an incoming message that reading a dead letter uses."""
-
-    body: bytes = b"{}"
-    headers: dict[str, Any] = field(default_factory=dict)
-    routing_key: str | None = "history.agent_turn"
-    message_id: str | None = "m1"
-    exchange: str | None = "task_build_history.dlx"
-    content_type: str | None = "application/json"
-    content_encoding: str | None = None
-    delivery_mode: int | None = 2
-    priority: int | None = None
-    correlation_id: str | None = None
-    reply_to: str | None = None
-    expiration: float | None = None
-    timestamp: datetime | None = None
-    type: str | None = None
-    app_id: str | None = None
-    user_id: str | None = None
+# What a dead letter carries unless a test says otherwise.
+DEAD_LETTER: dict[str, Any] = {
+    "body": b"{}",
+    "message_id": "m1",
+    "exchange": "task_build_history.dlx",
+    "delivery_mode": 2,
+}
 
 
 def letter_of(**fields: Any) -> DeadLetter:  # noqa: ANN401  # any field of FakeMessage
     """Read a fake message with `fields` set."""
-    return read_dead_letter(cast("AbstractIncomingMessage", FakeMessage(**fields)))
+    return read_dead_letter(cast("AbstractIncomingMessage", FakeMessage(**DEAD_LETTER | fields)))
 
 
 def consumer_headers(code: ErrorCode = ErrorCode.UNKNOWN_TASK) -> dict[str, Any]:

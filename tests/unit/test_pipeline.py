@@ -23,6 +23,7 @@ from consumer.pipeline import Delivery, Pipeline
 from consumer.settings import Settings
 from consumer.shutdown import Shutdown
 from tests.fakes import FakeMessage, InMemoryBroker, InMemoryStore
+from tests.helpers import breaking_on
 
 
 def quick_settings(**overrides: Any) -> Settings:  # noqa: ANN401  # any setting
@@ -135,13 +136,7 @@ class TestInvalidMessages:
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """An unexpected exception while validating one message dead-letters only that one."""
-
-        def fragile(body: bytes, **kwargs: Any) -> Any:  # noqa: ANN401  # passes through
-            if b"explode" in body:
-                raise RuntimeError("parser bug")
-            return parse_event(body, **kwargs)
-
-        monkeypatch.setattr("consumer.pipeline.parse_event", fragile)
+        monkeypatch.setattr("consumer.pipeline.parse_event", breaking_on(b"explode", parse_event))
         bench = Bench()
         await bench.handle(bench.message("before"), bench.message("explode"))
         assert bench.store.contents == ["before"]
