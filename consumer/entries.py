@@ -22,7 +22,7 @@ class ContextType(StrEnum):
 
 
 class HistoryEntry(BaseModel):
-    """One stored entry, with the seed's nine fields."""
+    """One stored entry: its nine fields."""
 
     model_config = ConfigDict(frozen=True)
 

@@ -41,7 +41,7 @@ class Event(BaseModel):
     content: Annotated[str, Field(min_length=1, max_length=MAX_CONTENT_CHARS)]
     metadata: dict[str, Any] | None = Field(
         default=None,
-        description="A JSON object, or a string holding one (the seed's form), or null.",
+        description="A JSON object, or a string holding one (the original form), or null.",
     )
     created_at: AwareDatetime | None = Field(
         default=None,
@@ -68,7 +68,7 @@ class Event(BaseModel):
     @field_validator("metadata", mode="before")
     @classmethod
     def _metadata_string(cls, value: object) -> object:
-        # The seed published metadata as a string holding JSON; it keeps working.
+        # Metadata was first published as a string holding JSON; that form keeps working.
         if isinstance(value, str):
             try:
                 value = json.loads(value)

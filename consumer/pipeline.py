@@ -122,8 +122,8 @@ class Rejected:
 
 
 @dataclass(slots=True)
-class Sorted:
-    """A batch sorted by what becomes of each message."""
+class Triage:
+    """A batch sorted by what becomes of each message: stored, retried later, dead-lettered."""
 
     valid: list[tuple[Delivery, NewEntry]]
     waiting: list[tuple[Delivery, datetime]]
@@ -162,7 +162,7 @@ class Pipeline:
         attempt = 0
         while True:
             try:
-                await self.process(batch, started=started)
+                await self._process(batch, started=started)
             except TaskHistoryError as exc:
                 if not exc.retryable:
                     raise
@@ -197,7 +197,7 @@ class Pipeline:
             else:
                 return
 
-    async def process(self, batch: list[Delivery], *, started: float) -> None:
+    async def _process(self, batch: list[Delivery], *, started: float) -> None:
         """One attempt: sort the batch, write it, publish the copies, then ack every message."""
         now = datetime.now(UTC)
         sorted_out = await self._sort(batch, now)
@@ -242,7 +242,7 @@ class Pipeline:
             ms=round((asyncio.get_running_loop().time() - started) * 1000, 1),
         )
 
-    async def _sort(self, batch: list[Delivery], now: datetime) -> Sorted:
+    async def _sort(self, batch: list[Delivery], now: datetime) -> Triage:
         """Parse and validate each message, then split off those whose task doesn't exist."""
         retention = await self._current_retention()
         rejected: list[Rejected] = []
@@ -255,7 +255,7 @@ class Pipeline:
                 rejected.append(Rejected(delivery, exc.code, exc.detail))
             else:
                 valid.append((delivery, entry))
-        sorted_out = Sorted(valid=valid, waiting=[], rejected=rejected)
+        sorted_out = Triage(valid=valid, waiting=[], rejected=rejected)
         missing = await self._store.missing_tasks({entry.task_id for _, entry in valid})
         if not missing:
             return sorted_out
@@ -304,7 +304,7 @@ class Pipeline:
     def _count(
         self,
         batch: list[Delivery],
-        sorted_out: Sorted,
+        sorted_out: Triage,
         stored_ids: set[UUID],
         rejected: list[Rejected],
         *,

@@ -10,7 +10,7 @@ from consumer.events import Event
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 EVENT_TITLE = "Task build history event"
-# The names the seed's shared/types.ts gave the three types.
+# The names the original TypeScript definitions gave the three types.
 CONTEXT_TYPE_NAME = "TaskBuildHistoryContextType"
 ENTRY_NAME = "TaskBuildHistory"
 EVENT_NAME = "CreateTaskBuildHistory"
@@ -21,15 +21,15 @@ _GENERATED_BY = (
 _METADATA_AS_TEXT = {
     "type": "string",
     "contentMediaType": "application/json",
-    "description": "The seed's form: a string holding a JSON object.",
+    "description": "The original form: a string holding a JSON object.",
 }
 
 
 def event_json_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of an event body, from `consumer.events.Event`."""
     schema = Event.model_json_schema()
-    # The model turns the seed's string metadata into an object before validating it, so its
-    # own schema shows only the object; a publisher may send either.
+    # The model turns string metadata (the original form) into an object before validating
+    # it, so its own schema shows only the object; a publisher may send either.
     metadata = schema["properties"]["metadata"]
     metadata["anyOf"].insert(1, _METADATA_AS_TEXT)
     return {"$schema": JSON_SCHEMA_DIALECT, **schema, "title": EVENT_TITLE}
@@ -41,7 +41,7 @@ def event_json_schema_text() -> str:
 
 
 def typescript() -> str:
-    """TypeScript for the context types, a stored entry and an event, as the seed named them."""
+    """TypeScript for the context types, a stored entry and an event, under their original names."""
     entry = HistoryEntry.model_json_schema(mode="serialization")
     event = event_json_schema()
     context_type = entry["$defs"]["ContextType"]

@@ -11,7 +11,7 @@ from typing import Protocol
 import structlog
 
 from consumer.batcher import Inbox
-from consumer.broker import Broker
+from consumer.broker.client import Broker
 from consumer.broker.headers import MessageLike
 from consumer.errors import (
     BrokerError,
@@ -126,7 +126,7 @@ class Worker:
             command_timeout=settings.database_timeout_seconds,
         )
         broker = Broker(settings.amqp_url, topology=settings.topology)
-        return Worker(settings, store=store, broker=broker)
+        return cls(settings, store=store, broker=broker)
 
     def stop(self) -> None:
         """Stop taking messages; what is in hand is written and acked before `run` returns."""

@@ -9,7 +9,7 @@ export type TaskBuildHistoryContextType =
   | "error"
   | "status_change";
 
-/** One stored entry, with the seed's nine fields. */
+/** One stored entry: its nine fields. */
 export interface TaskBuildHistory {
   id: string;
   task_id: string;
@@ -32,7 +32,7 @@ export interface CreateTaskBuildHistory {
   session_id?: string | null;
   context_type: TaskBuildHistoryContextType;
   content: string;
-  /** A JSON object, or a string holding one (the seed's form), or null. */
+  /** A JSON object, or a string holding one (the original form), or null. */
   metadata?: Record<string, unknown> | string | null;
   /** RFC 3339 with an offset. Absent: when the consumer received the event. */
   created_at?: string | null;

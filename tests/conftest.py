@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 import structlog
 
-from consumer.broker import Broker
+from consumer.broker.client import Broker
 from consumer.settings import Settings, load_settings
 from consumer.store import Store
 from consumer.topology import Topology

@@ -12,6 +12,7 @@ import structlog
 from aio_pika.abc import AbstractQueue, AbstractRobustChannel, AbstractRobustConnection
 
 from consumer.broker.amqp import (
+    CLOSE_GRACE,
     close_connection,
     connect_confirming,
     copy_message,
@@ -68,8 +69,10 @@ class Broker(AsyncResource):
     def _on_restored(self, _connection: object) -> None:
         log.info("broker connection restored")
 
-    async def close(self, *, grace: float = 10) -> None:
+    async def close(self, *, grace: float = CLOSE_GRACE) -> None:
         """Close the connection; after `grace` seconds, stop waiting for the broker's reply."""
+        # Forget the channel too: a broker used after close() is a bug, not an outage.
+        self._channel = self._queue = self._dead_letters = self._consumer_tag = None
         if self._connection is not None:
             connection, self._connection = self._connection, None
             await close_connection(connection, grace=grace)

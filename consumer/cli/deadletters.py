@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING
 import click
 
 from consumer.cli.context import run_async, settings_from
-from consumer.cli.options import count_option, selection_options
+from consumer.cli.options import non_negative_option, selection_options
 from consumer.cli.progress import progress_bar
+from consumer.deadletters import shown
 
 if TYPE_CHECKING:
     from consumer.deadletters import DeadLetter, Selection
@@ -28,7 +29,7 @@ def dlq() -> None:
 
 @dlq.command(name="list")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
-@count_option("--sample", default=5, description="How many of the newest to show.")
+@non_negative_option("--sample", default=5, description="How many of the newest to show.")
 @click.pass_context
 def dlq_list(ctx: click.Context, *, as_json: bool, sample: int) -> None:
     """Count the dead letters by error code and task, and show the newest few."""
@@ -69,7 +70,6 @@ def dlq_list(ctx: click.Context, *, as_json: bool, sample: int) -> None:
 def dlq_show(ctx: click.Context, message_id: str) -> None:
     """Print one dead letter whole: properties, headers and body, as indented JSON."""
     from consumer import replay  # noqa: PLC0415  # loads aio-pika: at run time only
-    from consumer.deadletters import shown  # noqa: PLC0415  # same
 
     settings = settings_from(ctx)
     letter = run_async(
@@ -80,7 +80,7 @@ def dlq_show(ctx: click.Context, message_id: str) -> None:
 
 @dlq.command(name="replay")
 @selection_options
-@count_option(
+@non_negative_option(
     "--max-replays",
     default=3,
     description="Leave (and report) a message already replayed this many times.",

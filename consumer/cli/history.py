@@ -137,7 +137,7 @@ def _print_table(subject: str, entries: Sequence[HistoryEntry], *, newest_first:
 )
 @click.pass_context
 def export(ctx: click.Context, /, *, output: str, **selection: Any) -> None:  # noqa: ANN401  # flags
-    """Write entries as JSON Lines, the seed's nine fields each, streamed from the database."""
+    """Write entries as JSON Lines, the nine fields of each, streamed from the database."""
     from consumer.store import Store  # noqa: PLC0415  # loads asyncpg: at run time only
 
     query = history_query(**selection)

@@ -11,6 +11,7 @@ from uuid import UUID
 
 import click
 
+from consumer.deadletters import Selection
 from consumer.entries import ContextType
 from consumer.errors import InvalidCursorError
 from consumer.moments import parse_moment
@@ -55,8 +56,10 @@ def json_object_option(
     return parsed
 
 
-def count_option(name: str, *, default: int, description: str) -> Callable[[Command], Command]:
-    """A flag counting from 0, with its default shown in the help."""
+def non_negative_option(
+    name: str, *, default: int, description: str
+) -> Callable[[Command], Command]:
+    """An option taking a whole number from 0, with its default shown in the help."""
     return click.option(
         name, type=click.IntRange(min=0), default=default, show_default=True, help=description
     )
@@ -139,8 +142,6 @@ def selection_options(command: Command) -> Command:
         newer_than: datetime | None,
         **kwargs: object,
     ) -> None:
-        from consumer.deadletters import Selection  # noqa: PLC0415  # loads aio-pika: run time
-
         selection = Selection(
             errors=frozenset(errors),
             task_id=task_id,

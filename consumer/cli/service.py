@@ -11,7 +11,7 @@ import structlog
 
 from consumer import schedule as expiry_schedule
 from consumer.cli.context import run_async, settings_from
-from consumer.errors import TaskHistoryError
+from consumer.errors import NotConnectedError, TaskHistoryError
 from consumer.signals import stop_on_signals
 
 
@@ -20,7 +20,7 @@ from consumer.signals import stop_on_signals
 @click.pass_context
 def migrate(ctx: click.Context, *, skip_broker: bool) -> None:
     """Apply the pending SQL migrations and declare the AMQP topology (both idempotent)."""
-    from consumer.broker import Broker  # noqa: PLC0415  # loads aio-pika: at run time only
+    from consumer.broker.client import Broker  # noqa: PLC0415  # loads aio-pika: at run time only
     from consumer.store import Store  # noqa: PLC0415  # loads asyncpg: at run time only
 
     settings = settings_from(ctx)
@@ -60,7 +60,7 @@ def consume(ctx: click.Context, /, **options: int | None) -> None:
     try:
         run_async(lambda: worker.consume(settings))
     except Exception as exc:
-        if not isinstance(exc, TaskHistoryError):
+        if isinstance(exc, NotConnectedError) or not isinstance(exc, TaskHistoryError):
             # A bug, not an outage: the log of a crashed container must say where it was.
             structlog.get_logger().exception("consumer crashed")
         raise

@@ -1,6 +1,6 @@
 """The only package that talks to PostgreSQL: `Store`, composed of one class per concern.
 
-Rooms: `queries` (every SQL text, and the read builder), `pool` (the pool and the asyncpg
+Modules: `queries` (every SQL text, and the read builder), `pool` (the pool and the asyncpg
 boundary), `schema`, `cron` (pg_cron), `writes`, `reads` and `expiry`.
 """
 
@@ -12,8 +12,6 @@ from consumer.store.queries import (
     EXPIRE_LOCK,
     MIGRATE_LOCK,
     NOTIFY_CHANNEL,
-    read_arguments,
-    read_sql,
 )
 from consumer.store.reads import ReadStore
 from consumer.store.schema import SchemaStore
@@ -24,8 +22,6 @@ __all__ = [
     "MIGRATE_LOCK",
     "NOTIFY_CHANNEL",
     "Store",
-    "read_arguments",
-    "read_sql",
 ]
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractQueue
 
-from consumer.broker import Broker
+from consumer.broker.client import Broker
 from consumer.entries import ContextType, NewEntry
 from consumer.store import Store
 from consumer.topology import Topology

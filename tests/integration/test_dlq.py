@@ -15,7 +15,7 @@ import aio_pika
 import asyncpg
 import pytest
 
-from consumer.broker import Broker
+from consumer.broker.client import Broker
 from consumer.broker.headers import dead_letter_headers
 from consumer.broker.held import HeldQueue
 from consumer.errors import DeadLetterQueueBusyError, ErrorCode

@@ -10,7 +10,7 @@ import aio_pika
 import asyncpg
 import pytest
 
-from consumer.broker import Broker
+from consumer.broker.client import Broker
 from consumer.cli import main
 from consumer.errors import BrokerError
 from consumer.settings import Settings

@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from consumer.broker import Broker
+from consumer.broker.client import Broker
 from consumer.errors import BrokerUnavailableError
 from consumer.metrics import HealthServer, Metrics
 from consumer.publisher import HistoryPublisher
