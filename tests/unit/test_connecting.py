@@ -6,7 +6,7 @@ import aiohttp
 import pytest
 
 from consumer.broker.client import Broker
-from consumer.errors import BrokerUnavailableError
+from consumer.errors import BrokerUnavailableError, NotConnectedError
 from consumer.metrics import HealthServer, Metrics
 from consumer.publisher import HistoryPublisher
 from consumer.topology import Topology
@@ -48,6 +48,39 @@ class TestBrokerConnect:
         with pytest.raises(BrokerUnavailableError, match="channel refused"):
             await opening.connect()
         assert [connection.closed for connection in opened] == [True]
+
+
+class OpenConnection(HalfOpenConnection):
+    """A robust connection that opened, with the callback sets aio-pika's has."""
+
+    def __init__(self) -> None:
+        """Open, with no callbacks yet."""
+        super().__init__()
+        self.close_callbacks: set[object] = set()
+        self.reconnect_callbacks: set[object] = set()
+
+
+class TestBrokerUse:
+    """A broker used while not connected is a bug, said at once, never an outage to wait out."""
+
+    async def test_before_connect_and_after_close(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Its channel is refused with NotConnectedError before connect() and after close()."""
+        connection = OpenConnection()
+
+        async def connect_confirming(_url: str) -> tuple[OpenConnection, object]:
+            return connection, object()
+
+        monkeypatch.setattr("consumer.broker.client.connect_confirming", connect_confirming)
+        broker = Broker("amqp://guest:guest@127.0.0.1:1/", topology=Topology())
+        with pytest.raises(NotConnectedError):
+            _ = broker.channel
+        await broker.connect()
+        assert broker.channel is not None
+        await broker.close()
+        assert connection.closed
+        with pytest.raises(NotConnectedError):
+            _ = broker.channel
+        assert not NotConnectedError.retryable
 
 
 class TestHealthServer:
