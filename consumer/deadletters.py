@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from uuid import UUID
 
 from consumer.broker.headers import (
@@ -19,15 +20,13 @@ from consumer.broker.headers import (
     REPLAY_COUNT,
     RETRY_COUNT,
     WAITING_SINCE,
+    MessageLike,
     header_text,
     header_time,
     original_routing_key,
 )
 from consumer.errors import ErrorCode
 from consumer.events import MAX_BODY_BYTES
-
-if TYPE_CHECKING:
-    from aio_pika.abc import AbstractIncomingMessage
 
 # What the broker's own x-death reasons mean, as x-error codes. `expired` is taken (an event
 # older than the retention), so a message whose TTL ran out in a queue is `ttl_expired`.
@@ -58,10 +57,13 @@ class DeadLetter:
     headers: Mapping[str, Any]
     properties: Mapping[str, Any]
     body: bytes
+    # Its row's number in the dead-letter table; None until stored.
+    id: int | None = None
 
     def summary(self) -> dict[str, Any]:
         """The fields `dlq list` shows, JSON-ready."""
         return {
+            "id": self.id,
             "message_id": self.message_id,
             "task_id": self.task_id,
             "routing_key": self.routing_key,
@@ -72,11 +74,39 @@ class DeadLetter:
         }
 
 
-def read_dead_letter(message: AbstractIncomingMessage) -> DeadLetter:
-    """What a dead-lettered message says about itself, from its headers and body.
+def dead_letter_of(
+    message: MessageLike,
+    *,
+    code: str,
+    detail: str,
+    failed_at: datetime,
+    task_id: UUID | None = None,
+) -> DeadLetter:
+    """The dead letter of a message the consumer refused, as it was received.
 
-    The consumer's copies carry x-error and friends; a message the broker dead-lettered itself
-    (a poison message past the delivery limit) carries only x-death, read instead.
+    `task_id` is the event's, when validation got that far; else it is read from the body.
+    """
+    headers = dict(message.headers or {})
+    return DeadLetter(
+        message_id=message.message_id,
+        task_id=str(task_id) if task_id is not None else _task_of(message.body),
+        routing_key=original_routing_key(message),
+        code=code,
+        detail=" ".join(detail.split())[:1000],  # one line, of a readable length
+        failed_at=failed_at,
+        replay_count=replay_count(headers),
+        headers=headers,
+        properties=_properties(message),
+        body=message.body,
+    )
+
+
+def read_dead_letter(message: MessageLike) -> DeadLetter:
+    """What a message in the dead-letter queue says about itself, from its headers and body.
+
+    Copies published by an earlier consumer or another tool carry x-error and friends; a
+    message the broker dead-lettered itself (a poison message past the delivery limit) carries
+    only x-death, read instead. Nothing here can fail on a malformed body or header.
     """
     headers = dict(message.headers or {})
     code = header_text(headers.get(ERROR))
@@ -98,24 +128,30 @@ def read_dead_letter(message: AbstractIncomingMessage) -> DeadLetter:
     )
 
 
-def _properties(message: AbstractIncomingMessage) -> dict[str, Any]:
+# The AMQP properties a dead letter keeps (those a message read from a queue may have).
+_PROPERTIES = (
+    "exchange",
+    "routing_key",
+    "message_id",
+    "content_type",
+    "content_encoding",
+    "delivery_mode",
+    "priority",
+    "correlation_id",
+    "reply_to",
+    "expiration",
+    "timestamp",
+    "type",
+    "app_id",
+    "user_id",
+)
+
+
+def _properties(message: MessageLike) -> dict[str, Any]:
     """The message's AMQP properties that are set, as `dlq show` prints them."""
-    properties = {
-        "exchange": message.exchange,
-        "routing_key": message.routing_key,
-        "message_id": message.message_id,
-        "content_type": message.content_type,
-        "content_encoding": message.content_encoding,
-        "delivery_mode": int(message.delivery_mode) if message.delivery_mode else None,
-        "priority": message.priority,
-        "correlation_id": message.correlation_id,
-        "reply_to": message.reply_to,
-        "expiration": message.expiration,
-        "timestamp": message.timestamp,
-        "type": message.type,
-        "app_id": message.app_id,
-        "user_id": message.user_id,
-    }
+    properties = {name: getattr(message, name, None) for name in _PROPERTIES}
+    if properties["delivery_mode"] is not None:
+        properties["delivery_mode"] = int(properties["delivery_mode"])
     return {name: value for name, value in properties.items() if value not in (None, "")}
 
 
@@ -123,14 +159,19 @@ def jsonable(value: object) -> object:
     """A header or property value in a form json.dumps takes: times as RFC 3339, bytes as text."""
     converted: object
     if isinstance(value, Mapping):
-        converted = {str(key): jsonable(item) for key, item in value.items()}
+        converted = {str(jsonable(str(key))): jsonable(item) for key, item in value.items()}
     elif isinstance(value, list | tuple):
         converted = [jsonable(item) for item in value]
     elif isinstance(value, datetime):
         converted = value.isoformat()
     elif isinstance(value, bytes):
-        converted = value.decode("utf-8", "replace")
-    elif value is None or isinstance(value, str | int | float | bool):
+        converted = jsonable(value.decode("utf-8", "replace"))
+    elif isinstance(value, str):
+        # PostgreSQL's jsonb and text hold no NUL character: it is shown as U+FFFD.
+        converted = value.replace("\x00", "\ufffd")
+    elif isinstance(value, float) and not math.isfinite(value):
+        converted = str(value)  # JSON has no NaN or infinity
+    elif value is None or isinstance(value, int | float | bool):
         converted = value
     else:
         converted = str(value)  # Decimal and the like
@@ -324,3 +365,34 @@ class Census:
             "by_error": self.groups(),
             "newest": [letter.summary() for letter in reversed(self.newest)],
         }
+
+
+def dead_letter_columns(letters: Sequence[DeadLetter]) -> tuple[list[Any], ...]:
+    """The letters as the dead-letter table's columns, one list each, for one INSERT.
+
+    Text loses any NUL character (PostgreSQL's text holds none), a task id that is not a UUID
+    is left out, and headers and properties become JSON text.
+    """
+    return (
+        [_text(letter.message_id) for letter in letters],
+        [_text(letter.code) for letter in letters],
+        [_text(letter.detail) for letter in letters],
+        [_text(letter.routing_key) for letter in letters],
+        [_uuid(letter.task_id) for letter in letters],
+        [letter.failed_at or datetime.now(UTC) for letter in letters],
+        [letter.replay_count for letter in letters],
+        [letter.body for letter in letters],
+        [json.dumps(jsonable(letter.properties)) for letter in letters],
+        [json.dumps(jsonable(letter.headers)) for letter in letters],
+    )
+
+
+def _text(value: str | None) -> str | None:
+    return None if value is None else value.replace("\x00", "\ufffd")
+
+
+def _uuid(value: str | None) -> UUID | None:
+    try:
+        return None if value is None else UUID(value)
+    except ValueError:
+        return None

@@ -1,4 +1,4 @@
-"""Expiry: delete the entries past their retention, in batches, by one replica at a time."""
+"""Expiry: delete entries and dead letters past their retention, one replica at a time."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from consumer.store.pool import StoreBase
 
 
 class ExpiryStore(StoreBase):
-    """Deleting expired entries."""
+    """Deleting expired entries and dead letters."""
 
     async def expire(self, *, batch_size: int = 10_000) -> int:
-        """Delete every expired entry, `batch_size` per transaction; return how many went."""
+        """Delete every expired entry and dead letter, `batch_size` per transaction; how many."""
         async with self._connection() as connection:
             return await _expire_on(connection, batch_size)
 
@@ -31,8 +31,10 @@ async def _expire_on(connection: asyncpg.Connection, batch_size: int) -> int:
     # Each batch is its own statement, so its own transaction: locks stay short, and what is
     # deleted stays deleted if a later batch fails.
     total = 0
-    while True:
-        deleted = int(await connection.fetchval(queries.EXPIRE_BATCH, batch_size))
-        total += deleted
-        if deleted < batch_size:
-            return total
+    for query in (queries.EXPIRE_BATCH, queries.EXPIRE_DEAD_LETTERS_BATCH):
+        while True:
+            deleted = int(await connection.fetchval(query, batch_size))
+            total += deleted
+            if deleted < batch_size:
+                break
+    return total

@@ -81,9 +81,23 @@ RETURNING id
 """
 DELETE_TASK_HISTORY = "SELECT task_build_history_delete_task_v1($1)"
 
+# Dead letters (sql/0004_dead_letters.sql): one statement for a batch's, in arrival order.
+INSERT_DEAD_LETTERS = """
+INSERT INTO task_build_history_dead_letters (message_id, error, detail, routing_key, task_id,
+                                             failed_at, replay_count, body, properties, headers)
+SELECT r.message_id, r.error, r.detail, r.routing_key, r.task_id, r.failed_at, r.replay_count,
+       r.body, r.properties::jsonb, r.headers::jsonb
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::timestamptz[],
+            $7::integer[], $8::bytea[], $9::text[], $10::text[]) WITH ORDINALITY
+         AS r (message_id, error, detail, routing_key, task_id, failed_at, replay_count, body,
+               properties, headers, n)
+ORDER BY r.n
+"""
+
 # Expiry
 
 EXPIRE_BATCH = "SELECT task_build_history_expire_batch_v1($1)"
+EXPIRE_DEAD_LETTERS_BATCH = "SELECT task_build_history_expire_dead_letters_v1($1)"
 
 # Reads. Every one hides expired rows, whether or not the expiry job has run yet, and every
 # entry read starts from READ_SELECT: the entry's nine columns and its arrival sequence.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from uuid import UUID
 
+from consumer.deadletters import DeadLetter, dead_letter_columns
 from consumer.entries import NewEntry
 from consumer.store import queries
 from consumer.store.pool import StoreBase
@@ -30,11 +31,27 @@ class WriteStore(StoreBase):
 
     async def insert_entries(self, entries: Sequence[NewEntry]) -> set[UUID]:
         """Insert entries in one statement, in order; return the ids that were new."""
-        if not entries:
+        return await self.write_batch(entries, [])
+
+    async def write_batch(
+        self, entries: Sequence[NewEntry], dead_letters: Sequence[DeadLetter]
+    ) -> set[UUID]:
+        """Insert a batch's entries and dead letters in one transaction; the new entry ids.
+
+        One commit for the whole batch: a message is acked after it, whichever table it went to.
+        """
+        if not entries and not dead_letters:
             return set()
-        # One array per column: the statement unnests them back into rows.
-        columns = list(zip(*entries, strict=True))
-        records = await self._fetch(queries.INSERT_ENTRIES, *columns)
+        async with self._connection() as connection, connection.transaction():
+            records = []
+            if entries:
+                # One array per column: the statement unnests them back into rows.
+                columns = list(zip(*entries, strict=True))
+                records = await connection.fetch(queries.INSERT_ENTRIES, *columns)
+            if dead_letters:
+                await connection.execute(
+                    queries.INSERT_DEAD_LETTERS, *dead_letter_columns(dead_letters)
+                )
         return {record["id"] for record in records}
 
     async def delete_by_task(self, task_id: UUID) -> int:
