@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
-from collections import Counter, deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import Enum
 from typing import Any
 from uuid import UUID
 
@@ -37,6 +36,10 @@ BROKER_REASONS = {
     "maxlen": "queue_full",
 }
 UNKNOWN_CODE = "unknown"
+# Every code a dead letter can carry: the consumer's, the broker's, and `unknown`.
+ERROR_CODES = tuple(
+    sorted({*(code.value for code in ErrorCode), *BROKER_REASONS.values(), UNKNOWN_CODE})
+)
 
 # Headers a replayed copy leaves behind: the failure they describe is over, and an unknown-task
 # event gets a fresh retry window (with the old one it would fail again at once).
@@ -256,7 +259,11 @@ def replay_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class Selection:
-    """Which dead letters a command works on; empty, it selects every one."""
+    """Which dead letters a command works on; empty, it selects every one.
+
+    The store turns it into SQL: any of `errors`, the body's `task_id`, and a failure time
+    in [`failed_after`, `failed_before`).
+    """
 
     errors: frozenset[str] = frozenset()
     task_id: UUID | None = None
@@ -268,22 +275,6 @@ class Selection:
         """Whether no filter is set."""
         return not (self.errors or self.task_id or self.failed_before or self.failed_after)
 
-    def matches(self, letter: DeadLetter) -> bool:
-        """Whether `letter` passes every filter that is set."""
-        if self.errors and letter.code not in self.errors:
-            return False
-        if self.task_id is not None and letter.task_id != str(self.task_id):
-            return False
-        if self.failed_before is not None or self.failed_after is not None:
-            # A time filter can't be judged without a time: such a letter stays out.
-            if letter.failed_at is None:
-                return False
-            if self.failed_before is not None and letter.failed_at >= self.failed_before:
-                return False
-            if self.failed_after is not None and letter.failed_at <= self.failed_after:
-                return False
-        return True
-
     def describe(self) -> str:
         """The filters in words, for prompts and summaries."""
         parts = []
@@ -291,80 +282,63 @@ class Selection:
             parts.append("error " + " or ".join(sorted(self.errors)))
         if self.task_id is not None:
             parts.append(f"task {self.task_id}")
-        if self.failed_before is not None:
-            parts.append(f"failed before {self.failed_before.isoformat()}")
         if self.failed_after is not None:
-            parts.append(f"failed after {self.failed_after.isoformat()}")
+            parts.append(f"failed at or after {self.failed_after.isoformat(timespec='seconds')}")
+        if self.failed_before is not None:
+            parts.append(f"failed before {self.failed_before.isoformat(timespec='seconds')}")
         return ", ".join(parts) or "every dead letter"
 
 
-class Verdict(Enum):
-    """What a replay does with one dead letter."""
+@dataclass(frozen=True, slots=True)
+class ErrorGroup:
+    """The dead letters of one error code: how many, and the tasks with the most."""
 
-    SEND = "send"
-    AT_MAX_REPLAYS = "at max replays"
-    LEAVE = "leave"
-
-
-def judge(
-    letter: DeadLetter, *, selection: Selection, max_replays: int | None, room: int | None
-) -> Verdict:
-    """What a replay does with `letter`.
-
-    It is left when the selection doesn't match or there is no `room` left under --limit, and
-    held back (and reported) when it was replayed `max_replays` times already, so that a
-    replay loop can't spin forever.
-    """
-    if not selection.matches(letter) or (room is not None and room <= 0):
-        return Verdict.LEAVE
-    if max_replays is not None and letter.replay_count >= max_replays:
-        return Verdict.AT_MAX_REPLAYS
-    return Verdict.SEND
+    error: str
+    count: int
+    # (task id or None for letters naming no task, how many), largest first.
+    tasks: tuple[tuple[str | None, int], ...]
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Census:
-    """What the dead-letter queue holds: counts by error code and task, the newest few."""
+    """What `dlq list` shows, counted by the database: the total, each code, the newest few."""
 
-    sample_size: int = 5
-    total: int = 0
-    by_code: Counter[str] = field(default_factory=Counter)
-    by_code_and_task: dict[str, Counter[str]] = field(default_factory=dict)
-    newest: deque[DeadLetter] = field(init=False)
-
-    def __post_init__(self) -> None:
-        """Keep only the newest `sample_size` letters."""
-        self.newest = deque(maxlen=self.sample_size)
-
-    def add(self, letter: DeadLetter) -> None:
-        """Count one letter; the queue is read oldest first, so the last ones are the newest."""
-        self.total += 1
-        self.by_code[letter.code] += 1
-        self.by_code_and_task.setdefault(letter.code, Counter())[letter.task_id or "-"] += 1
-        if self.sample_size:
-            self.newest.append(letter)
-
-    def groups(self, *, tasks_per_group: int = 3) -> list[dict[str, Any]]:
-        """Error codes, largest first, each with its largest tasks."""
-        return [
-            {
-                "error": code,
-                "count": count,
-                "tasks": [
-                    {"task_id": task, "count": n}
-                    for task, n in self.by_code_and_task[code].most_common(tasks_per_group)
-                ],
-            }
-            for code, count in self.by_code.most_common()
-        ]
+    total: int
+    groups: tuple[ErrorGroup, ...]
+    newest: tuple[DeadLetter, ...]
 
     def to_json(self) -> dict[str, Any]:
         """The census as a JSON-ready dict (what `dlq list --json` prints)."""
         return {
             "total": self.total,
-            "by_error": self.groups(),
-            "newest": [letter.summary() for letter in reversed(self.newest)],
+            "by_error": [
+                {
+                    "error": group.error,
+                    "count": group.count,
+                    "tasks": [{"task_id": task, "count": n} for task, n in group.tasks],
+                }
+                for group in self.groups
+            ],
+            "newest": [letter.summary() for letter in self.newest],
         }
+
+
+def exported(letter: DeadLetter) -> dict[str, Any]:
+    """One line of `dlq export`, JSON-ready: the summary, the body as text or base64, the rest.
+
+    The body is `body` when it is valid UTF-8 (byte for byte what was received), else
+    `body_base64`.
+    """
+    try:
+        body = {"body": letter.body.decode("utf-8")}
+    except UnicodeDecodeError:
+        body = {"body_base64": base64.b64encode(letter.body).decode("ascii")}
+    return {
+        **letter.summary(),
+        **body,
+        "properties": jsonable(letter.properties),
+        "headers": jsonable(letter.headers),
+    }
 
 
 def dead_letter_columns(letters: Sequence[DeadLetter]) -> tuple[list[Any], ...]:

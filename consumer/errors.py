@@ -80,6 +80,19 @@ class DataRejectedError(StoreError):
         "The database refused the data of a row (a constraint or a value it can't store)."
     )
 
+    def __init__(self, message: str | None = None, *, reason: str | None = None) -> None:
+        """`reason` is the refusal without the row's values: the same for every row it hits."""
+        super().__init__(message)
+        self.reason = reason or str(self)
+
+
+class SystemicRefusalError(StoreError):
+    """The database refuses every row of a batch for one reason: not the rows' fault."""
+
+    default_message = (
+        "The database refuses every row of the batch for the same reason; waiting as for an outage."
+    )
+
 
 class PgCronUnavailableError(StoreError):
     """pg_cron is missing on the server."""
@@ -109,19 +122,10 @@ class UnroutableError(BrokerError):
     )
 
 
-class DeadLetterQueueBusyError(BrokerError):
-    """Another dead-letter command holds the queue."""
-
-    default_message = (
-        "Another `task-history dlq` command is working on the dead-letter queue; try again later."
-    )
-    retryable = False
-
-
 class DeadLetterNotFoundError(TaskHistoryError):
-    """No dead letter has the message id asked for."""
+    """No dead letter has the id or message id asked for."""
 
-    default_message = "No dead letter has that message id."
+    default_message = "No dead letter has that id or message id."
 
 
 class InvalidCursorError(TaskHistoryError):

@@ -17,6 +17,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from consumer.deadletters import BROKER_REASONS, UNKNOWN_CODE
 from consumer.errors import ConfigurationError, ErrorCode
 
 log = structlog.get_logger("metrics")
@@ -28,6 +29,16 @@ _BATCH_SIZES = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000)
 _WRITE_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 # Lag runs from milliseconds (a live stream) to hours (a backlog drained after an outage).
 _LAG_SECONDS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14_400, 86_400)
+
+
+# The codes a dead letter's series is labelled with: the consumer's and the broker's. A code
+# that another tool wrote in x-error counts as "other", so no label grows without bound.
+KNOWN_CODES = (*(code.value for code in ErrorCode), *BROKER_REASONS.values(), UNKNOWN_CODE, "other")
+
+
+def metric_code(code: str) -> str:
+    """The label a dead letter with `code` is counted under."""
+    return code if code in KNOWN_CODES else "other"
 
 
 class Metrics:
@@ -58,7 +69,7 @@ class Metrics:
         )
         self.dead_lettered = Counter(
             "task_history_events_dead_lettered",
-            "Messages sent to the dead-letter queue, by x-error code",
+            "Messages stored as dead letters, by x-error code (other: a code of another tool)",
             ["code"],
             registry=r,
         )
@@ -98,8 +109,8 @@ class Metrics:
             "task_history_expired_entries", "Expired entries deleted by this consumer", registry=r
         )
         # Every series exists from the start, at zero: a dashboard's rate() needs the zero.
-        for code in ErrorCode:
-            self.dead_lettered.labels(code=code.value)
+        for code in KNOWN_CODES:
+            self.dead_lettered.labels(code=code)
         for outcome in ("done", "locked", "scheduled", "failed"):
             self.expiry_runs.labels(outcome=outcome)
 

@@ -1,4 +1,4 @@
-"""The batch pipeline: parse, validate, write, bisect, unknown tasks, dead-letter, then ack.
+"""The batch pipeline: parse, validate, write entries and dead letters, bisect, then ack.
 
 It sees the database and the broker only through the two ports below, so the decisions it
 makes (which rows are stored, which messages dead-lettered or retried, when a batch is
@@ -18,16 +18,18 @@ from uuid import UUID
 import structlog
 
 from consumer.broker.headers import RECEIVED_AT, WAITING_SINCE, MessageLike, header_time
+from consumer.deadletters import DeadLetter, dead_letter_of, read_dead_letter
 from consumer.entries import NewEntry
 from consumer.errors import (
     DataRejectedError,
     ErrorCode,
     InvalidEventError,
     StoreError,
+    SystemicRefusalError,
     TaskHistoryError,
 )
 from consumer.events import check_retention, parse_event
-from consumer.metrics import Metrics
+from consumer.metrics import Metrics, metric_code
 from consumer.retry import backoff
 from consumer.settings import Settings
 from consumer.shutdown import Shutdown
@@ -49,8 +51,10 @@ class HistoryWriter(Protocol):
     async def create_tasks(self, task_ids: Collection[UUID]) -> None:
         """Create the task rows that don't exist."""
 
-    async def insert_entries(self, entries: Sequence[NewEntry]) -> set[UUID]:
-        """Insert in one statement, in order; the ids that were new."""
+    async def write_batch(
+        self, entries: Sequence[NewEntry], dead_letters: Sequence[DeadLetter]
+    ) -> set[UUID]:
+        """Insert entries and dead letters in one transaction, in order; the new entry ids."""
 
     async def reconnect(self) -> None:
         """Use fresh connections from now on."""
@@ -58,11 +62,6 @@ class HistoryWriter(Protocol):
 
 class Outbox(Protocol):
     """What the pipeline asks of the broker, for messages it delivered."""
-
-    async def dead_letter(
-        self, message: MessageLike, *, code: ErrorCode, detail: str, now: datetime
-    ) -> None:
-        """Publish a dead-letter copy with the error headers, confirmed."""
 
     async def retry_later(
         self, message: MessageLike, *, delay: float, since: datetime, received_at: datetime
@@ -87,6 +86,8 @@ class Delivery:
     message: MessageLike
     received_at: datetime
     parsed: NewEntry | InvalidEventError | None = None
+    # From the dead-letter queue (what the broker dead-lettered itself): stored as it is.
+    transit: bool = False
 
     def parse(self) -> NewEntry:
         """The message as a row, or InvalidEventError; an id generated here is kept for retries."""
@@ -114,11 +115,12 @@ class Delivery:
 
 @dataclass(slots=True)
 class Rejected:
-    """A message to dead-letter, and why."""
+    """A message to keep as a dead letter, and the letter."""
 
     delivery: Delivery
-    code: ErrorCode
-    detail: str
+    letter: DeadLetter
+    # For a row the database refused: why, without the row's values.
+    refusal: str | None = None
 
 
 @dataclass(slots=True)
@@ -150,6 +152,8 @@ class Pipeline:
         self._shutdown = shutdown
         self._retention = timedelta(0)
         self._retention_read_at = float("-inf")
+        # Why the last batch had every row refused, when it had; None after a batch stores.
+        self._last_refusal: str | None = None
 
     async def handle(self, batch: list[Delivery]) -> None:
         """Write a batch and ack it, retrying until it works, its channel closes, or time is up.
@@ -198,38 +202,34 @@ class Pipeline:
                 return
 
     async def _process(self, batch: list[Delivery], *, started: float) -> None:
-        """One attempt: sort the batch, write it, publish the copies, then ack every message."""
+        """One attempt: sort the batch, write rows and dead letters, park retries, then ack."""
         now = datetime.now(UTC)
-        sorted_out = await self._sort(batch, now)
+        triage = await self._sort(batch, now)
         write_started = asyncio.get_running_loop().time()
-        stored_ids, refused = await self._insert(sorted_out.valid)
+        stored_ids, refused = await self._write(triage, now)
         self._metrics.write_seconds.observe(asyncio.get_running_loop().time() - write_started)
-        rejected = sorted_out.rejected + refused
-
-        publishes = [
-            self._broker.dead_letter(r.delivery.message, code=r.code, detail=r.detail, now=now)
-            for r in rejected
-        ]
-        publishes += [
-            self._broker.retry_later(
-                d.message,
-                delay=self._settings.unknown_task_retry_delay_seconds,
-                since=since,
-                received_at=d.received_at,
+        rejected = triage.rejected + refused
+        await asyncio.gather(  # confirms overlap; the first failure is raised
+            *(
+                self._broker.retry_later(
+                    d.message,
+                    delay=self._settings.unknown_task_retry_delay_seconds,
+                    since=since,
+                    received_at=d.received_at,
+                )
+                for d, since in triage.waiting
             )
-            for d, since in sorted_out.waiting
-        ]
-        await asyncio.gather(*publishes)  # confirms overlap; the first failure is raised
+        )
         unacked = await self._broker.ack([d.message for d in batch])
 
-        duplicates = len(sorted_out.valid) - len(stored_ids) - len(refused)
-        self._count(batch, sorted_out, stored_ids, rejected, duplicates=duplicates)
+        duplicates = len(triage.valid) - len(stored_ids) - len(refused)
+        self._count(batch, triage, stored_ids, rejected, duplicates=duplicates)
         for r in rejected:
             log.warning(
                 "dead-lettered",
-                message_id=r.delivery.message.message_id,
-                code=r.code.value,
-                detail=r.detail,
+                message_id=r.letter.message_id,
+                code=r.letter.code,
+                detail=r.letter.detail,
             )
         log.info(
             "batch",
@@ -237,7 +237,7 @@ class Pipeline:
             stored=len(stored_ids),
             duplicates=duplicates,
             dead_lettered=len(rejected),
-            waiting_for_task=len(sorted_out.waiting),
+            waiting_for_task=len(triage.waiting),
             unacked=unacked,
             ms=round((asyncio.get_running_loop().time() - started) * 1000, 1),
         )
@@ -245,28 +245,34 @@ class Pipeline:
     async def _sort(self, batch: list[Delivery], now: datetime) -> Triage:
         """Parse and validate each message, then split off those whose task doesn't exist."""
         retention = await self._current_retention()
-        rejected: list[Rejected] = []
-        valid: list[tuple[Delivery, NewEntry]] = []
+        triage = Triage(valid=[], waiting=[], rejected=[])
         for delivery in batch:
+            if delivery.transit:
+                triage.rejected.append(Rejected(delivery, read_dead_letter(delivery.message)))
+                continue
             try:
                 entry = delivery.parse()
                 check_retention(entry, retention=retention, now=now)
             except InvalidEventError as exc:
-                rejected.append(Rejected(delivery, exc.code, exc.detail))
+                triage.rejected.append(_rejected(delivery, exc.code, exc.detail, now))
             else:
-                valid.append((delivery, entry))
-        sorted_out = Triage(valid=valid, waiting=[], rejected=rejected)
-        missing = await self._store.missing_tasks({entry.task_id for _, entry in valid})
+                triage.valid.append((delivery, entry))
+        await self._hold_unknown_tasks(triage, now)
+        return triage
+
+    async def _hold_unknown_tasks(self, triage: Triage, now: datetime) -> None:
+        """Move events whose task doesn't exist out of `valid`: to wait, or to dead-letter."""
+        missing = await self._store.missing_tasks({entry.task_id for _, entry in triage.valid})
         if not missing:
-            return sorted_out
+            return
         if self._settings.create_missing_tasks:
             await self._store.create_tasks(missing)
-            return sorted_out
+            return
         window = self._settings.unknown_task_retry_seconds
-        sorted_out.valid = []
+        valid, triage.valid = triage.valid, []
         for delivery, entry in valid:
             if entry.task_id not in missing:
-                sorted_out.valid.append((delivery, entry))
+                triage.valid.append((delivery, entry))
                 continue
             since = header_time(delivery.message, WAITING_SINCE) or now
             waited = (now - since).total_seconds()
@@ -274,37 +280,81 @@ class Pipeline:
                 detail = f"task_id: no task {entry.task_id} exists"
                 if window:
                     detail += f" (retried for {round(waited)} s)"
-                rejected.append(Rejected(delivery, ErrorCode.UNKNOWN_TASK, detail))
+                triage.rejected.append(
+                    _rejected(delivery, ErrorCode.UNKNOWN_TASK, detail, now, task_id=entry.task_id)
+                )
             else:
-                sorted_out.waiting.append((delivery, since))
-        return sorted_out
+                triage.waiting.append((delivery, since))
 
-    async def _insert(
-        self, rows: list[tuple[Delivery, NewEntry]]
+    async def _write(self, triage: Triage, now: datetime) -> tuple[set[UUID], list[Rejected]]:
+        """Write the entries and the dead letters in one transaction; bisect a refused row out.
+
+        Returns the ids stored as new rows, and the rows the database refused (dead letters
+        too, written with the others). A refusal of every row for one reason is not the rows'
+        fault (a constraint or trigger added to the table): SystemicRefusalError, waited out.
+        A batch of one can't tell: its row is dead-lettered, and the next lone row refused for
+        the same reason is waited out.
+        """
+        letters = [r.letter for r in triage.rejected]
+        entries = [entry for _, entry in triage.valid]
+        try:
+            stored = await self._store.write_batch(entries, letters)
+        except DataRejectedError as exc:
+            if not entries:
+                raise
+            stored, refused = await self._bisect(triage.valid, now, refusal=exc)
+        else:
+            if entries:
+                self._last_refusal = None
+            return stored, []
+        reasons = {r.refusal for r in refused}
+        whole = len(reasons) == 1 and len(refused) == len(entries)
+        reason = reasons.pop() if whole else None
+        if whole and (len(entries) > 1 or reason == self._last_refusal):
+            raise SystemicRefusalError(
+                f"the database refuses every row of the batch for the same reason; waiting as"
+                f" for an outage: {reason}"
+            )
+        self._last_refusal = reason
+        await self._store.write_batch([], letters + [r.letter for r in refused])
+        return stored, refused
+
+    async def _bisect(
+        self,
+        rows: list[tuple[Delivery, NewEntry]],
+        now: datetime,
+        *,
+        refusal: DataRejectedError | None = None,
     ) -> tuple[set[UUID], list[Rejected]]:
-        """Insert in one statement; if the database refuses a row, bisect to find which.
+        """Write `rows`, halving around the ones the database refuses; (stored ids, refused).
 
-        Returns the ids stored as new rows, and the rows refused. Halves are written in order,
-        so arrival order holds; a refused row costs about log2(batch) extra statements, never
+        `refusal` is the error `rows` as a whole already got. Halves are written in order, so
+        arrival order holds; a refused row costs about 2 log2(batch) extra statements, never
         one statement per row.
         """
         if not rows:
             return set(), []
-        try:
-            return await self._store.insert_entries([entry for _, entry in rows]), []
-        except DataRejectedError as exc:
-            if len(rows) == 1:
-                detail = f"the database refused the row: {exc}"
-                return set(), [Rejected(rows[0][0], ErrorCode.DATABASE_REJECTED, detail)]
+        if refusal is None:
+            try:
+                return await self._store.write_batch([entry for _, entry in rows], []), []
+            except DataRejectedError as exc:
+                refusal = exc
+        if len(rows) == 1:
+            delivery, entry = rows[0]
+            detail = f"the database refused the row: {refusal}"
+            code = ErrorCode.DATABASE_REJECTED
+            rejected = _rejected(delivery, code, detail, now, task_id=entry.task_id)
+            rejected.refusal = refusal.reason
+            return set(), [rejected]
         middle = len(rows) // 2
-        first_stored, first_refused = await self._insert(rows[:middle])
-        second_stored, second_refused = await self._insert(rows[middle:])
+        first_stored, first_refused = await self._bisect(rows[:middle], now)
+        second_stored, second_refused = await self._bisect(rows[middle:], now)
         return first_stored | second_stored, first_refused + second_refused
 
     def _count(
         self,
         batch: list[Delivery],
-        sorted_out: Triage,
+        triage: Triage,
         stored_ids: set[UUID],
         rejected: list[Rejected],
         *,
@@ -315,11 +365,11 @@ class Pipeline:
         metrics.batch_size.observe(len(batch))
         metrics.stored.inc(len(stored_ids))
         metrics.duplicates.inc(duplicates)
-        metrics.waiting_for_task.inc(len(sorted_out.waiting))
+        metrics.waiting_for_task.inc(len(triage.waiting))
         for r in rejected:
-            metrics.dead_lettered.labels(code=r.code.value).inc()
+            metrics.dead_lettered.labels(code=metric_code(r.letter.code)).inc()
         # One lag per stored row: a batch may hold the same event twice (a republish).
-        created = {e.id: e.created_at for _, e in sorted_out.valid if e.id in stored_ids}
+        created = {e.id: e.created_at for _, e in triage.valid if e.id in stored_ids}
         metrics.observe_lag(list(created.values()), now=datetime.now(UTC))
 
     async def _current_retention(self) -> timedelta:
@@ -329,3 +379,13 @@ class Pipeline:
             _, self._retention = await self._store.limits()
             self._retention_read_at = now
         return self._retention
+
+
+def _rejected(
+    delivery: Delivery, code: ErrorCode, detail: str, now: datetime, *, task_id: UUID | None = None
+) -> Rejected:
+    """A message refused here, as the dead letter it becomes."""
+    letter = dead_letter_of(
+        delivery.message, code=code.value, detail=detail, failed_at=now, task_id=task_id
+    )
+    return Rejected(delivery, letter)

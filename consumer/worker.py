@@ -69,9 +69,13 @@ class ConsumerBroker(Outbox, Protocol):
         """Declare the exchanges and queues."""
 
     async def consume(
-        self, handler: Callable[[MessageLike], Awaitable[None]], *, prefetch: int
+        self,
+        handler: Callable[[MessageLike], Awaitable[None]],
+        *,
+        prefetch: int,
+        transit: Callable[[MessageLike], Awaitable[None]] | None = None,
     ) -> None:
-        """Start delivering messages to `handler`."""
+        """Deliver the events queue to `handler`, and the dead-letter queue to `transit`."""
 
     async def cancel(self) -> None:
         """Stop deliveries."""
@@ -178,7 +182,11 @@ class Worker:
         return None
 
     async def _consume(self) -> None:
-        await self._broker.consume(self._deliver, prefetch=self._settings.effective_prefetch)
+        # What the broker dead-letters itself (a poison message past the delivery limit) comes
+        # through the same pipeline into the dead-letter table: the queue is only a way in.
+        await self._broker.consume(
+            self._deliver, prefetch=self._settings.effective_prefetch, transit=self._deliver_transit
+        )
         log.info(
             "consuming",
             queue=self._broker.topology.queue,
@@ -217,6 +225,9 @@ class Worker:
 
     async def _deliver(self, message: MessageLike) -> None:
         self._inbox.put(Delivery(message, datetime.now(UTC)))
+
+    async def _deliver_transit(self, message: MessageLike) -> None:
+        self._inbox.put(Delivery(message, datetime.now(UTC), transit=True))
 
     async def _until_up(self, name: str, connect: Callable[[], Awaitable[None]]) -> bool:
         """Connect, retrying with backoff while the server is down; False if stopped first."""

@@ -16,11 +16,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from consumer.broker.headers import MessageLike
+from consumer.deadletters import DeadLetter
 from consumer.entries import NewEntry
 from consumer.errors import (
     DatabaseUnavailableError,
     DataRejectedError,
-    ErrorCode,
     NotConnectedError,
 )
 from consumer.topology import Topology
@@ -65,6 +65,7 @@ class InMemoryStore:
     journal: Journal = field(default_factory=list)
     tasks: set[uuid.UUID] = field(default_factory=set)
     rows: dict[uuid.UUID, NewEntry] = field(default_factory=dict)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
     retention: timedelta = timedelta(days=20)
     # A row the database refuses, as a CHECK constraint or an encoding error would.
     refuses: Callable[[NewEntry], bool] = lambda _entry: False
@@ -128,8 +129,10 @@ class InMemoryStore:
         self._maybe_fail()
         self.tasks |= set(task_ids)
 
-    async def insert_entries(self, entries: Sequence[NewEntry]) -> set[uuid.UUID]:
-        """All or nothing, as one statement: refused rows fail it whole; known ids are skipped."""
+    async def write_batch(
+        self, entries: Sequence[NewEntry], dead_letters: Sequence[DeadLetter]
+    ) -> set[uuid.UUID]:
+        """All or nothing, as one transaction: a refused row fails it whole; known ids skipped."""
         self._maybe_fail()
         self.statements += 1
         if self.hangs:
@@ -141,6 +144,9 @@ class InMemoryStore:
             if entry.id in new and entry.id not in self.rows:
                 self.rows[entry.id] = entry
                 self.journal.append(("commit", entry.content))
+        for letter in dead_letters:
+            self.dead_letters.append(letter)
+            self.journal.append(("dead_letter", letter.code))
         return new
 
     async def expiry_job(self) -> str | None:
@@ -165,21 +171,11 @@ class InMemoryStore:
 
 
 @dataclass
-class DeadLetterCopy:
-    """A dead-letter copy the fake broker confirmed."""
-
-    message: MessageLike
-    code: ErrorCode
-    detail: str
-
-
-@dataclass
 class InMemoryBroker:
     """The broker as the consumer sees it: deliveries pushed by the test, copies and acks kept."""
 
     journal: Journal = field(default_factory=list)
     topology: Topology = field(default_factory=Topology)
-    dead_letters: list[DeadLetterCopy] = field(default_factory=list)
     retries: list[tuple[MessageLike, datetime]] = field(default_factory=list)
     acked: list[MessageLike] = field(default_factory=list)
     # Errors the next publishes raise, one each.
@@ -189,6 +185,7 @@ class InMemoryBroker:
     connected: bool = False
     declared: bool = False
     handler: Callable[[MessageLike], Awaitable[None]] | None = None
+    transit: Callable[[MessageLike], Awaitable[None]] | None = None
 
     async def connect(self) -> None:
         """Connect."""
@@ -207,13 +204,15 @@ class InMemoryBroker:
         handler: Callable[[MessageLike], Awaitable[None]],
         *,
         prefetch: int,  # noqa: ARG002  # no flow control here
+        transit: Callable[[MessageLike], Awaitable[None]] | None = None,
     ) -> None:
-        """Deliver what the test pushes to `handler`."""
+        """Deliver what the test pushes to `handler`, and to `transit` as dead-queue messages."""
         self.handler = handler
+        self.transit = transit
 
     async def cancel(self) -> None:
         """Stop deliveries."""
-        self.handler = None
+        self.handler = self.transit = None
 
     @property
     def consuming(self) -> bool:
@@ -226,22 +225,15 @@ class InMemoryBroker:
         for message in messages:
             await self.handler(message)
 
+    async def deliver_dead(self, *messages: MessageLike) -> None:
+        """Hand messages to the consumer as the dead-letter queue would."""
+        assert self.transit is not None, "nothing is consuming the dead-letter queue"
+        for message in messages:
+            await self.transit(message)
+
     def _maybe_fail(self) -> None:
         if self.failures:
             raise self.failures.pop(0)
-
-    async def dead_letter(
-        self,
-        message: MessageLike,
-        *,
-        code: ErrorCode,
-        detail: str,
-        now: datetime,  # noqa: ARG002  # the real one stamps it
-    ) -> None:
-        """Keep a confirmed dead-letter copy."""
-        self._maybe_fail()
-        self.dead_letters.append(DeadLetterCopy(message, code, detail))
-        self.journal.append(("dead_letter", code.value))
 
     async def retry_later(
         self,

@@ -144,13 +144,39 @@ async def wait_for(
         await asyncio.sleep(interval)
 
 
-async def count_rows(database_url: str) -> int:
-    """How many history rows the database holds."""
+async def count_rows(database_url: str, table: str = "task_build_history") -> int:
+    """How many rows the database holds in `table` (the history, unless told otherwise)."""
     connection = await asyncpg.connect(database_url)
     try:
-        return int(await connection.fetchval("SELECT count(*) FROM task_build_history"))
+        return int(
+            await connection.fetchval(f"SELECT count(*) FROM {table}")
+        )  # our own table names
     finally:
         await connection.close()
+
+
+DEAD_LETTERS = "task_build_history_dead_letters"
+
+
+async def count_dead_letters(database_url: str) -> int:
+    """How many dead letters the database holds."""
+    return await count_rows(database_url, DEAD_LETTERS)
+
+
+async def dead_letter_rows(database_url: str) -> list[dict[str, Any]]:
+    """Every dead letter, oldest first, its headers and properties decoded from JSON."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        records = await connection.fetch(f"SELECT * FROM {DEAD_LETTERS} ORDER BY id")
+    finally:
+        await connection.close()
+    rows = [dict(record.items()) for record in records]
+    for row in rows:
+        row["headers"], row["properties"] = (
+            json.loads(row["headers"]),
+            json.loads(row["properties"]),
+        )
+    return rows
 
 
 @contextlib.asynccontextmanager

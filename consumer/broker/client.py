@@ -21,12 +21,11 @@ from consumer.broker.amqp import (
 from consumer.broker.deliveries import MessageHandler, Received, plan_acks
 from consumer.broker.headers import (
     MessageLike,
-    dead_letter_headers,
     header_text,
     original_routing_key,
     retry_headers,
 )
-from consumer.errors import BrokerUnavailableError, ErrorCode, NotConnectedError
+from consumer.errors import BrokerUnavailableError, NotConnectedError
 from consumer.lifecycle import AsyncResource
 from consumer.redaction import redact
 from consumer.topology import Topology
@@ -44,9 +43,9 @@ class Broker(AsyncResource):
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
         self._queue: AbstractQueue | None = None
-        self._consumer_tag: str | None = None
+        self._consumer_tags: list[str] = []
         self._handler: MessageHandler | None = None
-        self._dead_letters: aio_pika.abc.AbstractExchange | None = None
+        self._transit: MessageHandler | None = None
         # Delivery tags handed to us and not yet acked, on the channel that delivered them.
         self._outstanding: set[int] = set()
         self._delivering_channel: object = None
@@ -72,7 +71,8 @@ class Broker(AsyncResource):
     async def close(self, *, grace: float = CLOSE_GRACE) -> None:
         """Close the connection; after `grace` seconds, stop waiting for the broker's reply."""
         # Forget the channel too: a broker used after close() is a bug, not an outage.
-        self._channel = self._queue = self._dead_letters = self._consumer_tag = None
+        self._channel = self._queue = None
+        self._consumer_tags = []
         if self._connection is not None:
             connection, self._connection = self._connection, None
             await close_connection(connection, grace=grace)
@@ -99,7 +99,7 @@ class Broker(AsyncResource):
             exchange = await channel.declare_exchange(
                 t.exchange, aio_pika.ExchangeType.TOPIC, durable=True
             )
-            self._dead_letters = await channel.declare_exchange(
+            dead_letters = await channel.declare_exchange(
                 t.dead_letter_exchange, aio_pika.ExchangeType.TOPIC, durable=True
             )
             self._queue = await channel.declare_queue(
@@ -107,7 +107,7 @@ class Broker(AsyncResource):
             )
             await self._queue.bind(exchange, "history.#")
             dead = await self._declare_dead_letter_queue()
-            await dead.bind(self._dead_letters, "#")
+            await dead.bind(dead_letters, "#")
             await channel.declare_queue(
                 t.retry_queue, durable=True, arguments=t.retry_queue_arguments()
             )
@@ -143,15 +143,19 @@ class Broker(AsyncResource):
             for exchange in (t.exchange, t.dead_letter_exchange):
                 await self.channel.exchange_delete(exchange)
 
-    async def consume(self, handler: MessageHandler, *, prefetch: int) -> None:
+    async def consume(
+        self, handler: MessageHandler, *, prefetch: int, transit: MessageHandler | None = None
+    ) -> None:
         """Start delivering messages of the main queue to `handler`, `prefetch` unacked at most.
 
-        The subscription is made on the client's own channel (see Received) and made again
-        each time the robust channel reopens after a reconnect.
+        With `transit`, the dead-letter queue's messages (what the broker dead-lettered itself)
+        go to it. The subscriptions are made on the client's own channel (see Received) and
+        made again each time the robust channel reopens after a reconnect.
         """
         if self._queue is None:
             await self.declare()
         self._handler = handler
+        self._transit = transit
         with translated_errors():
             await self.channel.set_qos(prefetch_count=prefetch)  # kept, and restored, by aio-pika
             await self._subscribe(self.channel)
@@ -162,10 +166,24 @@ class Broker(AsyncResource):
         if self._handler is None:  # cancelled meanwhile
             return
         underlay = await self.channel.get_underlay_channel()
-        ok = await underlay.basic_consume(self.topology.queue, self._deliver, no_ack=False)
-        self._consumer_tag = ok.consumer_tag
+        subscriptions = [(self.topology.queue, self._deliver)]
+        if self._transit is not None:
+            subscriptions.append((self.topology.dead_letter_queue, self._deliver_transit))
+        self._consumer_tags = []
+        for queue, deliver in subscriptions:
+            ok = await underlay.basic_consume(queue, deliver, no_ack=False)
+            self._consumer_tags.append(str(ok.consumer_tag))
 
     async def _deliver(self, delivered: aiormq.abc.DeliveredMessage) -> None:
+        if self._handler is not None:
+            await self._handler(self._received(delivered))
+
+    async def _deliver_transit(self, delivered: aiormq.abc.DeliveredMessage) -> None:
+        if self._transit is not None:
+            await self._transit(self._received(delivered))
+
+    def _received(self, delivered: aiormq.abc.DeliveredMessage) -> Received:
+        """A delivery, its tag noted as outstanding on the channel that delivered it."""
         message = Received(delivered)
         if message.channel is not self._delivering_channel:
             # A new channel after a reconnect: tags restart, the old ones are void.
@@ -173,26 +191,24 @@ class Broker(AsyncResource):
             self._outstanding = set()
         if message.delivery_tag is not None:
             self._outstanding.add(message.delivery_tag)
-        if self._handler is not None:
-            await self._handler(message)
+        return message
 
     @property
     def consuming(self) -> bool:
         """Whether the subscription is on and its channel open (false while reconnecting)."""
         return (
-            self._consumer_tag is not None
-            and self._channel is not None
-            and not self._channel.is_closed
+            bool(self._consumer_tags) and self._channel is not None and not self._channel.is_closed
         )
 
     async def cancel(self) -> None:
         """Stop deliveries; returns when the broker has confirmed that no more will come."""
-        self._handler = None
-        if self._consumer_tag is not None:
-            tag, self._consumer_tag = self._consumer_tag, None
+        self._handler = self._transit = None
+        tags, self._consumer_tags = self._consumer_tags, []
+        if tags:
             with translated_errors():
                 underlay = await self.channel.get_underlay_channel()
-                await underlay.basic_cancel(tag)
+                for tag in tags:
+                    await underlay.basic_cancel(tag)
 
     async def ack(self, messages: Sequence[MessageLike]) -> int:
         """Ack messages, in one frame where that is safe; return how many could not be acked.
@@ -227,20 +243,6 @@ class Broker(AsyncResource):
             and not message.channel.is_closed
             and message.delivery_tag is not None
         ]
-
-    async def dead_letter(
-        self, message: MessageLike, *, code: ErrorCode, detail: str, now: datetime
-    ) -> None:
-        """Publish a copy to the dead-letter exchange with the error headers, confirmed."""
-        if self._dead_letters is None:
-            await self.declare()
-        assert self._dead_letters is not None  # noqa: S101  # declare() sets it
-        key = original_routing_key(message)
-        headers = dead_letter_headers(
-            dict(message.headers or {}), code=code, detail=detail, routing_key=key, failed_at=now
-        )
-        with translated_errors():
-            await self._dead_letters.publish(copy_message(message, headers), routing_key=key)
 
     async def retry_later(
         self,

@@ -39,7 +39,7 @@ def translated() -> Iterator[None]:
         asyncpg.IntegrityConstraintViolationError,
         asyncpg.exceptions.ProgramLimitExceededError,
     ) as exc:
-        raise DataRejectedError(redact(str(exc))) from exc
+        raise DataRejectedError(redact(str(exc)), reason=redact(exc.message)) from exc
     except asyncpg.InterfaceError as exc:
         if isinstance(exc, ValueError):  # the driver could not encode a value of the row
             raise DataRejectedError(redact(str(exc))) from exc

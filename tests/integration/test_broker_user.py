@@ -20,7 +20,7 @@ import pytest
 from consumer.settings import Settings, load_settings
 from consumer.topology import Topology
 from tests.compose import load_compose
-from tests.harness import Bus, event, running, wait_for
+from tests.harness import Bus, count_dead_letters, event, running, wait_for
 from tests.helpers import new_task, run_sync
 
 
@@ -114,7 +114,9 @@ class TestHistoryUserIsEnough:
                     lambda: bus.depth(topology.retry_queue), lambda n: n == 1, what="one parked"
                 )
                 await wait_for(
-                    lambda: bus.depth(topology.dead_letter_queue), lambda n: n == 1, what="dead"
+                    lambda: count_dead_letters(limited_settings.database_url),
+                    lambda n: n == 1,
+                    what="dead",
                 )
         assert await sql.fetchval("SELECT count(*) FROM task_build_history") == 5
 

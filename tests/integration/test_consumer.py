@@ -8,10 +8,20 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import structlog
 
+from consumer.broker.client import Broker
 from consumer.settings import Settings
 from consumer.topology import Topology
-from tests.harness import Bus, count_rows, event, running, wait_for
+from tests.harness import (
+    Bus,
+    count_dead_letters,
+    count_rows,
+    dead_letter_rows,
+    event,
+    running,
+    wait_for,
+)
 from tests.helpers import new_task
 
 
@@ -147,12 +157,87 @@ class TestBadInput:
         async with Bus(amqp_url, topology) as bus:
             await bus.publish_many(bodies)
             async with running(settings):
-                await wait_for(lambda: bus.depth(topology.dead_letter_queue), lambda n: n == 1)
+                await wait_for(lambda: count_dead_letters(settings.database_url), lambda n: n == 1)
                 await wait_for(lambda: count_rows(settings.database_url), lambda n: n == 59)
-            (dead,) = await bus.dead_letters()
-        assert dead.headers["x-error"] == "database_rejected"
-        assert "no_poison" in str(dead.headers["x-error-detail"])
+        (dead,) = await dead_letter_rows(settings.database_url)
+        assert dead["error"] == "database_rejected"
+        assert "no_poison" in dead["detail"]
         assert await contents(sql, task) == [f"ok {n}" for n in range(60) if n != 37]
+
+    async def test_a_constraint_refusing_every_row_is_waited_out(
+        self, settings: Settings, amqp_url: str, topology: Topology, sql: asyncpg.Connection
+    ) -> None:
+        """A constraint that refuses every row holds the events back, dead-letters none."""
+        task = await new_task(sql)
+        await sql.execute(
+            "ALTER TABLE task_build_history ADD CONSTRAINT closed CHECK (content = 'never')"
+        )
+        # Long enough a wait that the first batch holds all 40.
+        patient = settings.model_copy(update={"batch_wait_ms": 1000})
+        async with Bus(amqp_url, topology) as bus:
+            await bus.publish_many(event(task, f"ok {n}") for n in range(40))
+            with structlog.testing.capture_logs() as logs:
+                async with running(patient):
+
+                    def refusals() -> int:
+                        return sum("refuses every row" in line.get("error", "") for line in logs)
+
+                    async def waited() -> int:
+                        return refusals()
+
+                    await wait_for(waited, lambda n: n >= 2, what="batches waited out")
+                    await sql.execute("ALTER TABLE task_build_history DROP CONSTRAINT closed")
+                    await wait_for(lambda: count_rows(settings.database_url), lambda n: n == 40)
+        assert await count_dead_letters(settings.database_url) == 0
+
+    async def test_a_poison_message_becomes_a_delivery_limit_row(
+        self, settings: Settings, amqp_url: str
+    ) -> None:
+        """A message the broker dead-letters past the delivery limit is moved into the table."""
+        names = Topology.named(f"th_poison_{uuid.uuid4().hex[:8]}", delivery_limit=1)
+        async with Broker(amqp_url, topology=names) as broker:
+            await broker.declare()
+        poisoned = settings.model_copy(
+            update={
+                "exchange": names.exchange,
+                "queue": names.queue,
+                "dead_letter_exchange": names.dead_letter_exchange,
+                "dead_letter_queue": names.dead_letter_queue,
+                "retry_queue": names.retry_queue,
+                "delivery_limit": 1,
+            }
+        )
+        try:
+            async with Bus(amqp_url, names) as bus:
+                await bus.publish(b"\xffpoison", routing_key="history.agent_turn", message_id="p-1")
+                queue = await bus.channel.declare_queue(names.queue, passive=True)
+
+                async def poisoned_yet() -> bool:
+                    """Requeue the message (each time counts toward the limit) until it is dead."""
+                    if await bus.depth(names.dead_letter_queue) == 1:
+                        return True
+                    message = await queue.get(no_ack=False, fail=False)
+                    if message is not None:
+                        await message.nack(requeue=True)
+                    return False
+
+                await wait_for(poisoned_yet, bool, what="the broker to dead-letter the poison")
+                async with running(poisoned):
+                    await wait_for(
+                        lambda: count_dead_letters(settings.database_url), lambda n: n == 1
+                    )
+                    await wait_for(lambda: bus.depth(names.dead_letter_queue), lambda n: n == 0)
+        finally:
+            async with Broker(amqp_url, topology=names) as broker:
+                await broker.delete()
+        (row,) = await dead_letter_rows(settings.database_url)
+        assert (row["error"], row["message_id"], row["body"]) == (
+            "delivery_limit",
+            "p-1",
+            b"\xffpoison",
+        )
+        assert "delivered too many times" in row["detail"]
+        assert row["routing_key"] == "history.agent_turn"
 
 
 class TestUnknownTasks:
@@ -165,10 +250,11 @@ class TestUnknownTasks:
         missing = uuid.uuid4()
         async with Bus(amqp_url, topology) as bus, running(settings):
             await bus.publish(event(missing))
-            await wait_for(lambda: bus.depth(topology.dead_letter_queue), lambda n: n == 1)
-            (dead,) = await bus.dead_letters()
-        assert dead.headers["x-error"] == "unknown_task"
-        assert str(missing) in str(dead.headers["x-error-detail"])
+            await wait_for(lambda: count_dead_letters(settings.database_url), lambda n: n == 1)
+        (dead,) = await dead_letter_rows(settings.database_url)
+        assert dead["error"] == "unknown_task"
+        assert str(missing) in dead["detail"]
+        assert dead["task_id"] == missing
 
     async def test_an_event_waits_for_its_task(
         self, settings: Settings, amqp_url: str, topology: Topology, sql: asyncpg.Connection
@@ -184,7 +270,7 @@ class TestUnknownTasks:
             assert await count_rows(settings.database_url) == 0
             await sql.execute("INSERT INTO tasks (id) VALUES ($1)", task)
             await wait_for(lambda: contents(sql, task), lambda c: c == ["early bird"])
-            assert await bus.depth(topology.dead_letter_queue) == 0
+            assert await count_dead_letters(settings.database_url) == 0
             assert await bus.depth(topology.retry_queue) == 0
 
     async def test_after_the_window_it_is_dead_lettered(
@@ -196,12 +282,12 @@ class TestUnknownTasks:
         )
         async with Bus(amqp_url, topology) as bus, running(short):
             await bus.publish(event(uuid.uuid4()), routing_key="history.agent_turn")
-            await wait_for(lambda: bus.depth(topology.dead_letter_queue), lambda n: n == 1)
-            (dead,) = await bus.dead_letters()
-        assert dead.headers["x-error"] == "unknown_task"
-        assert "retried for" in str(dead.headers["x-error-detail"])
-        assert dead.headers["x-original-routing-key"] == "history.agent_turn"
-        assert int(str(dead.headers["x-retry-count"])) >= 2
+            await wait_for(lambda: count_dead_letters(settings.database_url), lambda n: n == 1)
+        (dead,) = await dead_letter_rows(settings.database_url)
+        assert dead["error"] == "unknown_task"
+        assert "retried for" in dead["detail"]
+        assert dead["routing_key"] == "history.agent_turn"
+        assert int(dead["headers"]["x-retry-count"]) >= 2
 
     async def test_create_missing_tasks(
         self, settings: Settings, amqp_url: str, topology: Topology, sql: asyncpg.Connection

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from tests.conftest import Env
-from tests.harness import Bus, event, replicas, stored_twice, wait_for
+from tests.harness import Bus, count_dead_letters, event, replicas, stored_twice, wait_for
 from tests.helpers import new_task
 from tests.reliability.conftest import Figures
 
@@ -106,7 +106,7 @@ class TestConcurrentWriters:
                 timeout=90,
                 what="every event handled",
             )
-            dead = await bus.depth(env.topology.dead_letter_queue)
+            dead = await count_dead_letters(env.database_url)
         codes = [await consumer.exit_code() for consumer in consumers]
         logs = [consumer.log() for consumer in consumers]
         assert codes == [0, 0, 0], logs

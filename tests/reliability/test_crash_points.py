@@ -15,6 +15,7 @@ from tests.harness import (
     ConsumerProcess,
     TcpProxy,
     backlog,
+    count_dead_letters,
     count_rows,
     drain_in_process,
     proxied,
@@ -67,7 +68,7 @@ class TestCrashPoints:
 
             last = env.tmp_path / "last.log"
             logs.append(await drain_in_process(env.settings, bus, last, rows=BACKLOG, timeout=90))
-            dead = await bus.depth(env.topology.dead_letter_queue)
+            dead = await count_dead_letters(env.database_url)
         await proxy.cut()
 
         figures.faults = KILLS

@@ -16,6 +16,7 @@ from tests.harness import (
     Bus,
     ConsumerProcess,
     backlog,
+    count_dead_letters,
     count_rows,
     proxied,
     wait_for,
@@ -28,7 +29,7 @@ EVENTS = 2000  # before the outage, and again during it
 
 
 async def drained(settings: Settings, bus: Bus, *, what: str) -> int:
-    """Wait until both backlogs are stored and the queue is empty; the dead-letter depth."""
+    """Wait until both backlogs are stored and the queue is empty; how many dead letters."""
     await wait_for(
         lambda: count_rows(settings.database_url),
         lambda n: n == 2 * EVENTS,
@@ -36,7 +37,7 @@ async def drained(settings: Settings, bus: Bus, *, what: str) -> int:
         what=f"every event stored after the {what}",
     )
     await wait_for(lambda: bus.depth(bus.topology.queue), lambda n: n == 0, timeout=60)
-    return await bus.depth(bus.topology.dead_letter_queue)
+    return await count_dead_letters(settings.database_url)
 
 
 def all_json(log: str) -> bool:

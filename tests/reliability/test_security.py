@@ -24,6 +24,7 @@ from tests.corpus import bad_bodies
 from tests.harness import (
     Bus,
     ConsumerProcess,
+    count_dead_letters,
     count_rows,
     event,
     run_command,
@@ -81,7 +82,7 @@ class TestNoSecretInLogs:
                 for case in bad_bodies(task)[:10]:
                     await bus.publish(case.body, routing_key="history.agent_turn")
                 await wait_for(lambda: count_rows(env.database_url), lambda n: n == 20)
-                await wait_for(lambda: bus.depth(env.topology.dead_letter_queue), lambda n: n == 10)
+                await wait_for(lambda: count_dead_letters(env.database_url), lambda n: n == 10)
         finally:
             consumer.signal(signal.SIGTERM)
             assert await consumer.exit_code() == 0, consumer.log()

@@ -21,7 +21,7 @@ import pytest
 
 from tests.conftest import Env
 from tests.corpus import bad_bodies
-from tests.harness import Bus, ConsumerProcess, count_rows, event, wait_for
+from tests.harness import Bus, ConsumerProcess, count_dead_letters, count_rows, event, wait_for
 from tests.helpers import new_task
 from tests.reliability.conftest import Figures
 
@@ -130,12 +130,10 @@ class TestSoak:
                 await wait_for(
                     lambda: count_rows(env.database_url), lambda n: n == valid, timeout=60
                 )
-                await wait_for(
-                    lambda: bus.depth(env.topology.dead_letter_queue), lambda n: n >= invalid
-                )
+                await wait_for(lambda: count_dead_letters(env.database_url), lambda n: n >= invalid)
                 stop.set()
                 await watcher
-                dead = await bus.depth(env.topology.dead_letter_queue)
+                dead = await count_dead_letters(env.database_url)
         finally:
             consumer.signal(signal.SIGTERM)
             code = await consumer.exit_code()

@@ -114,23 +114,47 @@ class TestInvalidMessages:
             bench.message("after"),
         )
         assert bench.store.contents == ["before", "after"]
-        codes = [copy.code for copy in bench.broker.dead_letters]
+        codes = [copy.code for copy in bench.store.dead_letters]
         assert codes == [
             ErrorCode.INVALID_JSON,
             ErrorCode.INVALID_EVENT,
             ErrorCode.EXPIRED,
             ErrorCode.TOO_LARGE,
         ]
-        assert "content" in bench.broker.dead_letters[1].detail
+        assert "content" in bench.store.dead_letters[1].detail
         assert len(bench.broker.acked) == 6
         assert bench.sample("task_history_events_dead_lettered_total", code="expired") == 1
 
-    async def test_dead_letters_are_confirmed_before_the_batch_is_acked(self) -> None:
-        """Every dead-letter copy is in the broker before any message of its batch is acked."""
+    async def test_dead_letters_commit_with_the_batch_before_any_ack(self) -> None:
+        """A batch's rows and dead letters are one transaction, committed before any ack."""
         bench = Bench()
         await bench.handle(bench.message("ok"), FakeMessage(b"[]"), bench.message("ok too"))
         kinds = [kind for kind, _ in bench.store.journal]
-        assert kinds.index("dead_letter") < kinds.index("ack")
+        assert kinds == ["commit", "commit", "dead_letter", "ack", "ack", "ack"]
+        assert bench.store.statements == 1
+
+    async def test_a_dead_letter_keeps_the_message_as_received(self) -> None:
+        """Body, message id, routing key, headers and the body's task id are kept."""
+        bench = Bench()
+        body = b'{"task_id": "%s", "context_type": "agent_turn"}' % str(bench.task).encode()
+        message = FakeMessage(
+            body,
+            message_id="m-1",
+            routing_key="history.agent_turn",
+            headers={"x-replay-count": 2, "trace": "abc"},
+        )
+        await bench.handle(message)
+        (letter,) = bench.store.dead_letters
+        assert (letter.body, letter.message_id, letter.routing_key) == (
+            body,
+            "m-1",
+            "history.agent_turn",
+        )
+        assert letter.task_id == str(bench.task)
+        assert letter.replay_count == 2
+        assert letter.headers["trace"] == "abc"
+        assert letter.code == ErrorCode.INVALID_EVENT
+        assert letter.detail == "content: Field required"
 
     async def test_a_parser_bug_fails_only_its_message(
         self, monkeypatch: pytest.MonkeyPatch
@@ -140,9 +164,73 @@ class TestInvalidMessages:
         bench = Bench()
         await bench.handle(bench.message("before"), bench.message("explode"))
         assert bench.store.contents == ["before"]
-        (copy,) = bench.broker.dead_letters
+        (copy,) = bench.store.dead_letters
         assert copy.code == ErrorCode.INVALID_EVENT
         assert "RuntimeError: parser bug" in copy.detail
+
+
+class TestSystemicRefusal:
+    """A refusal that is every row's, for one reason, is the table's doing: waited out."""
+
+    async def test_lone_rows_refused_alike_dead_letter_one_then_wait(self) -> None:
+        """At one event a batch, the first refused row is dead-lettered, the next waits."""
+        bench = Bench()
+        bench.store.refuses = lambda entry: entry.content != "ok"
+        await bench.handle(bench.message("first"))
+        assert len(bench.store.dead_letters) == 1
+        bench.shutdown.begin(timeout=0)  # so that the wait gives up instead of sleeping
+        await bench.handle(bench.message("second"))
+        assert len(bench.store.dead_letters) == 1
+        assert len(bench.broker.acked) == 1  # the second is left for redelivery
+
+    async def test_a_stored_batch_clears_the_suspicion(self) -> None:
+        """Between two lone refusals a batch that stores means each row is judged alone."""
+        bench = Bench()
+        bench.store.refuses = lambda entry: entry.content.startswith("bad")
+        await bench.handle(bench.message("bad 1"))
+        await bench.handle(bench.message("ok"))
+        await bench.handle(bench.message("bad 2"))
+        assert [letter.code for letter in bench.store.dead_letters] == ["database_rejected"] * 2
+        assert bench.store.contents == ["ok"]
+
+
+class TestTransit:
+    """What the broker dead-lettered itself is moved from its queue into the table."""
+
+    async def test_a_poison_message_becomes_a_delivery_limit_row(self) -> None:
+        """x-death's delivery_limit is the code; the body is kept unparsed; it is acked."""
+        bench = Bench()
+        x_death = [
+            {
+                "reason": "delivery_limit",
+                "queue": "task_build_history.events",
+                "routing-keys": ["history.agent_turn"],
+            }
+        ]
+        poison = FakeMessage(
+            b"\xff\xfe not even UTF-8",
+            message_id=None,
+            headers={"x-death": x_death},
+            routing_key="history.agent_turn",
+        )
+        now = datetime.now(UTC)
+        await bench.pipeline.handle([Delivery(poison, now, transit=True)])
+        (letter,) = bench.store.dead_letters
+        assert letter.code == "delivery_limit"
+        assert "delivered too many times" in letter.detail
+        assert letter.body == poison.body
+        assert letter.routing_key == "history.agent_turn"
+        assert bench.broker.acked == [poison]
+        assert bench.sample("task_history_events_dead_lettered_total", code="delivery_limit") == 1
+
+    async def test_a_valid_event_in_the_dead_letter_queue_is_not_stored(self) -> None:
+        """A transit message stays a dead letter, even when its body is a valid event."""
+        bench = Bench()
+        message = bench.message("valid, but dead-lettered by the broker")
+        await bench.pipeline.handle([Delivery(message, datetime.now(UTC), transit=True)])
+        assert bench.store.contents == []
+        (letter,) = bench.store.dead_letters
+        assert letter.code == "unknown"
 
 
 class TestBisection:
@@ -157,7 +245,7 @@ class TestBisection:
         contents[size // 3] = "poison"
         await bench.handle(*(bench.message(content) for content in contents))
         assert bench.store.contents == [c for c in contents if c != "poison"]
-        (copy,) = bench.broker.dead_letters
+        (copy,) = bench.store.dead_letters
         assert copy.code == ErrorCode.DATABASE_REJECTED
         assert "the database refused the row" in copy.detail
         assert len(bench.broker.acked) == size
@@ -170,7 +258,7 @@ class TestBisection:
         contents = [("bad" if n % 10 == 3 else "good") + f" {n}" for n in range(100)]
         await bench.handle(*(bench.message(content) for content in contents))
         assert bench.store.contents == [c for c in contents if c.startswith("good")]
-        assert len(bench.broker.dead_letters) == 10
+        assert len(bench.store.dead_letters) == 10
 
 
 class TestUnknownTasks:
@@ -185,7 +273,7 @@ class TestUnknownTasks:
         await bench.handle(bench.message("known"), stranger)
         assert bench.store.contents == ["known"]
         assert [message for message, _ in bench.broker.retries] == [stranger]
-        assert bench.broker.dead_letters == []
+        assert bench.store.dead_letters == []
         assert len(bench.broker.acked) == 2
 
     async def test_dead_lettered_once_its_window_has_passed(self) -> None:
@@ -197,7 +285,7 @@ class TestUnknownTasks:
             headers={WAITING_SINCE: since},
         )
         await bench.handle(stranger)
-        (copy,) = bench.broker.dead_letters
+        (copy,) = bench.store.dead_letters
         assert copy.code == ErrorCode.UNKNOWN_TASK
         assert "retried for 90 s" in copy.detail
 
@@ -208,7 +296,7 @@ class TestUnknownTasks:
         await bench.handle(
             FakeMessage.of({"task_id": str(task), "context_type": "error", "content": "lost"})
         )
-        (copy,) = bench.broker.dead_letters
+        (copy,) = bench.store.dead_letters
         assert copy.detail == f"task_id: no task {task} exists"
         assert bench.broker.retries == []
 
@@ -236,15 +324,37 @@ class TestFailures:
         assert bench.sample("task_history_batch_retries_total") == 2
         assert [kind for kind, _ in bench.store.journal] == ["commit", "ack"]
 
-    async def test_a_broker_refusal_of_a_dead_letter_is_retried(self) -> None:
-        """An unconfirmed dead-letter copy means no ack; the batch is tried again."""
-        bench = Bench()
+    async def test_a_broker_refusal_of_a_retry_copy_is_retried(self) -> None:
+        """An unconfirmed retry copy means no ack; the batch is tried again, stored once."""
+        bench = Bench(unknown_task_retry_seconds=300)
         bench.broker.failures = [BrokerUnavailableError()]
-        await bench.handle(bench.message("fine"), FakeMessage(b"nonsense"))
-        assert len(bench.broker.dead_letters) == 1
+        stranger = FakeMessage.of(
+            {"task_id": str(uuid.uuid4()), "context_type": "error", "content": "lost"}
+        )
+        await bench.handle(bench.message("fine"), stranger)
+        assert len(bench.broker.retries) == 1
         assert len(bench.broker.acked) == 2
         assert bench.store.contents == ["fine"]
         assert bench.store.reconnects == 0  # a broker failure leaves the database alone
+
+    async def test_a_refusal_of_every_row_for_one_reason_is_waited_out(self) -> None:
+        """A constraint refusing every row is not the rows' fault: nothing is dead-lettered."""
+        bench = Bench()
+        refusing = True
+        bench.store.refuses = lambda _entry: refusing
+        original_pause = bench.shutdown.pause
+
+        async def fix_the_table(seconds: float) -> None:
+            nonlocal refusing
+            refusing = False  # an operator drops the constraint while the consumer waits
+            await original_pause(seconds)
+
+        bench.shutdown.pause = fix_the_table  # type: ignore[method-assign]  # the operator
+        with structlog.testing.capture_logs() as logs:
+            await bench.handle(*(bench.message(f"event {n}") for n in range(8)))
+        assert bench.store.contents == [f"event {n}" for n in range(8)]
+        assert bench.store.dead_letters == []
+        assert any("refuses every row" in line.get("error", "") for line in logs)
 
     async def test_a_closed_channel_drops_the_batch_for_redelivery(self) -> None:
         """Once its channel closed, a failing batch is let go: the broker delivers it again."""
