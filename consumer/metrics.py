@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 
 import structlog
@@ -10,6 +10,7 @@ from aiohttp import web
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     GCCollector,
     Histogram,
     PlatformCollector,
@@ -108,11 +109,38 @@ class Metrics:
         self.expired = Counter(
             "task_history_expired_entries", "Expired entries deleted by this consumer", registry=r
         )
+        # Read from the database when scraped: the same for every replica, whoever wrote them.
+        self.dead_letters = Gauge(
+            "task_history_dead_letters",
+            "Dead letters in the table, by x-error code",
+            ["code"],
+            registry=r,
+        )
+        self.dead_letters_replayed = Gauge(
+            "task_history_dead_letters_replayed",
+            "Dead letters `task-history dlq replay` has sent back, ever",
+            registry=r,
+        )
+        self.dead_letters_purged = Gauge(
+            "task_history_dead_letters_purged",
+            "Dead letters `task-history dlq purge` has deleted, ever",
+            registry=r,
+        )
         # Every series exists from the start, at zero: a dashboard's rate() needs the zero.
         for code in KNOWN_CODES:
             self.dead_lettered.labels(code=code)
         for outcome in ("done", "locked", "scheduled", "failed"):
             self.expiry_runs.labels(outcome=outcome)
+
+    def show_dead_letters(self, counts: Mapping[str, int], *, replayed: int, purged: int) -> None:
+        """Set the dead-letter gauges to what the database holds now."""
+        self.dead_letters.clear()
+        for code in KNOWN_CODES:
+            self.dead_letters.labels(code=code).set(0)
+        for code, count in counts.items():
+            self.dead_letters.labels(code=metric_code(code)).inc(count)
+        self.dead_letters_replayed.set(replayed)
+        self.dead_letters_purged.set(purged)
 
     def observe_lag(self, created: list[datetime], *, now: datetime) -> None:
         """Record the lag of rows just committed, from their `created_at`."""
@@ -127,10 +155,23 @@ class Metrics:
 class HealthServer:
     """Serves /metrics, /healthz (the process answers) and /readyz (it is consuming)."""
 
-    def __init__(self, metrics: Metrics, *, ready: Readiness, host: str, port: int) -> None:
-        """Prepare the server; `start()` listens on host:port (port 0 picks a free one)."""
+    def __init__(  # keyword-only, one per thing it serves
+        self,
+        metrics: Metrics,
+        *,
+        ready: Readiness,
+        host: str,
+        port: int,
+        refresh: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Prepare the server; `start()` listens on host:port (port 0 picks a free one).
+
+        `refresh`, if given, brings the metrics read from the database up to date before each
+        scrape.
+        """
         self._metrics = metrics
         self._ready = ready
+        self._refresh = refresh
         self._host = host
         self._port = port
         self._runner: web.AppRunner | None = None
@@ -165,6 +206,8 @@ class HealthServer:
             await runner.cleanup()
 
     async def _serve_metrics(self, _request: web.Request) -> web.Response:
+        if self._refresh is not None:
+            await self._refresh()
         response = web.Response(body=self._metrics.render())
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response

@@ -34,7 +34,7 @@ def job_name(database: str, schema: str = "public") -> str:
 def expire_command(schema: str, *, batch_size: int) -> str:
     """The SQL the job runs: the expiry procedure, one transaction per batch."""
     quoted = '"' + schema.replace('"', '""') + '"'
-    return f"CALL {quoted}.task_build_history_expire_v1({int(batch_size)})"
+    return f"CALL {quoted}.task_build_history_expire_v2({int(batch_size)})"
 
 
 def is_schedule(text: str) -> bool:

@@ -50,6 +50,9 @@ class ConsumerStore(HistoryWriter, ExpiryBackend, Protocol):
     async def ping(self) -> None:
         """Raise unless the database answers quickly."""
 
+    async def dead_letter_totals(self) -> tuple[dict[str, int], int, int]:
+        """Dead letters by code, and how many were replayed and purged, ever."""
+
 
 class ConsumerBroker(Outbox, Protocol):
     """The broker as the worker uses it: the pipeline's outbox, and a subscription."""
@@ -119,6 +122,7 @@ class Worker:
                 ready=self.readiness,
                 host=settings.metrics_host,
                 port=settings.metrics_port,
+                refresh=self._refresh_dead_letter_metrics,
             )
 
     @classmethod
@@ -168,6 +172,16 @@ class Worker:
     def _cancel_abandon(self) -> None:
         if self._abandon is not None:
             self._abandon.cancel()
+
+    async def _refresh_dead_letter_metrics(self) -> None:
+        """Read the dead-letter counts for a scrape; on a failure, keep the last ones."""
+        try:
+            async with asyncio.timeout(2):
+                counts, replayed, purged = await self._store.dead_letter_totals()
+        except (TaskHistoryError, TimeoutError) as exc:
+            log.debug("dead-letter metrics not refreshed", error=str(exc) or type(exc).__name__)
+            return
+        self.metrics.show_dead_letters(counts, replayed=replayed, purged=purged)
 
     async def readiness(self) -> str | None:
         """None while consuming with both servers answering; else why not, in a few words."""

@@ -30,6 +30,15 @@ CREATE INDEX task_build_history_dead_letters_task
 CREATE INDEX task_build_history_dead_letters_failed_at
     ON task_build_history_dead_letters (failed_at);
 
+-- How many dead letters `task-history dlq` has replayed and purged, ever: the consumers export
+-- them as metrics, with the rows by code, whoever ran the commands and wherever.
+CREATE TABLE task_build_history_dead_letter_totals (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    replayed bigint NOT NULL DEFAULT 0,
+    purged bigint NOT NULL DEFAULT 0
+);
+INSERT INTO task_build_history_dead_letter_totals DEFAULT VALUES;
+
 -- How long dead letters are kept: the expiry job deletes older ones.
 ALTER TABLE task_build_history_settings
     ADD COLUMN dead_letter_retention interval NOT NULL DEFAULT interval '20 days'
@@ -98,12 +107,18 @@ BEGIN
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'task_history_consumer') THEN
         -- The consumer writes dead letters; `task-history dlq` run as it replays and purges.
         GRANT SELECT, INSERT, DELETE ON task_build_history_dead_letters TO task_history_consumer;
+        -- A replay or purge claims rows with SELECT ... FOR UPDATE SKIP LOCKED, which needs the
+        -- UPDATE privilege on one column; nothing updates it.
+        GRANT UPDATE (replay_count) ON task_build_history_dead_letters TO task_history_consumer;
+        GRANT SELECT, UPDATE (replayed, purged) ON task_build_history_dead_letter_totals
+            TO task_history_consumer;
         GRANT EXECUTE ON FUNCTION task_build_history_expire_dead_letters_v1(integer)
             TO task_history_consumer;
     END IF;
 
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'task_history_reader') THEN
-        GRANT SELECT ON task_build_history_dead_letters TO task_history_reader;
+        GRANT SELECT ON task_build_history_dead_letters, task_build_history_dead_letter_totals
+            TO task_history_reader;
     END IF;
 END
 $objects$;

@@ -1,203 +1,317 @@
-"""The `dlq` group: list, show, replay and purge the messages in the dead-letter queue."""
+"""The `dlq` group: list, show, replay, purge and export the rows of the dead-letter table."""
 
 from __future__ import annotations
 
 import json
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import click
 
 from consumer.cli.context import run_async, settings_from
-from consumer.cli.options import non_negative_option, selection_options
-from consumer.cli.progress import progress_bar
-from consumer.deadletters import shown
+from consumer.cli.options import (
+    dry_run_option,
+    limit_option,
+    non_negative_option,
+    selection_options,
+)
+from consumer.cli.progress import counting, progress_bar
+from consumer.deadletters import Census, exported, shown
 
 if TYPE_CHECKING:
     from consumer.deadletters import DeadLetter, Selection
+    from consumer.replay import Outcome, Tally
+    from consumer.store import Store
+
+T = TypeVar("T")
+TABLE = "task_build_history_dead_letters"
 
 
 @click.group()
 def dlq() -> None:
-    """Inspect, replay and purge dead-lettered messages (see README: Operating the dead letters).
+    """Count, show, replay, purge and export the dead letters.
 
-    Each command takes the messages in the dead-letter queue in order and gives back every one
-    it doesn't move or delete, in its order; killed at any moment, it loses nothing. One dlq
-    command at a time: a second one waits for nothing and says the queue is busy.
+    Dead letters are rows of the table task_build_history_dead_letters: each message the
+    consumer could not store, why it failed, and the message as it was received. Every command
+    filters in the database, at any number of letters, and several may run at once: a replay
+    deletes a row only once the broker has confirmed its copy, so a killed one loses nothing.
+    See the README, section "Dead letters: an operator's guide".
     """
 
 
+def _on_store(ctx: click.Context, work: Callable[[Store], Awaitable[T]]) -> T:
+    """Run `work` with a store open on the database the settings name."""
+    from consumer.store import Store  # noqa: PLC0415  # loads asyncpg: at run time only
+
+    settings = settings_from(ctx)
+
+    async def run() -> T:
+        async with Store(settings.database_url, max_connections=1) as store:
+            return await work(store)
+
+    return run_async(run)
+
+
 @dlq.command(name="list")
+@selection_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
 @non_negative_option("--sample", default=5, description="How many of the newest to show.")
 @click.pass_context
-def dlq_list(ctx: click.Context, *, as_json: bool, sample: int) -> None:
+def dlq_list(ctx: click.Context, *, selection: Selection, as_json: bool, sample: int) -> None:
     """Count the dead letters by error code and task, and show the newest few."""
     from consumer import replay  # noqa: PLC0415  # loads aio-pika: at run time only
 
-    settings = settings_from(ctx)
-    topology = settings.topology
-    with progress_bar("reading") as progress:
-        found = run_async(
-            lambda: replay.census(
-                settings.amqp_url, topology=topology, sample_size=sample, progress=progress
-            )
-        )
+    found = _on_store(ctx, lambda store: replay.census(store, selection, sample_size=sample))
     if as_json:
-        click.echo(json.dumps({"queue": topology.dead_letter_queue, **found.to_json()}))
+        click.echo(json.dumps(found.to_json(), ensure_ascii=False))
         return
+    _print_census(found, selection)
+
+
+def _print_census(found: Census, selection: Selection) -> None:
     # Plain lines rather than a table: ids stay whole on a terminal, in a pipe and in a log.
-    click.echo(f"{topology.dead_letter_queue}: {found.total} dead letters")
-    for group in found.groups():
-        click.echo(f"\n{group['count']:>8}  {group['error']}")
-        for task in group["tasks"]:
-            click.echo(f"{task['count']:>18}  task {task['task_id']}")
+    which = "" if selection.is_everything else f" ({selection.describe()})"
+    click.echo(f"{found.total} dead letters{which} in {TABLE}")
+    for group in found.groups:
+        click.echo(f"\n{group.count:>9}  {group.error}")
+        for task, count in group.tasks:
+            click.echo(f"{count:>19}  task {task or '-'}")
     if found.newest:
         click.echo(f"\nnewest {len(found.newest)}, newest first:")
-    for letter in reversed(found.newest):
+    for letter in found.newest:
         failed_at = letter.failed_at.isoformat(timespec="seconds") if letter.failed_at else "-"
         click.echo(
-            f"\n  {letter.message_id or '-'}  {letter.code}  failed {failed_at}"
-            f"  replayed {letter.replay_count}\n"
-            f"    task {letter.task_id or '-'}  routing key {letter.routing_key or '-'}\n"
-            f"    {letter.detail}"
+            f"\n  #{letter.id}  {letter.code}  failed {failed_at}  replayed {letter.replay_count}"
+            f"\n    message {letter.message_id or '-'}  task {letter.task_id or '-'}"
+            f"  routing key {letter.routing_key or '-'}\n    {letter.detail}"
         )
 
 
 @dlq.command(name="show")
-@click.argument("message_id")
+@click.argument("key", metavar="ID")
 @click.pass_context
-def dlq_show(ctx: click.Context, message_id: str) -> None:
-    """Print one dead letter whole: properties, headers and body, as indented JSON."""
+def dlq_show(ctx: click.Context, key: str) -> None:
+    """Print one dead letter whole, by row id (as `list` shows it) or by message id.
+
+    Properties, headers and body, as indented JSON; of several letters with one message id,
+    the newest.
+    """
     from consumer import replay  # noqa: PLC0415  # loads aio-pika: at run time only
 
-    settings = settings_from(ctx)
-    letter = run_async(
-        lambda: replay.find(settings.amqp_url, topology=settings.topology, message_id=message_id)
-    )
+    letter = _on_store(ctx, lambda store: replay.find(store, key))
     click.echo(json.dumps(shown(letter), indent=2, ensure_ascii=False))
 
 
 @dlq.command(name="replay")
 @selection_options
+@limit_option("letters to send")
 @non_negative_option(
     "--max-replays",
     default=3,
-    description="Leave (and report) a message already replayed this many times.",
+    description="Leave (and report) a letter already replayed this many times.",
 )
+@dry_run_option
 @click.pass_context
 def dlq_replay(
     ctx: click.Context,
     *,
     selection: Selection,
     limit: int | None,
-    dry_run: bool,
     max_replays: int,
+    dry_run: bool,
 ) -> None:
     """Send dead letters back to the exchange with their original routing key.
 
-    Each is republished with its properties and message_id, x-replay-count plus one, and
-    acked only once the broker has confirmed the copy.
+    Each is republished with its body, properties and message_id, x-replay-count plus one; its
+    row is deleted once the broker has confirmed the copy. Exit 1 if a letter's routing key
+    reaches no queue (it stays).
     """
     from consumer import replay  # noqa: PLC0415  # loads aio-pika: at run time only
+    from consumer.store import Store  # noqa: PLC0415  # loads asyncpg: at run time only
 
     settings = settings_from(ctx)
-    with progress_bar("replaying") as progress:
-        outcome = run_async(
-            lambda: replay.replay(
-                settings.amqp_url,
-                topology=settings.topology,
-                selection=selection,
-                limit=limit,
-                max_replays=max_replays,
-                dry_run=dry_run,
-                progress=progress,
+
+    async def run(progress: replay.Progress | None) -> Outcome:
+        # Two connections: the next batch is claimed while this one is sent.
+        async with Store(settings.database_url, max_connections=2) as store:
+            republisher = (
+                None
+                if dry_run
+                else await replay.Republisher.connect(settings.amqp_url, settings.exchange)
             )
-        )
+            try:
+                return await replay.replay(
+                    store,
+                    republisher,
+                    selection=selection,
+                    limit=limit,
+                    max_replays=max_replays,
+                    progress=progress,
+                )
+            finally:
+                if republisher is not None:
+                    await republisher.close()
+
+    with progress_bar("replaying") as progress:
+        outcome = run_async(lambda: run(progress))
     if dry_run:
-        for letter in outcome.done:
-            click.echo(f"would replay {_line(letter)}")
-    for letter in outcome.at_max_replays:
+        _print_sample("would replay", outcome.done)
+    for letter in outcome.at_max_replays.sample:
         click.echo(
-            f"left {letter.message_id or '-'}: replayed {letter.replay_count} times already"
+            f"left #{letter.id}: replayed {letter.replay_count} times already"
             f" (--max-replays {max_replays})"
         )
-    for letter, reason in outcome.unroutable:
-        click.echo(f"left {letter.message_id or '-'}: {reason}")
-    verb = "would move" if dry_run else "moved"
+    _more(outcome.at_max_replays, "at --max-replays")
+    for letter, reason in outcome.unroutable.sample:
+        click.echo(f"left #{letter.id}: {reason}")
+    _more(outcome.unroutable, "unroutable")
     click.echo(
-        f"{'dry run: ' if dry_run else ''}{verb} {len(outcome.done)}, skipped"
-        f" {len(outcome.at_max_replays)} at --max-replays, unroutable"
-        f" {len(outcome.unroutable)}, left {outcome.left} in {outcome.queue}"
+        f"{'dry run: would move' if dry_run else 'moved'} {outcome.done.count}, skipped"
+        f" {outcome.at_max_replays.count} at --max-replays, unroutable"
+        f" {outcome.unroutable.count}; {outcome.left} dead letters left"
     )
-    if outcome.unroutable:
+    if outcome.unroutable.count:
         ctx.exit(1)
 
 
 @dlq.command(name="purge")
 @selection_options
+@limit_option("letters to delete")
 @click.option("--all", "everything", is_flag=True, help="Delete every dead letter (no filter).")
 @click.option("--yes", is_flag=True, help="Don't ask for confirmation.")
+@dry_run_option
 @click.pass_context
 def dlq_purge(  # noqa: PLR0913  # one parameter per flag
     ctx: click.Context,
     *,
     selection: Selection,
     limit: int | None,
-    dry_run: bool,
     everything: bool,
     yes: bool,
+    dry_run: bool,
 ) -> None:
-    """Delete dead letters for good: those the filters select, or --all."""
+    """Delete dead letters for good: those the filters select, or --all.
+
+    On a terminal it asks first, saying how many match; elsewhere it needs --yes.
+    """
     from consumer import replay  # noqa: PLC0415  # loads aio-pika: at run time only
 
     if selection.is_everything and not everything:
-        raise click.UsageError(
-            "purge needs a filter (--error, --task, --older-than, --newer-than) or --all"
-        )
+        raise click.UsageError("purge needs a filter (--error, --task, --since, --until) or --all")
     if everything and not selection.is_everything:
         raise click.UsageError("--all deletes every dead letter: give it no filter")
-    interactive = sys.stdin.isatty() and sys.stderr.isatty()
-    if not (yes or dry_run or interactive):
-        raise click.UsageError("purge deletes messages: confirm with --yes (no terminal to ask)")
-    settings = settings_from(ctx)
-    topology = settings.topology
-
-    def confirm(size: int) -> bool:
-        return click.confirm(
-            f"Delete {selection.describe()} from {topology.dead_letter_queue}"
-            f" ({size} messages in it)?",
-            err=True,
+    if not (yes or dry_run or _can_ask()):
+        raise click.UsageError(
+            "purge deletes dead letters: confirm with --yes (no terminal to ask)"
         )
-
+    through = None
+    if not (yes or dry_run):
+        extent = _on_store(ctx, lambda store: store.dead_letter_extent(selection))
+        matching = extent.count if limit is None else min(limit, extent.count)
+        # Asked here, outside the event loop: one Ctrl-C is an answer, not a stuck thread.
+        if matching and not _confirmed(f"Delete {matching} dead letters ({selection.describe()})?"):
+            click.echo("purge cancelled: nothing deleted", err=True)
+            ctx.exit(1)
+        through = extent.last  # what was counted, not what arrives meanwhile
     with progress_bar("purging") as progress:
-        outcome = run_async(
-            lambda: replay.purge(
-                settings.amqp_url,
-                topology=topology,
+        outcome = _on_store(
+            ctx,
+            lambda store: replay.purge(
+                store,
                 selection=selection,
                 limit=limit,
+                through=through,
                 dry_run=dry_run,
-                confirm=None if yes or dry_run else confirm,
                 progress=progress,
-            )
+            ),
         )
-    if outcome.cancelled:
-        click.echo("purge cancelled: nothing deleted", err=True)
-        ctx.exit(1)
     if dry_run:
-        for letter in outcome.done:
-            click.echo(f"would delete {_line(letter)}")
-    verb = "would delete" if dry_run else "deleted"
-    click.echo(
-        f"{'dry run: ' if dry_run else ''}{verb} {len(outcome.done)}, left {outcome.left}"
-        f" in {outcome.queue}"
-    )
+        _print_sample("would delete", outcome.done)
+    verb = "dry run: would delete" if dry_run else "deleted"
+    click.echo(f"{verb} {outcome.done.count}; {outcome.left} dead letters left")
+
+
+def _can_ask() -> bool:
+    """Whether there is a terminal to ask on: stdin to read the answer, stderr for the question."""
+    return sys.stdin.isatty() and sys.stderr.isatty()
+
+
+def _confirmed(question: str) -> bool:
+    """Ask on the terminal; Ctrl-C or the end of input is a no."""
+    try:
+        return click.confirm(question, err=True)
+    except click.Abort:
+        click.echo(err=True)  # the prompt's line, ended
+        return False
+
+
+@dlq.command(name="export")
+@selection_options
+@limit_option("letters")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    default="-",
+    help="Write to this file (default: stdout).",
+)
+@click.pass_context
+def dlq_export(ctx: click.Context, *, selection: Selection, limit: int | None, output: str) -> None:
+    """Write dead letters as JSON Lines, oldest first, streamed from the database.
+
+    One object per letter: id, message_id, error, detail, routing_key, task_id, failed_at,
+    replay_count, the body (`body` when it is UTF-8, else `body_base64`), properties, headers.
+    """
+    from consumer import replay  # noqa: PLC0415  # loads aio-pika: at run time only
+
+    to_stdout = output == "-"
+    show_count = sys.stderr.isatty() and not (to_stdout and sys.stdout.isatty())
+
+    def write_to(sink: TextIO) -> Callable[[Store], Awaitable[int]]:
+        async def write(store: Store) -> int:
+            written = 0
+            with counting("exporting", show=show_count) as count:
+                async for letter in replay.export(store, selection, limit=limit):
+                    sink.write(json.dumps(exported(letter), ensure_ascii=False))
+                    sink.write("\n")
+                    written += 1
+                    if written % 1000 == 0:
+                        count(f"{written} dead letters")
+            return written
+
+        return write
+
+    if to_stdout:
+        _on_store(ctx, write_to(sys.stdout))
+        sys.stdout.flush()
+        return
+    try:
+        sink = Path(output).open("w", encoding="utf-8")  # noqa: SIM115  # closed just below
+    except OSError as exc:
+        raise click.FileError(output, hint=exc.strerror) from None
+    with sink:
+        written = _on_store(ctx, write_to(sink))
+    click.echo(f"exported {written} dead letters to {output}")
+
+
+def _print_sample(verb: str, tally: Tally[DeadLetter]) -> None:
+    for letter in tally.sample:
+        click.echo(f"{verb} {_line(letter)}")
+    _more(tally, "")
+
+
+def _more(tally: Tally[Any], what: str) -> None:
+    """A line for what a sample leaves out, if anything."""
+    if tally.count > len(tally.sample):
+        rest = tally.count - len(tally.sample)
+        click.echo(f"... and {rest} more{' ' + what if what else ''} (`dlq export` lists them all)")
 
 
 def _line(letter: DeadLetter) -> str:
     """One dead letter on one line."""
     return (
-        f"{letter.message_id or '-'} task {letter.task_id or '-'} {letter.code}"
+        f"#{letter.id} {letter.message_id or '-'} task {letter.task_id or '-'} {letter.code}"
         f" {letter.routing_key}: {letter.detail}"
     )

@@ -11,7 +11,7 @@ from uuid import UUID
 
 import click
 
-from consumer.deadletters import Selection
+from consumer.deadletters import ERROR_CODES, Selection
 from consumer.entries import ContextType
 from consumer.errors import InvalidCursorError
 from consumer.moments import parse_moment
@@ -127,29 +127,58 @@ def history_query(
         raise click.BadParameter(str(exc), param_hint="'--after'") from None
 
 
-# Dead letters: the flags replay and purge share, turned into a Selection.
+# Dead letters: the filters every dlq command takes, turned into a Selection.
+
+
+def _error_codes(
+    _ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> tuple[str, ...]:
+    """Click callback: the --error codes, each one a dead letter can carry."""
+    for value in values:
+        if value not in ERROR_CODES:
+            close = value.strip().lower().replace("-", "_")
+            hint = f" (did you mean {close}?)" if close in ERROR_CODES and close != value else ""
+            raise click.BadParameter(
+                f"{value!r} is not a dead-letter error code{hint}; the codes are "
+                + ", ".join(ERROR_CODES),
+                param=param,
+            )
+    return values
+
+
+def _one_of(
+    first: tuple[str, datetime | None], second: tuple[str, datetime | None]
+) -> datetime | None:
+    """The value of whichever of two synonymous flags was given; a usage error for both."""
+    if first[1] is not None and second[1] is not None:
+        raise click.UsageError(f"{first[0]} and {second[0]} mean the same: give one of them")
+    return first[1] if first[1] is not None else second[1]
 
 
 def selection_options(command: Command) -> Command:
-    """The filters replay and purge share, handed to the command as one `selection`."""
+    """The filters of the dlq commands, handed to the command as one `selection`."""
 
     @functools.wraps(command)
-    def with_selection(
+    def with_selection(  # noqa: PLR0913  # one parameter per flag
         *args: object,
         errors: tuple[str, ...],
         task_id: UUID | None,
         older_than: datetime | None,
+        until: datetime | None,
         newer_than: datetime | None,
+        since: datetime | None,
         **kwargs: object,
     ) -> None:
+        before = _one_of(("--until", until), ("--older-than", older_than))
+        after = _one_of(("--since", since), ("--newer-than", newer_than))
+        if before is not None and after is not None and after >= before:
+            raise click.UsageError("the time range is empty: --since must be earlier than --until")
         selection = Selection(
-            errors=frozenset(errors),
-            task_id=task_id,
-            failed_before=older_than,
-            failed_after=newer_than,
+            errors=frozenset(errors), task_id=task_id, failed_before=before, failed_after=after
         )
         command(*args, selection=selection, **kwargs)
 
+    moment = "an age (30m, 2h, 3d) or an RFC 3339 time"
     return _with_options(
         with_selection,
         (
@@ -158,24 +187,45 @@ def selection_options(command: Command) -> Command:
                 "errors",
                 multiple=True,
                 metavar="CODE",
-                help="Only this x-error code (repeatable), e.g. unknown_task.",
+                callback=_error_codes,
+                help=f"Only this error code (repeatable): {', '.join(ERROR_CODES)}.",
             ),
             click.option("--task", "task_id", type=click.UUID, help="Only this task's events."),
             click.option(
-                "--older-than",
+                "--since",
                 metavar="AGE|TIME",
                 callback=_moment_option,
-                help="Only those that failed before: an age (30m, 2h, 3d) or an RFC 3339 time.",
+                help=f"Only those that failed at or after this: {moment}.",
+            ),
+            click.option(
+                "--until",
+                metavar="AGE|TIME",
+                callback=_moment_option,
+                help=f"Only those that failed before this: {moment}.",
             ),
             click.option(
                 "--newer-than",
                 metavar="AGE|TIME",
                 callback=_moment_option,
-                help="Only those that failed after: an age (30m, 2h, 3d) or an RFC 3339 time.",
+                help="The same as --since.",
             ),
-            click.option("--limit", type=click.IntRange(min=1), help="At most this many messages."),
             click.option(
-                "--dry-run", is_flag=True, help="Print what would happen; change nothing."
+                "--older-than",
+                metavar="AGE|TIME",
+                callback=_moment_option,
+                help="The same as --until.",
             ),
         ),
+    )
+
+
+def limit_option(what: str) -> Callable[[Command], Command]:
+    """--limit N: at most N of `what`."""
+    return click.option("--limit", type=click.IntRange(min=1), help=f"At most this many {what}.")
+
+
+def dry_run_option(command: Command) -> Command:
+    """--dry-run: print what would happen, change nothing."""
+    return click.option("--dry-run", is_flag=True, help="Print what would happen; change nothing.")(
+        command
     )

@@ -33,13 +33,13 @@ def counting(description: str, *, show: bool) -> Iterator[Callable[[str], None]]
 
 
 @contextlib.contextmanager
-def progress_bar(description: str) -> Iterator[Progress]:
-    """A progress bar on stderr when it is a terminal; otherwise silence.
+def progress_bar(description: str) -> Iterator[Progress | None]:
+    """A progress bar on stderr when it is a terminal; otherwise None (nothing to tell).
 
-    The bar appears at the first step, so a question asked before it (purge's) stays readable.
+    The bar appears at the first step, so a question asked before it stays readable.
     """
     if not sys.stderr.isatty():
-        yield lambda _done, _total: None
+        yield None
         return
     bar = rich.progress.Progress(
         rich.progress.TextColumn("{task.description}"),

@@ -1,12 +1,14 @@
 """The only package that talks to PostgreSQL: `Store`, composed of one class per concern.
 
 Modules: `queries` (every SQL text, and the read builder), `pool` (the pool and the asyncpg
-boundary), `schema`, `cron` (pg_cron), `writes`, `reads` and `expiry`.
+boundary), `schema`, `cron` (pg_cron), `writes`, `reads`, `expiry` and `deadletters` (the
+dead-letter table, for `task-history dlq`).
 """
 
 from __future__ import annotations
 
 from consumer.store.cron import CronStore
+from consumer.store.deadletters import DeadLetterStore
 from consumer.store.expiry import ExpiryStore
 from consumer.store.queries import (
     EXPIRE_LOCK,
@@ -25,5 +27,5 @@ __all__ = [
 ]
 
 
-class Store(SchemaStore, CronStore, WriteStore, ReadStore, ExpiryStore):
+class Store(SchemaStore, CronStore, WriteStore, ReadStore, ExpiryStore, DeadLetterStore):
     """A pool of connections to the history database, and every query the project runs."""

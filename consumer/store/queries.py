@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from consumer.deadletters import Selection
 from consumer.pages import HistoryQuery
 
 # Advisory lock keys (pg_advisory_lock's bigint form), one per job that must run alone.
@@ -178,4 +181,101 @@ def read_arguments(query: HistoryQuery, *, limit: int | None) -> tuple[object, .
         None if after is None else after.created_at,
         None if after is None else after.seq,
         limit,
+    )
+
+
+# Dead letters: what `task-history dlq` reads and deletes. Like the reads above, each text is
+# assembled only from constant fragments: a head, the four filters of _DEAD_LETTER_FILTERS
+# (always $1 to $4; an absent filter's fragment merely checks that its parameter is NULL), and
+# a tail, whose parameters are numbered from $5.
+
+
+@dataclass(frozen=True, slots=True)
+class FilteredQuery:
+    """A dead-letter query's constant text before and after the filters."""
+
+    head: str
+    tail: str = ""
+
+
+_DEAD_LETTER_SELECT = (
+    "SELECT id, message_id, error, detail, routing_key, task_id, failed_at, replay_count, body,"
+    " properties, headers FROM task_build_history_dead_letters WHERE true"
+)
+_DEAD_LETTER_FILTERS = (  # (fragment when the filter is given, fragment when it is not)
+    (" AND error = ANY ($1::text[])", " AND $1::text[] IS NULL"),
+    (" AND task_id = $2", " AND $2::uuid IS NULL"),
+    (" AND failed_at < $3", " AND $3::timestamptz IS NULL"),
+    (" AND failed_at >= $4", " AND $4::timestamptz IS NULL"),
+)
+# The census: each code's count and its largest $5 tasks, in one pass over the rows.
+DEAD_LETTER_GROUPS = FilteredQuery(
+    "WITH grouped AS (SELECT error, task_id, count(*) AS n FROM task_build_history_dead_letters"
+    " WHERE true",
+    " GROUP BY error, task_id),"
+    " ranked AS (SELECT error, task_id, n, sum(n) OVER (PARTITION BY error) AS of_error,"
+    " row_number() OVER (PARTITION BY error ORDER BY n DESC, task_id) AS rank FROM grouped)"
+    " SELECT error, of_error, task_id, n FROM ranked WHERE rank <= $5"
+    " ORDER BY of_error DESC, error, rank",
+)
+DEAD_LETTERS_NEWEST = FilteredQuery(_DEAD_LETTER_SELECT, " ORDER BY id DESC LIMIT $5")
+# How many match, and the newest one's id: replays and purges stop there, so what fails again
+# (or arrives) while they work is not taken in the same run.
+DEAD_LETTERS_EXTENT = FilteredQuery(
+    "SELECT count(*) AS n, max(id) AS last FROM task_build_history_dead_letters WHERE true"
+)
+# A batch in id order, after $5 and up to $6, at most $7; claimed, rows another replay or
+# purge holds are skipped, not waited for.
+_BATCH = " AND id > $5 AND id <= $6 ORDER BY id LIMIT $7"
+DEAD_LETTERS_CLAIM = FilteredQuery(_DEAD_LETTER_SELECT, _BATCH + " FOR UPDATE SKIP LOCKED")
+DEAD_LETTERS_PEEK = FilteredQuery(_DEAD_LETTER_SELECT, _BATCH)
+# The rows a replay sent, deleted, and counted in the totals the metrics show, in one statement.
+DELETE_REPLAYED = (
+    "WITH gone AS (DELETE FROM task_build_history_dead_letters WHERE id = ANY ($1::bigint[])"
+    " RETURNING id)"
+    " UPDATE task_build_history_dead_letter_totals SET replayed = replayed + (SELECT count(*)"
+    " FROM gone)"
+)
+# One purge batch: such a window, deleted and counted; how many went and the last one's id.
+PURGE_DEAD_LETTERS = FilteredQuery(
+    "WITH chosen AS (SELECT id FROM task_build_history_dead_letters WHERE true",
+    " AND id > $5 AND id <= $6 ORDER BY id LIMIT $7 FOR UPDATE SKIP LOCKED),"
+    " gone AS (DELETE FROM task_build_history_dead_letters AS d USING chosen"
+    " WHERE d.id = chosen.id RETURNING d.id),"
+    " counted AS (UPDATE task_build_history_dead_letter_totals"
+    " SET purged = purged + (SELECT count(*) FROM gone) WHERE EXISTS (SELECT FROM gone))"
+    " SELECT count(*) AS n, max(id) AS last FROM gone",
+)
+# What the consumers' metrics show: the rows by code, and the totals replayed and purged.
+DEAD_LETTERS_BY_CODE = (
+    "SELECT error, count(*) AS n FROM task_build_history_dead_letters GROUP BY error"
+)
+DEAD_LETTER_TOTALS = "SELECT replayed, purged FROM task_build_history_dead_letter_totals"
+DEAD_LETTERS_EXPORT = FilteredQuery(_DEAD_LETTER_SELECT, " ORDER BY id LIMIT $5")
+DEAD_LETTER_BY_ID = _DEAD_LETTER_SELECT + " AND id = $1"
+DEAD_LETTER_BY_MESSAGE_ID = _DEAD_LETTER_SELECT + " AND message_id = $1 ORDER BY id DESC LIMIT 1"
+
+
+def dead_letter_sql(query: FilteredQuery, selection: Selection) -> str:
+    """The text of `query` filtered by `selection`, from constant fragments only."""
+    given = (
+        selection.errors or None,
+        selection.task_id,
+        selection.failed_before,
+        selection.failed_after,
+    )
+    filters = (
+        when if value is not None else otherwise
+        for value, (when, otherwise) in zip(given, _DEAD_LETTER_FILTERS, strict=True)
+    )
+    return "".join((query.head, *filters, query.tail))
+
+
+def dead_letter_arguments(selection: Selection) -> tuple[object, ...]:
+    """The four filter parameters ($1 to $4) of `dead_letter_sql(_, selection)`, in order."""
+    return (
+        sorted(selection.errors) or None,
+        selection.task_id,
+        selection.failed_before,
+        selection.failed_after,
     )

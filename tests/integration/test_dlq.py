@@ -1,28 +1,28 @@
-"""The dead-letter tools against the real broker: list, show, replay and purge lose nothing."""
+"""`task-history dlq` on the dead-letter table, with the real broker: at scale, at once, killed."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
 import signal
+import sys
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
-from functools import partial
-from typing import Any
+from datetime import timedelta
+from typing import Any, cast
 
-import aio_pika
-import asyncpg
 import pytest
 
-from consumer.broker.client import Broker
-from consumer.broker.headers import dead_letter_headers
-from consumer.broker.held import HeldQueue
-from consumer.errors import DeadLetterQueueBusyError, ErrorCode
+from consumer.deadletters import DeadLetter, Selection
+from consumer.errors import BrokerUnavailableError
+from consumer.replay import replay
 from consumer.settings import Settings
-from consumer.topology import Topology
-from tests.conftest import unique_name
+from consumer.store import Store
+from tests.conftest import Env
 from tests.harness import (
+    REPOSITORY,
     Bus,
     count_rows,
     event,
@@ -32,432 +32,370 @@ from tests.harness import (
     start_command,
     wait_for,
 )
-from tests.helpers import new_task
+from tests.integration.test_roles import login_role
+from tests.letters import NOW, Screen, bury, bury_many, letter, rows, taken_ids
 
 
-async def task_history(settings: Settings, *args: str) -> tuple[int, str, str]:
-    """Run `task-history ARGS` in a process of its own with `settings`; (exit code, out, err)."""
-    return await run_command(*args, environment=settings_environment(settings))
-
-
-async def bury(  # noqa: PLR0913  # one parameter per header the consumer writes
-    bus: Bus,
-    body: dict[str, Any] | bytes,
-    *,
-    code: ErrorCode,
-    message_id: str,
-    routing_key: str = "history.agent_turn",
-    failed_at: datetime | None = None,
-    extra: dict[str, Any] | None = None,
-) -> None:
-    """Put one dead letter in the queue, exactly as the consumer writes it."""
-    raw = json.dumps(body).encode() if isinstance(body, dict) else body
-    headers = dead_letter_headers(
-        dict(extra or {}),
-        code=code,
-        detail=f"{code.value} for the test",
-        routing_key=routing_key,
-        failed_at=failed_at or datetime.now(UTC),
-    )
-    exchange = await bus.channel.get_exchange(bus.topology.dead_letter_exchange)
-    await exchange.publish(
-        aio_pika.Message(
-            raw,
-            headers=headers,
-            message_id=message_id,
-            content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        ),
-        routing_key=routing_key,
-    )
-
-
-async def mixed(bus: Bus, task: uuid.UUID) -> list[tuple[str, ErrorCode]]:
-    """30 dead letters, three codes interleaved; (message id, code) in queue order."""
-    codes = [ErrorCode.INVALID_EVENT, ErrorCode.UNKNOWN_TASK, ErrorCode.INVALID_JSON]
-    buried = []
-    for n in range(30):
-        code, message_id = codes[n % 3], str(uuid.uuid4())
-        await bury(bus, event(task, f"dead {n}", id=message_id), code=code, message_id=message_id)
-        buried.append((message_id, code))
-    return buried
-
-
-def ids(messages: list[aio_pika.abc.AbstractIncomingMessage]) -> list[str | None]:
-    """The message ids, in order."""
-    return [message.message_id for message in messages]
+async def dlq(env: Env | Settings, *args: str) -> tuple[int, str, str]:
+    """Run `task-history dlq ARGS` in a process of its own; (exit code, out, err)."""
+    settings = env.settings if isinstance(env, Env) else env
+    return await run_command("dlq", *args, environment=settings_environment(settings))
 
 
 @pytest.fixture
-async def bus(amqp_url: str, topology: Topology) -> AsyncIterator[Bus]:
+async def bus(env: Env) -> AsyncIterator[Bus]:
     """A connection to this test's topology."""
-    async with Bus(amqp_url, topology) as connected:
+    async with Bus(env.amqp_url, env.topology) as connected:
         yield connected
 
 
-class TestList:
-    """`dlq list` counts and samples without consuming, reordering or losing anything."""
+async def mixed(env: Env, task: uuid.UUID) -> list[DeadLetter]:
+    """30 dead letters, three codes interleaved, all of `task`."""
+    codes = ["invalid_event", "unknown_task", "invalid_json"]
+    letters = [letter(n, code=codes[n % 3], task=task) for n in range(30)]
+    await bury(env.database_url, letters)
+    return letters
 
-    async def test_counts_by_error_and_task_and_leaves_the_queue_as_it_was(
-        self, settings: Settings, bus: Bus
-    ) -> None:
-        """Same count and order after two listings; the counts and the sample are right."""
+
+class TestListShowExport:
+    """Counting, one letter whole, and every letter as JSON Lines."""
+
+    async def test_5000_letters_10_selected_last(self, env: Env, bus: Bus) -> None:
+        """`list` counts 5,000; replay --error moves exactly the last 10; the 4,990 stay."""
         task = uuid.uuid4()
-        buried = await mixed(bus, task)
-        for _ in range(2):
-            code, out, err = await task_history(settings, "dlq", "list", "--json", "--sample", "4")
-            assert code == 0, err
+        letters = [letter(n, code="invalid_event") for n in range(4990)]
+        letters += [letter(4990 + n, code="unknown_task", task=task) for n in range(10)]
+        await bury(env.database_url, letters)
+        code, out, err = await dlq(env, "list", "--json", "--sample", "3")
+        assert code == 0, err
         listing = json.loads(out)
-        assert listing["total"] == 30
-        assert {g["error"]: g["count"] for g in listing["by_error"]} == {
-            "invalid_event": 10,
-            "unknown_task": 10,
-            "invalid_json": 10,
-        }
-        assert listing["by_error"][0]["tasks"] == [{"task_id": str(task), "count": 10}]
-        newest = listing["newest"]
-        assert [s["message_id"] for s in newest] == [m for m, _ in reversed(buried[-4:])]
-        assert newest[0]["routing_key"] == "history.agent_turn"
-        assert newest[0]["replay_count"] == 0
-        assert newest[0]["detail"] == f"{buried[-1][1].value} for the test"
-        assert ids(await bus.dead_letters()) == [m for m, _ in buried]
-
-    async def test_a_table_for_people(self, settings: Settings, bus: Bus) -> None:
-        """Without --json it prints the total, a row per error code and the newest."""
-        buried = await mixed(bus, uuid.uuid4())
-        code, out, err = await task_history(settings, "dlq", "list")
+        assert listing["total"] == 5000
+        assert [(g["error"], g["count"]) for g in listing["by_error"]] == [
+            ("invalid_event", 4990),
+            ("unknown_task", 10),
+        ]
+        assert listing["by_error"][1]["tasks"] == [{"task_id": str(task), "count": 10}]
+        assert [s["message_id"] for s in listing["newest"]] == ["m4999", "m4998", "m4997"]
+        code, out, err = await dlq(env, "replay", "--error", "unknown_task")
         assert code == 0, err
-        assert f"{bus.topology.dead_letter_queue}: 30 dead letters" in out
+        assert out.strip() == (
+            "moved 10, skipped 0 at --max-replays, unroutable 0; 4990 dead letters left"
+        )
+        moved = await bus.take_all(env.topology.queue)
+        assert [m.message_id for m in moved] == [f"m{4990 + n}" for n in range(10)]
+        assert await rows(env.sql) == [f"m{n}" for n in range(4990)]
+        first = moved[0]
+        assert (first.routing_key, first.content_type, first.user_id) == (
+            "history.agent_turn",
+            "application/json",
+            None,
+        )
+        sent = {name: value for name, value in first.headers.items() if name != "x-delivery-count"}
+        assert sent == {"app": "kept", "x-replay-count": 1}  # the broker adds x-delivery-count
+        assert json.loads(first.body)["content"] == "dead 4990"
+        async with Store(env.database_url, max_connections=1) as store:
+            assert await store.dead_letter_totals() == ({"invalid_event": 4990}, 10, 0)
+
+    async def test_a_listing_for_people_and_filters(self, env: Env) -> None:
+        """Without --json: the total, a block per code, the newest; filters narrow all of it."""
+        await mixed(env, uuid.uuid4())
+        code, out, err = await dlq(env, "list")
+        assert code == 0, err
+        assert out.startswith("30 dead letters in task_build_history_dead_letters\n")
         for error in ("invalid_event", "unknown_task", "invalid_json"):
-            assert error in out
-        assert buried[-1][0] in out
-        assert await bus.depth(bus.topology.dead_letter_queue) == 30
-
-    async def test_an_empty_queue(self, settings: Settings) -> None:
-        """An empty dead-letter queue is a total of 0, not an error."""
-        code, out, err = await task_history(settings, "dlq", "list", "--json")
+            assert f"       10  {error}" in out
+        assert "#30  invalid_json" in out
+        code, out, err = await dlq(env, "list", "--json", "--error", "invalid_json")
         assert code == 0, err
-        assert json.loads(out)["total"] == 0
+        assert json.loads(out)["total"] == 10
+        code, out, _ = await dlq(env, "list", "--json")
+        assert code == 0
+        assert json.loads(out)["total"] == 30
+        await env.sql.execute("DELETE FROM task_build_history_dead_letters")
+        code, out, _ = await dlq(env, "list", "--json")
+        assert json.loads(out) == {"total": 0, "by_error": [], "newest": []}
 
-    async def test_a_poison_message_is_reported_as_delivery_limit(
-        self, settings: Settings, amqp_url: str
-    ) -> None:
-        """A message that kills its consumer every time is dead-lettered by the broker."""
-        names = Topology.named(unique_name("th"), delivery_limit=2)
-        async with Broker(amqp_url, topology=names) as broker:
-            await broker.declare()
-        try:
-            async with Bus(amqp_url, names) as bus:
-                await bus.publish(event(uuid.uuid4(), "poison"), message_id="poison-1")
-                # Each time a consumer takes it and dies without an ack: the channel closes.
-                for _ in range(3):
-                    channel = await bus.connection.channel()
-                    queue = await channel.declare_queue(names.queue, passive=True)
-                    await wait_for(partial(queue.get, fail=False), lambda m: m is not None)
-                    await channel.close()
-                await wait_for(lambda: bus.depth(names.dead_letter_queue), lambda n: n == 1)
-                named = settings.model_copy(
-                    update={
-                        "exchange": names.exchange,
-                        "queue": names.queue,
-                        "dead_letter_exchange": names.dead_letter_exchange,
-                        "dead_letter_queue": names.dead_letter_queue,
-                        "retry_queue": names.retry_queue,
-                    }
-                )
-                code, out, err = await task_history(named, "dlq", "list", "--json")
-                assert code == 0, err
-                listing = json.loads(out)
-                assert listing["by_error"][0]["error"] == "delivery_limit"
-                (sample,) = listing["newest"]
-                assert sample["message_id"] == "poison-1"
-                assert "delivered too many times" in sample["detail"]
-                assert sample["routing_key"] == "history.agent_turn"
-                assert sample["failed_at"] is not None
-        finally:
-            async with Broker(amqp_url, topology=names) as broker:
-                await broker.delete()
-
-
-class TestShow:
-    """`dlq show` prints one whole message and gives it back."""
-
-    async def test_headers_and_body(self, settings: Settings, bus: Bus) -> None:
-        """The properties, the error headers and the parsed body, as JSON."""
-        buried = await mixed(bus, uuid.uuid4())
-        wanted, wanted_code = buried[7]
-        code, out, err = await task_history(settings, "dlq", "show", wanted)
+    async def test_show_by_row_id_and_by_message_id(self, env: Env) -> None:
+        """A row id, or a message id (the newest of several); an unknown one is exit 1."""
+        await mixed(env, uuid.uuid4())
+        await bury(env.database_url, [letter(7, code="too_large")])  # m7 again, newer
+        code, out, err = await dlq(env, "show", "8")
         assert code == 0, err
         shown = json.loads(out)
-        assert shown["message_id"] == wanted
-        assert shown["headers"]["x-error"] == wanted_code.value
+        assert (shown["id"], shown["message_id"], shown["error"]) == (8, "m7", "unknown_task")
+        assert shown["headers"]["x-error"] == "unknown_task"
         assert shown["properties"]["content_type"] == "application/json"
         assert shown["body"]["content"] == "dead 7"
-        assert ids(await bus.dead_letters()) == [m for m, _ in buried]
-
-    async def test_an_unknown_id(self, settings: Settings, bus: Bus) -> None:
-        """An id that isn't there is one line on stderr and exit 1."""
-        await mixed(bus, uuid.uuid4())
-        code, out, err = await task_history(settings, "dlq", "show", "no-such-id")
+        code, out, err = await dlq(env, "show", "m7")
+        assert code == 0, err
+        assert (json.loads(out)["id"], json.loads(out)["error"]) == (31, "too_large")
+        code, out, err = await dlq(env, "show", "no-such-id")
         assert (code, out) == (1, "")
-        assert err.strip() == (
-            f"task-history: error: no dead letter has message id no-such-id (looked at 30 in"
-            f" {bus.topology.dead_letter_queue})"
+        assert err.strip() == "task-history: error: no dead letter has id or message id no-such-id"
+
+    async def test_export_json_lines(self, env: Env) -> None:
+        """One object per letter: a UTF-8 body as text, any other as base64; to a file too."""
+        text = '{"content": "héllo"}'.encode()
+        binary = b"\xff\xfe\x00 not text"
+        await bury(
+            env.database_url, [letter(0, body=text), letter(1, body=binary, code="too_large")]
         )
-        assert await bus.depth(bus.topology.dead_letter_queue) == 30
+        code, out, err = await dlq(env, "export")
+        assert code == 0, err
+        first, second = (json.loads(line) for line in out.splitlines())
+        assert first["body"] == '{"content": "héllo"}'
+        assert "body_base64" not in first
+        assert base64.b64decode(second["body_base64"]) == binary
+        assert "body" not in second
+        for field in ("id", "message_id", "error", "detail", "routing_key", "task_id"):
+            assert field in first
+        assert (first["failed_at"], first["replay_count"]) == (NOW.isoformat(), 0)
+        assert first["headers"]["app"] == "kept"
+        path = env.tmp_path / "dead.jsonl"
+        code, out, err = await dlq(env, "export", "--error", "too_large", "--output", str(path))
+        assert code == 0, err
+        assert out.strip() == f"exported 1 dead letters to {path}"
+        assert [json.loads(line)["message_id"] for line in path.read_text().splitlines()] == ["m1"]
 
 
 class TestReplay:
-    """`dlq replay` sends back exactly what the filters select, confirmed, and nothing else."""
+    """Exactly what the filters select goes back, confirmed; the rest stays."""
 
-    async def test_error_filter_moves_only_those_and_keeps_the_rest_in_order(
-        self, settings: Settings, bus: Bus
-    ) -> None:
-        """--error unknown_task moves those, in order; the others stay in theirs."""
-        buried = await mixed(bus, uuid.uuid4())
-        code, out, err = await task_history(settings, "dlq", "replay", "--error", "unknown_task")
-        assert code == 0, err
-        assert out.strip().endswith(
-            f"moved 10, skipped 0 at --max-replays, unroutable 0, left 20 in"
-            f" {bus.topology.dead_letter_queue}"
-        )
-        moved = await bus.take_all(bus.topology.queue)
-        assert ids(moved) == [m for m, c in buried if c is ErrorCode.UNKNOWN_TASK]
-        assert ids(await bus.dead_letters()) == [
-            m for m, c in buried if c is not ErrorCode.UNKNOWN_TASK
-        ]
-        first = moved[0]
-        assert first.routing_key == "history.agent_turn"
-        assert first.content_type == "application/json"
-        assert first.headers["x-replay-count"] == 1
-        for cleared in ("x-error", "x-error-detail", "x-failed-at"):
-            assert cleared not in first.headers
-
-    async def test_dry_run_moves_nothing(self, settings: Settings, bus: Bus) -> None:
-        """--dry-run lists what would move and leaves both queues as they were."""
-        buried = await mixed(bus, uuid.uuid4())
-        code, out, err = await task_history(
-            settings, "dlq", "replay", "--dry-run", "--error", "invalid_json"
-        )
-        assert code == 0, err
-        lines = out.strip().splitlines()
-        assert len([line for line in lines if line.startswith("would replay ")]) == 10
-        assert lines[-1].startswith("dry run: would move 10,")
-        assert lines[-1].endswith(f"left 30 in {bus.topology.dead_letter_queue}")
-        assert await bus.depth(bus.topology.queue) == 0
-        assert ids(await bus.dead_letters()) == [m for m, _ in buried]
-
-    async def test_limit_is_exact(self, settings: Settings, bus: Bus) -> None:
-        """--limit 4 moves the first 4 selected; the next 6 selected stay, in order."""
-        buried = await mixed(bus, uuid.uuid4())
-        code, _, err = await task_history(
-            settings, "dlq", "replay", "--error", "invalid_event", "--limit", "4"
-        )
-        assert code == 0, err
-        selected = [m for m, c in buried if c is ErrorCode.INVALID_EVENT]
-        assert ids(await bus.take_all(bus.topology.queue)) == selected[:4]
-        assert ids(await bus.dead_letters()) == [m for m, _ in buried if m not in selected[:4]]
-
-    async def test_task_and_age_filters(self, settings: Settings, bus: Bus) -> None:
-        """--task and --older-than/--newer-than select by the body's task and x-failed-at."""
+    async def test_dry_run_limit_and_filters(self, env: Env, bus: Bus) -> None:
+        """--dry-run moves nothing; --limit is exact; --task and --since/--until select."""
         mine, other = uuid.uuid4(), uuid.uuid4()
-        now = datetime.now(UTC)
-        for n, (task, age) in enumerate([(mine, 3), (other, 3), (mine, 0), (mine, 3)]):
-            failed_at = now - timedelta(hours=age)
-            await bury(
-                bus,
-                event(task),
-                code=ErrorCode.UNKNOWN_TASK,
-                message_id=f"m{n}",
-                failed_at=failed_at,
-            )
-        code, _, err = await task_history(
-            settings, "dlq", "replay", "--task", str(mine), "--older-than", "2h"
-        )
-        assert code == 0, err
-        assert ids(await bus.take_all(bus.topology.queue)) == ["m0", "m3"]
-        code, _, err = await task_history(settings, "dlq", "replay", "--newer-than", "1h")
-        assert code == 0, err
-        assert ids(await bus.take_all(bus.topology.queue)) == ["m2"]
-        assert ids(await bus.dead_letters()) == ["m1"]
-
-    async def test_a_replayed_failure_counts_and_stops_at_max_replays(
-        self, settings: Settings, bus: Bus
-    ) -> None:
-        """Failing again it carries x-replay-count 1; at --max-replays it stays and is reported."""
-        missing = uuid.uuid4()
-        async with running(settings):
-            await bus.publish(event(missing, "too early"), message_id="early")
-            await wait_for(lambda: bus.depth(bus.topology.dead_letter_queue), lambda n: n == 1)
-            code, _, err = await task_history(settings, "dlq", "replay", "--max-replays", "1")
-            assert code == 0, err
-            await wait_for(lambda: bus.depth(bus.topology.dead_letter_queue), lambda n: n == 1)
-            await wait_for(lambda: bus.depth(bus.topology.queue), lambda n: n == 0)
-            code, out, err = await task_history(settings, "dlq", "replay", "--max-replays", "1")
-        assert code == 0, err
-        assert "left early: replayed 1 times already (--max-replays 1)" in out
-        assert "moved 0, skipped 1 at --max-replays" in out
-        (again,) = await bus.dead_letters()
-        assert again.headers["x-replay-count"] == 1
-        assert again.headers["x-error"] == "unknown_task"
-        assert again.message_id == "early"
-
-    async def test_replayed_events_are_stored_once_their_task_exists(
-        self, settings: Settings, bus: Bus, sql: asyncpg.Connection
-    ) -> None:
-        """The operator's fix: create the task, replay, and the consumer stores the events."""
-        task = uuid.uuid4()
-        async with running(settings):
-            for n in range(5):
-                await bus.publish(event(task, f"event {n}"), message_id=str(uuid.uuid4()))
-            await wait_for(lambda: bus.depth(bus.topology.dead_letter_queue), lambda n: n == 5)
-            await sql.execute("INSERT INTO tasks (id) VALUES ($1)", task)
-            code, _, err = await task_history(settings, "dlq", "replay", "--error", "unknown_task")
-            assert code == 0, err
-            await wait_for(lambda: count_rows(settings.database_url), lambda n: n == 5)
-        rows = await sql.fetch("SELECT content FROM task_build_history ORDER BY created_at, seq")
-        assert [row["content"] for row in rows] == [f"event {n}" for n in range(5)]
-        assert await bus.depth(bus.topology.dead_letter_queue) == 0
-
-    async def test_an_unroutable_key_is_left_and_reported(
-        self, settings: Settings, bus: Bus
-    ) -> None:
-        """A routing key no queue is bound for: the message stays, the command exits 1."""
-        await bury(bus, event(uuid.uuid4()), code=ErrorCode.INVALID_EVENT, message_id="a")
+        ages = [(mine, 3), (other, 3), (mine, 0), (mine, 3), (mine, 5)]
         await bury(
-            bus,
-            event(uuid.uuid4()),
-            code=ErrorCode.INVALID_EVENT,
-            message_id="b",
-            routing_key="elsewhere.agent_turn",
+            env.database_url,
+            [
+                letter(n, task=task, failed_at=NOW - timedelta(hours=age))
+                for n, (task, age) in enumerate(ages)
+            ],
         )
-        code, out, err = await task_history(settings, "dlq", "replay")
-        assert code == 1, err
-        assert "left b: no queue is bound" in out
-        assert "moved 1," in out
-        assert "unroutable 1, left 1" in out
-        assert ids(await bus.take_all(bus.topology.queue)) == ["a"]
-        assert ids(await bus.dead_letters()) == ["b"]
+        code, out, err = await dlq(env, "replay", "--dry-run", "--task", str(mine))
+        assert code == 0, err
+        assert out.count("would replay #") == 4
+        assert out.strip().endswith(
+            "dry run: would move 4, skipped 0 at --max-replays, unroutable 0; 5 dead letters left"
+        )
+        assert await bus.depth(env.topology.queue) == 0
+        assert len(await rows(env.sql)) == 5
+        between = ("--older-than", "2h", "--newer-than", "4h")
+        code, _, err = await dlq(env, "replay", "--task", str(mine), *between)
+        assert code == 0, err
+        assert [m.message_id for m in await bus.take_all(env.topology.queue)] == ["m0", "m3"]
+        code, _, err = await dlq(env, "replay", "--until", "4h", "--limit", "1")
+        assert code == 0, err
+        assert [m.message_id for m in await bus.take_all(env.topology.queue)] == ["m4"]
+        code, _, err = await dlq(env, "replay", "--since", "1h")
+        assert code == 0, err
+        assert [m.message_id for m in await bus.take_all(env.topology.queue)] == ["m2"]
+        assert await rows(env.sql) == ["m1"]
 
-    async def test_killed_half_way_through_5000_loses_nothing(
-        self, settings: Settings, bus: Bus, sql: asyncpg.Connection
+    async def test_max_replays_and_unroutable_are_left_and_reported(
+        self, env: Env, bus: Bus
     ) -> None:
-        """SIGKILL mid-replay, replay again, consume: every event stored once, none left."""
-        tasks = [await new_task(sql) for _ in range(100)]
-        events = [str(uuid.uuid4()) for _ in range(5000)]
-        pending = []
-        for n, event_id in enumerate(events):
-            body = event(tasks[n % 100], f"event {n}", id=event_id)
-            pending.append(bury(bus, body, code=ErrorCode.UNKNOWN_TASK, message_id=event_id))
-            if len(pending) == 250:
-                await asyncio.gather(*pending)
-                pending = []
-        await wait_for(lambda: bus.depth(bus.topology.dead_letter_queue), lambda n: n == 5000)
+        """At --max-replays a letter stays; a key no queue is bound for stays too, exit 1."""
+        await bury(
+            env.database_url,
+            [
+                letter(0),
+                letter(1, replay_count=2),
+                letter(2, routing_key="elsewhere.agent_turn"),
+            ],
+        )
+        code, out, err = await dlq(env, "replay", "--max-replays", "2")
+        assert code == 1, err
+        assert "left #2: replayed 2 times already (--max-replays 2)" in out
+        assert "left #3: no queue is bound for routing key 'elsewhere.agent_turn'" in out
+        assert out.strip().endswith(
+            "moved 1, skipped 1 at --max-replays, unroutable 1; 2 dead letters left"
+        )
+        assert [m.message_id for m in await bus.take_all(env.topology.queue)] == ["m0"]
+        assert await rows(env.sql) == ["m1", "m2"]
 
+    async def test_a_replayed_event_is_stored_once_its_task_exists(
+        self, env: Env, bus: Bus
+    ) -> None:
+        """The consumer dead-letters an unknown task; create it, replay: stored, row gone."""
+        task = uuid.uuid4()
+        async with running(env.settings):
+            await bus.publish(event(task, "early"), message_id=str(uuid.uuid4()))
+            await wait_for(lambda: rows(env.sql), lambda found: len(found) == 1)
+            code, out, err = await dlq(env, "replay", "--max-replays", "1")
+            assert code == 0, err
+            # It fails again, and comes back as a row replayed once.
+            again = await wait_for(
+                lambda: env.sql.fetch("SELECT replay_count FROM task_build_history_dead_letters"),
+                lambda found: len(found) == 1 and found[0]["replay_count"] == 1,
+            )
+            assert again
+            code, out, err = await dlq(env, "replay", "--max-replays", "1")
+            assert "moved 0, skipped 1 at --max-replays" in out
+            await env.sql.execute("INSERT INTO tasks (id) VALUES ($1)", task)
+            code, out, err = await dlq(env, "replay", "--error", "unknown_task")
+            assert code == 0, err
+            await wait_for(lambda: count_rows(env.database_url), lambda n: n == 1)
+        assert await rows(env.sql) == []
+
+    async def test_two_replays_at_once_move_each_letter_once(self, env: Env, bus: Bus) -> None:
+        """Two processes over 20,000 letters: both work, and every letter arrives once."""
+        await bury_many(env.sql, 20_000)
+        results = await asyncio.gather(dlq(env, "replay"), dlq(env, "replay"))
+        moved = []
+        for code, out, err in results:
+            assert code == 0, err
+            moved.append(int(out.split("moved ", 1)[1].split(",", 1)[0]))
+        assert sum(moved) == 20_000
+        assert min(moved) > 0, f"the two replays did not overlap: {moved}"
+        arrived = await taken_ids(bus, env.topology.queue)
+        assert sorted(arrived) == sorted(f"m{n}" for n in range(20_000))
+        assert await rows(env.sql) == []
+
+    async def test_killed_half_way_through_50000_loses_nothing(self, env: Env, bus: Bus) -> None:
+        """SIGKILL mid-replay: every letter is still a row or was published; a rerun ends it."""
+        everything = {f"m{n}" for n in range(50_000)}
+        await bury_many(env.sql, 50_000)
         process = await start_command(
             "dlq",
             "replay",
-            environment=settings_environment(settings),
+            environment=settings_environment(env.settings),
             output=asyncio.subprocess.DEVNULL,
         )
-        moved = await wait_for(
-            lambda: bus.depth(bus.topology.queue), lambda n: n >= 2000, timeout=60, what="half"
+        left = await wait_for(
+            lambda: env.sql.fetchval("SELECT count(*) FROM task_build_history_dead_letters"),
+            lambda n: n <= 30_000,
+            timeout=60,
+            interval=0.02,
+            what="a replay well under way",
         )
         process.send_signal(signal.SIGKILL)
         await process.wait()
-        assert moved < 5000, "the replay finished before it could be killed"
-
-        async def both() -> tuple[int, int]:
-            return (
-                await bus.depth(bus.topology.dead_letter_queue),
-                await bus.depth(bus.topology.queue),
-            )
-
-        # Every held message comes back once the broker has seen the connection die; a copy
-        # sent but not yet acked may be in both queues.
-        dead, _ = await wait_for(both, lambda d: d[0] > 0 and sum(d) >= 5000, what="given back")
-        assert dead < 5000
-
-        code, _, err = await task_history(settings, "dlq", "replay")
+        # Rows first, then the queue: a row deleted after this read was confirmed before it.
+        kept = set(await rows(env.sql))
+        assert 0 < len(kept) <= left < 50_000, "the replay finished before it could be killed"
+        published = set(await taken_ids(bus, env.topology.queue))
+        assert kept | published == everything
+        code, _, err = await dlq(env, "replay")
         assert code == 0, err
-        async with running(settings):
-            await wait_for(lambda: count_rows(settings.database_url), lambda n: n == 5000)
-            await wait_for(lambda: bus.depth(bus.topology.queue), lambda n: n == 0)
-        stored = await sql.fetch("SELECT id::text FROM task_build_history")
-        assert sorted(row["id"] for row in stored) == sorted(events)
-        assert await bus.depth(bus.topology.dead_letter_queue) == 0
+        assert await rows(env.sql) == []
+        resent = set(await taken_ids(bus, env.topology.queue))
+        assert published | resent == everything
 
-    async def test_one_dlq_command_at_a_time(self, amqp_url: str, topology: Topology) -> None:
-        """While one command holds the dead letters, a second one is refused at once."""
-        async with HeldQueue(amqp_url, queue=topology.dead_letter_queue):
-            with pytest.raises(DeadLetterQueueBusyError, match="Another `task-history dlq`"):
-                async with HeldQueue(amqp_url, queue=topology.dead_letter_queue):
-                    pass
-        async with HeldQueue(amqp_url, queue=topology.dead_letter_queue) as held:
-            assert held.size == 0
+    async def test_a_broker_failure_mid_way_keeps_every_row_unsent(self, env: Env) -> None:
+        """The batch in hand and the one claimed ahead roll back, unlocked; the note says so."""
+        await bury(env.database_url, [letter(n) for n in range(2500)])
+
+        class Failing:
+            """Confirms the first batch, then loses the broker."""
+
+            batches = 0
+
+            async def send(self, due: list[DeadLetter]) -> tuple[list[DeadLetter], list[Any]]:
+                self.batches += 1
+                if self.batches > 1:
+                    raise BrokerUnavailableError
+                return due, []
+
+        async with Store(env.database_url, max_connections=2) as store:
+            with pytest.raises(BrokerUnavailableError) as raised:
+                await replay(store, cast("Any", Failing()), selection=Selection())
+        assert "replay stopped after moving 1000" in raised.value.__notes__[0]
+        assert await rows(env.sql) == [f"m{n}" for n in range(1000, 2500)]
+        unlocked = await env.sql.fetch(
+            "SELECT id FROM task_build_history_dead_letters FOR UPDATE NOWAIT"
+        )
+        assert len(unlocked) == 1500
 
 
 class TestPurge:
-    """`dlq purge` deletes only what it is told to, and only when told clearly."""
+    """Only what it is told to delete, only when told clearly, and fast."""
 
-    async def test_refuses_without_a_filter(self, settings: Settings, bus: Bus) -> None:
-        """No filter and no --all: exit 2, one line, nothing deleted."""
-        await mixed(bus, uuid.uuid4())
-        code, out, err = await task_history(settings, "dlq", "purge", "--yes")
+    async def test_filters_limit_all_and_dry_run(self, env: Env) -> None:
+        """--error --yes deletes those; --limit is exact; a dry run deletes nothing; --all."""
+        letters = await mixed(env, uuid.uuid4())
+        code, out, err = await dlq(env, "purge", "--error", "invalid_json", "--yes")
+        assert code == 0, err
+        assert out.strip() == "deleted 10; 20 dead letters left"
+        assert await rows(env.sql) == [m.message_id for m in letters if m.code != "invalid_json"]
+        code, out, err = await dlq(env, "purge", "--error", "unknown_task", "--limit", "3", "--yes")
+        assert (code, out.strip()) == (0, "deleted 3; 17 dead letters left"), err
+        code, out, _ = await dlq(env, "purge", "--all", "--dry-run")
+        assert code == 0
+        assert out.count("would delete #") == 17
+        assert out.strip().splitlines()[-1] == "dry run: would delete 17; 17 dead letters left"
+        code, out, _ = await dlq(env, "purge", "--all", "--yes")
+        assert (code, out.strip()) == (0, "deleted 17; 0 dead letters left")
+        totals = await env.sql.fetchrow("SELECT * FROM task_build_history_dead_letter_totals")
+        assert (totals["replayed"], totals["purged"]) == (0, 30)
+
+    async def test_refusals(self, env: Env) -> None:
+        """No filter, or no --yes off a terminal: exit 2, one line, nothing deleted."""
+        await mixed(env, uuid.uuid4())
+        code, out, err = await dlq(env, "purge", "--yes")
         assert (code, out) == (2, "")
         assert err.startswith("task-history: error: purge needs a filter")
-        assert len(err.strip().splitlines()) == 1
-        assert await bus.depth(bus.topology.dead_letter_queue) == 30
-
-    async def test_refuses_without_yes_off_a_terminal(self, settings: Settings, bus: Bus) -> None:
-        """With no terminal to ask on, --yes is required."""
-        await mixed(bus, uuid.uuid4())
-        code, _, err = await task_history(settings, "dlq", "purge", "--error", "invalid_json")
+        code, _, err = await dlq(env, "purge", "--error", "invalid_json")
         assert code == 2
         assert "--yes" in err
-        assert await bus.depth(bus.topology.dead_letter_queue) == 30
+        assert len(await rows(env.sql)) == 30
 
-    async def test_deletes_the_selected_and_keeps_the_rest_in_order(
-        self, settings: Settings, bus: Bus
-    ) -> None:
-        """--error invalid_json --yes deletes those 10; the 20 others stay in order."""
-        buried = await mixed(bus, uuid.uuid4())
-        code, out, err = await task_history(
-            settings, "dlq", "purge", "--error", "invalid_json", "--yes"
+    async def test_one_ctrl_c_at_the_question_on_a_terminal(self, env: Env) -> None:
+        """The question counts what matches; one SIGINT there cancels at once, exit 1."""
+        await mixed(env, uuid.uuid4())
+        terminal, child_side = os.openpty()
+        process = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "consumer", "dlq", "purge", "--error", "invalid_json"),
+            cwd=REPOSITORY,
+            env=settings_environment(env.settings),
+            stdin=child_side,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=child_side,
         )
-        assert code == 0, err
-        assert out.strip() == f"deleted 10, left 20 in {bus.topology.dead_letter_queue}"
-        assert ids(await bus.dead_letters()) == [
-            m for m, c in buried if c is not ErrorCode.INVALID_JSON
-        ]
+        os.close(child_side)
+        screen = Screen(terminal)
+        await wait_for(screen.read, lambda text: "[y/N]" in text, what="the question")
+        assert "Delete 10 dead letters (error invalid_json)? [y/N]" in screen.text
+        process.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        assert await asyncio.wait_for(process.wait(), 10) == 1
+        seen = await screen.read()
+        os.close(terminal)
+        assert seen.rstrip().endswith("purge cancelled: nothing deleted"), seen
+        assert "Traceback" not in seen
+        assert len(await rows(env.sql)) == 30
 
-    async def test_all(self, settings: Settings, bus: Bus) -> None:
-        """--all --yes empties the queue; a dry run before it deletes nothing."""
-        await mixed(bus, uuid.uuid4())
-        code, out, _ = await task_history(settings, "dlq", "purge", "--all", "--dry-run")
-        assert code == 0
-        assert out.strip().splitlines()[-1].startswith("dry run: would delete 30, left 30")
-        assert await bus.depth(bus.topology.dead_letter_queue) == 30
-        code, out, _ = await task_history(settings, "dlq", "purge", "--all", "--yes")
-        assert code == 0
-        assert await bus.depth(bus.topology.dead_letter_queue) == 0
-
-
-class TestUnknownTaskRetry:
-    """An event that arrives before its task waits in the retry queue, no operator needed."""
-
-    async def test_task_created_2_seconds_later_within_a_10_second_window(
-        self, settings: Settings, bus: Bus, sql: asyncpg.Connection
-    ) -> None:
-        """The event is stored by the retries alone; nothing is dead-lettered."""
-        waiting = settings.model_copy(
-            update={"unknown_task_retry_seconds": 10, "unknown_task_retry_delay_seconds": 1}
+    async def test_100000_in_batches(self, env: Env) -> None:
+        """A purge of 100,000 letters selected among 150,000 deletes exactly those."""
+        await env.sql.execute(
+            "INSERT INTO task_build_history_dead_letters (message_id, error, body)"
+            " SELECT 'm' || g, CASE WHEN g % 3 = 0 THEN 'too_large' ELSE 'invalid_json' END,"
+            " '\\x00'::bytea FROM generate_series(1, 150000) AS g"
         )
-        task = uuid.uuid4()
-        async with running(waiting):
-            await bus.publish(event(task, "early"))
-            await asyncio.sleep(2)
-            await sql.execute("INSERT INTO tasks (id) VALUES ($1)", task)
-            await wait_for(lambda: count_rows(settings.database_url), lambda n: n == 1)
-        assert await bus.depth(bus.topology.dead_letter_queue) == 0
-        assert await bus.depth(bus.topology.retry_queue) == 0
+        code, out, err = await dlq(env, "purge", "--error", "invalid_json", "--yes")
+        assert (code, out.strip()) == (0, "deleted 100000; 50000 dead letters left"), err
+
+
+class TestRoles:
+    """`dlq` run as the consumer's role does everything; as the reader's, it only reads."""
+
+    async def test_as_the_consumer_and_as_the_reader(self, env: Env, bus: Bus) -> None:
+        """Replay and purge claim rows FOR UPDATE: the consumer's grants allow it."""
+        await mixed(env, uuid.uuid4())
+        async for url in login_role(env.database_url, "task_history_consumer"):
+            consumer = env.settings.model_copy(update={"database_url": url})
+            for command in (["list"], ["show", "1"], ["export", "--limit", "1"]):
+                code, _, err = await dlq(consumer, *command)
+                assert code == 0, err
+            code, out, err = await dlq(consumer, "replay", "--error", "unknown_task")
+            assert (code, out.split(",")[0]) == (0, "moved 10"), err
+            code, out, err = await dlq(consumer, "purge", "--error", "invalid_json", "--yes")
+            assert (code, out.strip()) == (0, "deleted 10; 10 dead letters left"), err
+        assert len(await taken_ids(bus, env.topology.queue)) == 10
+        async for url in login_role(env.database_url, "task_history_reader"):
+            reader = env.settings.model_copy(update={"database_url": url})
+            code, out, err = await dlq(reader, "list", "--json")
+            assert (code, json.loads(out)["total"]) == (0, 10), err
+            code, out, err = await dlq(reader, "purge", "--all", "--yes")
+            assert (code, out) == (1, "")
+            assert "permission denied" in err
+            assert len(err.strip().splitlines()) == 1

@@ -148,6 +148,9 @@ FORBIDDEN = [
     "UPDATE tasks SET id = id",
     "DROP FUNCTION task_build_history_expire_batch_v1(integer)",
     "CALL task_build_history_expire_v1(10)",
+    "CALL task_build_history_expire_v2(10)",
+    "UPDATE task_build_history_dead_letters SET error = 'x'",
+    "UPDATE task_build_history_dead_letter_totals SET singleton = false",
 ]
 
 

@@ -103,7 +103,7 @@ class TestWithPgCron:
             assert f"task_build_history_expire:{database}" in out
             jobs = await cron_jobs(cron_server_url, f"task_build_history_expire:{database}")
             assert [(j["schedule"], j["database"]) for j in jobs] == [("* * * * *", database)]
-            assert jobs[0]["command"] == 'CALL "public".task_build_history_expire_v1(10000)'
+            assert jobs[0]["command"] == 'CALL "public".task_build_history_expire_v2(10000)'
             async with Store(url, max_connections=1) as store:
                 assert await store.expiry_job() == f"task_build_history_expire:{database}"
 

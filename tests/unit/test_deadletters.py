@@ -1,7 +1,8 @@
-"""Reading, selecting and counting dead letters, and the replayed copy's headers: no broker."""
+"""Reading, selecting and exporting dead letters, the replayed copy, the filters' SQL: no server."""
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -13,12 +14,13 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from consumer.broker.headers import BROKER_HEADERS, dead_letter_headers
 from consumer.deadletters import (
+    ERROR_CODES,
     Census,
     DeadLetter,
+    ErrorGroup,
     Selection,
-    Verdict,
+    exported,
     jsonable,
-    judge,
     read_dead_letter,
     replay_count,
     replay_headers,
@@ -26,6 +28,12 @@ from consumer.deadletters import (
 )
 from consumer.errors import ErrorCode
 from consumer.moments import parse_moment
+from consumer.store.queries import (
+    DEAD_LETTERS_CLAIM,
+    DEAD_LETTERS_EXTENT,
+    dead_letter_arguments,
+    dead_letter_sql,
+)
 from consumer.topology import Topology
 from tests.fakes import FakeMessage
 
@@ -167,45 +175,75 @@ class TestReplayHeaders:
 
 
 class TestSelection:
-    """Filters: error codes, task, failure time; all must hold."""
+    """Filters: error codes, task, failure time; described in words."""
 
     def test_everything(self) -> None:
-        """No filter selects every letter, even one without a time."""
+        """No filter selects every letter."""
         assert Selection().is_everything
-        assert Selection().matches(letter_of(headers={}))
-
-    def test_error_codes(self) -> None:
-        """Any of the given codes."""
-        selection = Selection(errors=frozenset({"unknown_task", "expired"}))
-        assert selection.matches(letter_of(headers=consumer_headers(ErrorCode.UNKNOWN_TASK)))
-        assert not selection.matches(letter_of(headers=consumer_headers(ErrorCode.TOO_LARGE)))
-
-    def test_task(self) -> None:
-        """The body's task_id."""
-        selection = Selection(task_id=TASK)
-        assert selection.matches(letter_of(body=body_of()))
-        assert not selection.matches(letter_of(body=body_of(uuid.uuid4())))
-        assert not selection.matches(letter_of(body=b"junk"))
-
-    def test_failed_before_and_after(self) -> None:
-        """Strictly before and strictly after; a letter without a time is never selected."""
-        letter = letter_of(headers=consumer_headers())
-        assert Selection(failed_before=NOW + timedelta(seconds=1)).matches(letter)
-        assert not Selection(failed_before=NOW).matches(letter)
-        assert Selection(failed_after=NOW - timedelta(seconds=1)).matches(letter)
-        assert not Selection(failed_after=NOW).matches(letter)
-        assert not Selection(failed_after=NOW - timedelta(days=9)).matches(letter_of(headers={}))
-
-    def test_all_must_hold(self) -> None:
-        """A letter matching one filter of two is not selected."""
-        selection = Selection(errors=frozenset({"unknown_task"}), task_id=uuid.uuid4())
-        assert not selection.matches(letter_of(body=body_of(), headers=consumer_headers()))
+        assert not Selection(task_id=TASK).is_everything
 
     def test_describe(self) -> None:
         """The filters in words."""
         assert Selection().describe() == "every dead letter"
-        selection = Selection(errors=frozenset({"b", "a"}), task_id=TASK)
-        assert selection.describe() == f"error a or b, task {TASK}"
+        selection = Selection(
+            errors=frozenset({"b", "a"}), task_id=TASK, failed_after=NOW, failed_before=NOW
+        )
+        assert selection.describe() == (
+            f"error a or b, task {TASK}, failed at or after 2026-11-26T12:00:00+00:00,"
+            " failed before 2026-11-26T12:00:00+00:00"
+        )
+
+    def test_the_known_codes(self) -> None:
+        """The consumer's codes, the broker's reasons, and `unknown`; sorted."""
+        assert set(ERROR_CODES) == {code.value for code in ErrorCode} | {
+            "rejected",
+            "ttl_expired",
+            "queue_full",
+            "unknown",
+        }
+        assert list(ERROR_CODES) == sorted(ERROR_CODES)
+
+
+class TestFilterSql:
+    """A selection becomes constant SQL fragments and four parameters, never text from values."""
+
+    def test_no_filter(self) -> None:
+        """Each filter's fragment only checks that its parameter is NULL."""
+        sql = dead_letter_sql(DEAD_LETTERS_EXTENT, Selection())
+        assert sql == (
+            "SELECT count(*) AS n, max(id) AS last FROM task_build_history_dead_letters WHERE true"
+            " AND $1::text[] IS NULL AND $2::uuid IS NULL AND $3::timestamptz IS NULL"
+            " AND $4::timestamptz IS NULL"
+        )
+        assert dead_letter_arguments(Selection()) == (None, None, None, None)
+
+    def test_every_filter(self) -> None:
+        """Codes as an array, the task, before (exclusive) and after (inclusive), in order."""
+        later = NOW + timedelta(hours=1)
+        selection = Selection(
+            errors=frozenset({"unknown_task", "expired"}),
+            task_id=TASK,
+            failed_before=later,
+            failed_after=NOW,
+        )
+        sql = dead_letter_sql(DEAD_LETTERS_EXTENT, selection)
+        assert sql.endswith(
+            " AND error = ANY ($1::text[]) AND task_id = $2 AND failed_at < $3 AND failed_at >= $4"
+        )
+        assert dead_letter_arguments(selection) == (["expired", "unknown_task"], TASK, later, NOW)
+
+    def test_the_tail_follows_the_filters(self) -> None:
+        """A replay batch: the filters, then its window and lock, numbered from $5."""
+        sql = dead_letter_sql(DEAD_LETTERS_CLAIM, Selection(task_id=TASK))
+        assert " AND task_id = $2 AND $3::timestamptz IS NULL" in sql
+        assert sql.endswith(" AND id > $5 AND id <= $6 ORDER BY id LIMIT $7 FOR UPDATE SKIP LOCKED")
+
+    def test_values_never_become_text(self) -> None:
+        """A code that looks like SQL travels as a parameter only."""
+        hostile = "x'); DROP TABLE tasks; --"
+        selection = Selection(errors=frozenset({hostile}))
+        assert hostile not in dead_letter_sql(DEAD_LETTERS_CLAIM, selection)
+        assert dead_letter_arguments(selection)[0] == [hostile]
 
 
 class TestMoments:
@@ -239,68 +277,86 @@ class TestMoments:
             parse_moment(text, now=NOW)
 
 
-class TestJudge:
-    """What a replay does with each letter."""
-
-    def test_send_what_is_selected(self) -> None:
-        """Selected, under the limit, under --max-replays: sent."""
-        assert judge(letter_of(), selection=Selection(), max_replays=3, room=1) is Verdict.SEND
-
-    def test_leave_what_is_not_selected(self) -> None:
-        """Filtered out: left."""
-        selection = Selection(errors=frozenset({"too_large"}))
-        assert judge(letter_of(), selection=selection, max_replays=3, room=None) is Verdict.LEAVE
-
-    def test_leave_past_the_limit(self) -> None:
-        """No room left under --limit: left, even if it is at --max-replays."""
-        letter = letter_of(headers={"x-replay-count": 5})
-        assert judge(letter, selection=Selection(), max_replays=3, room=0) is Verdict.LEAVE
-
-    def test_held_back_at_max_replays(self) -> None:
-        """Replayed --max-replays times already: held back, to be reported."""
-        letter = letter_of(headers={"x-replay-count": 3})
-        verdict = judge(letter, selection=Selection(), max_replays=3, room=None)
-        assert verdict is Verdict.AT_MAX_REPLAYS
-        assert judge(letter, selection=Selection(), max_replays=None, room=None) is Verdict.SEND
-
-
 class TestCensus:
-    """The counts and sample `dlq list` prints."""
+    """What `dlq list --json` prints of the database's counts."""
 
-    def test_groups_largest_first_with_their_largest_tasks(self) -> None:
-        """Codes by count; within each, the tasks with the most letters."""
-        census = Census(sample_size=2)
-        other = uuid.uuid4()
-        for code, task in [
-            (ErrorCode.INVALID_JSON, None),
-            (ErrorCode.UNKNOWN_TASK, TASK),
-            (ErrorCode.UNKNOWN_TASK, other),
-            (ErrorCode.UNKNOWN_TASK, TASK),
-        ]:
-            body = body_of(task) if task else b"junk"
-            census.add(letter_of(body=body, headers=consumer_headers(code)))
-        assert census.total == 4
-        assert census.groups() == [
+    def test_to_json(self) -> None:
+        """The total, each code with its tasks (None for no task), the newest summaries."""
+        census = Census(
+            total=4,
+            groups=(
+                ErrorGroup("unknown_task", 3, ((str(TASK), 2), ("t2", 1))),
+                ErrorGroup("invalid_json", 1, ((None, 1),)),
+            ),
+            newest=(stored(id=9, message_id="m9"),),
+        )
+        listing = census.to_json()
+        json.dumps(listing)
+        assert listing["total"] == 4
+        assert listing["by_error"] == [
             {
                 "error": "unknown_task",
                 "count": 3,
-                "tasks": [{"task_id": str(TASK), "count": 2}, {"task_id": str(other), "count": 1}],
+                "tasks": [{"task_id": str(TASK), "count": 2}, {"task_id": "t2", "count": 1}],
             },
-            {"error": "invalid_json", "count": 1, "tasks": [{"task_id": "-", "count": 1}]},
+            {"error": "invalid_json", "count": 1, "tasks": [{"task_id": None, "count": 1}]},
         ]
+        (newest,) = listing["newest"]
+        assert (newest["id"], newest["message_id"], newest["error"]) == (9, "m9", "unknown_task")
 
-    def test_the_newest_few_newest_first(self) -> None:
-        """The last letters read (the newest) are kept, and listed newest first."""
-        census = Census(sample_size=2)
-        for n in range(5):
-            census.add(letter_of(message_id=f"m{n}"))
-        assert [s["message_id"] for s in census.to_json()["newest"]] == ["m4", "m3"]
 
-    def test_no_sample(self) -> None:
-        """A sample size of 0 keeps none."""
-        census = Census(sample_size=0)
-        census.add(letter_of())
-        assert census.to_json()["newest"] == []
+def stored(**fields: Any) -> DeadLetter:  # noqa: ANN401  # any field of DeadLetter
+    """A dead letter as a row of the table holds it, with `fields` replaced."""
+    row: dict[str, Any] = {
+        "id": 7,
+        "message_id": "m7",
+        "task_id": str(TASK),
+        "routing_key": "history.agent_turn",
+        "code": "unknown_task",
+        "detail": "task_id: no task exists",
+        "failed_at": NOW,
+        "replay_count": 1,
+        "headers": {"x-error": "unknown_task", "app": "kept"},
+        "properties": {"content_type": "application/json"},
+        "body": body_of(),
+    }
+    return DeadLetter(**row | fields)
+
+
+class TestExported:
+    """One JSON line of `dlq export` per letter."""
+
+    def test_a_utf8_body_as_text(self) -> None:
+        """Every field of the summary, the body as text, properties and headers."""
+        line = exported(stored(body='{"content": "héllo"}'.encode()))
+        json.dumps(line)
+        assert line["body"] == '{"content": "héllo"}'
+        assert "body_base64" not in line
+        assert {
+            "id",
+            "message_id",
+            "error",
+            "detail",
+            "routing_key",
+            "task_id",
+            "failed_at",
+            "replay_count",
+            "properties",
+            "headers",
+        } <= set(line)
+        assert (line["id"], line["error"], line["failed_at"]) == (
+            7,
+            "unknown_task",
+            NOW.isoformat(),
+        )
+        assert line["headers"]["app"] == "kept"
+
+    def test_a_binary_body_as_base64(self) -> None:
+        """A body that is not UTF-8 is `body_base64`, byte for byte."""
+        raw = b"\xff\xfe\x00binary"
+        line = exported(stored(body=raw))
+        assert "body" not in line
+        assert base64.b64decode(line["body_base64"]) == raw
 
 
 class TestShown:

@@ -31,7 +31,7 @@ class TestScheduleText:
     def test_command_quotes_the_schema(self) -> None:
         """The schema is quoted as an identifier; the batch size is an integer."""
         assert expire_command('odd"name', batch_size=500) == (
-            'CALL "odd""name".task_build_history_expire_v1(500)'
+            'CALL "odd""name".task_build_history_expire_v2(500)'
         )
 
     def test_one_job_name_per_database(self) -> None:

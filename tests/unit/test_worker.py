@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 import structlog
 
@@ -102,6 +103,48 @@ class TestStopping:
             rig.worker.stop()
             await asyncio.wait_for(task, timeout=1)
         assert not rig.broker.connected
+
+
+class TestTransit:
+    """The dead-letter queue is consumed too: its messages become dead-letter rows."""
+
+    async def test_a_message_of_the_dead_letter_queue_becomes_a_row(self) -> None:
+        """A poison message the broker dead-lettered is stored as a row and acked."""
+        rig = Rig()
+        poison = FakeMessage(
+            b"crashes consumers",
+            headers={"x-death": [{"reason": "delivery_limit", "queue": "events"}]},
+        )
+        async with rig.running():
+            await rig.until_consuming()
+            await rig.broker.deliver_dead(poison)
+            await until(lambda: bool(rig.broker.acked))
+        (letter,) = rig.store.dead_letters
+        assert (letter.code, letter.body) == ("delivery_limit", b"crashes consumers")
+        assert rig.store.contents == []
+
+
+class TestDeadLetterMetrics:
+    """The dead-letter gauges show what the database holds, read at each scrape."""
+
+    async def test_a_scrape_reads_the_rows_by_code(self) -> None:
+        """/metrics reports the table's dead letters by code, every known code from zero."""
+        rig = Rig(metrics_port=free_port(), metrics_host="127.0.0.1")
+        health = rig.worker.health
+        assert health is not None
+        poison = FakeMessage(b"x", headers={"x-death": [{"reason": "delivery_limit"}]})
+        async with rig.running():
+            await rig.until_consuming()
+            await rig.broker.deliver_dead(poison)
+            await until(lambda: bool(rig.broker.acked))
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"http://127.0.0.1:{health.port}/metrics") as response,
+            ):
+                text = await response.text()
+        assert 'task_history_dead_letters{code="delivery_limit"} 1.0' in text
+        assert 'task_history_dead_letters{code="invalid_json"} 0.0' in text
+        assert "task_history_dead_letters_replayed 0.0" in text
 
 
 class TestStartUp:

@@ -1,0 +1,250 @@
+"""Dead letters as rows: counted, found, claimed for replay, purged and streamed, at any number.
+
+Every query filters in SQL (consumer.store.queries.dead_letter_sql) and reads a bounded number
+of rows at a time: nothing here loads the whole table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
+from typing import Any, Self
+
+import asyncpg
+
+from consumer.deadletters import Census, DeadLetter, ErrorGroup, Selection
+from consumer.errors import NotConnectedError
+from consumer.store import queries
+from consumer.store.pool import StoreBase, translated
+from consumer.store.queries import FilteredQuery, dead_letter_arguments, dead_letter_sql
+
+# The largest id a row can have: "no upper bound" for the batch queries.
+LAST_ID = 2**63 - 1
+EVERY_LETTER = Selection()
+
+
+def letter_of(record: asyncpg.Record) -> DeadLetter:
+    """The dead letter a row of task_build_history_dead_letters holds."""
+    task_id = record["task_id"]
+    return DeadLetter(
+        id=record["id"],
+        message_id=record["message_id"],
+        task_id=None if task_id is None else str(task_id),
+        routing_key=record["routing_key"],
+        code=record["error"],
+        detail=record["detail"],
+        failed_at=record["failed_at"],
+        replay_count=record["replay_count"],
+        headers=record["headers"],
+        properties=record["properties"],
+        body=record["body"],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Extent:
+    """How many dead letters a selection matches, and the id of the newest (None if none)."""
+
+    count: int
+    last: int | None
+
+
+class Claim:
+    """A batch of dead letters held in an open transaction: sent on, then deleted, or left.
+
+    `commit()` ends it (what was deleted is gone), `abandon()` rolls it back (every row stays);
+    either gives the connection back. `async with claim` does the first, or the second if the
+    block raises.
+    """
+
+    def __init__(
+        self,
+        letters: list[DeadLetter],
+        *,
+        pool: asyncpg.Pool,
+        connection: asyncpg.Connection,
+        transaction: Any,  # noqa: ANN401  # asyncpg's Transaction, untyped
+        locked: bool,
+    ) -> None:
+        """Hold `letters` in `transaction` on `connection`, taken from `pool`."""
+        self.letters = letters
+        self._pool = pool
+        self._connection: asyncpg.Connection | None = connection
+        self._transaction = transaction
+        self._locked = locked
+
+    async def delete(self, ids: Sequence[int]) -> None:
+        """Delete these rows (counted as replayed): gone at the commit, kept on a rollback."""
+        if not self._locked:
+            raise NotConnectedError("a dry run's batch deletes nothing")
+        if ids and self._connection is not None:
+            with translated():
+                await self._connection.execute(queries.DELETE_REPLAYED, list(ids))
+
+    async def commit(self) -> None:
+        """Commit, and give the connection back."""
+        try:
+            with translated():
+                await self._transaction.commit()
+        finally:
+            await self._release()
+
+    async def abandon(self) -> None:
+        """Roll back, and give the connection back; never raises (an error is on its way)."""
+        try:
+            with contextlib.suppress(Exception):
+                await self._transaction.rollback()
+        finally:
+            await self._release()
+
+    async def _release(self) -> None:
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            await self._pool.release(connection)
+
+    async def __aenter__(self) -> Self:
+        """The claim itself."""
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_exc: object) -> None:
+        """Commit, or abandon if the block raised."""
+        if exc_type is None:
+            await self.commit()
+        else:
+            await self.abandon()
+
+
+class DeadLetterStore(StoreBase):
+    """Reading and deleting the dead-letter table for `task-history dlq`."""
+
+    async def _fetch_filtered(
+        self, query: FilteredQuery, selection: Selection, *args: object
+    ) -> list[asyncpg.Record]:
+        return await self._fetch(
+            dead_letter_sql(query, selection), *dead_letter_arguments(selection), *args
+        )
+
+    async def dead_letter_census(
+        self, selection: Selection = EVERY_LETTER, *, tasks_per_error: int = 3, newest: int = 5
+    ) -> Census:
+        """The selected letters by error code, largest first, each with its largest tasks.
+
+        Also the `newest` letters stored, newest first; one snapshot for both. The database
+        does the counting: the rows never leave it.
+        """
+        arguments = dead_letter_arguments(selection)
+        async with (
+            self._connection() as connection,
+            connection.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            rows = await connection.fetch(
+                dead_letter_sql(queries.DEAD_LETTER_GROUPS, selection), *arguments, tasks_per_error
+            )
+            latest = await connection.fetch(
+                dead_letter_sql(queries.DEAD_LETTERS_NEWEST, selection), *arguments, newest
+            )
+        groups: dict[str, tuple[int, list[tuple[str | None, int]]]] = {}
+        for row in rows:  # at most tasks_per_error rows per code, in order
+            task = None if row["task_id"] is None else str(row["task_id"])
+            groups.setdefault(row["error"], (int(row["of_error"]), []))[1].append((task, row["n"]))
+        return Census(
+            total=sum(count for count, _ in groups.values()),
+            groups=tuple(
+                ErrorGroup(error, count, tuple(tasks)) for error, (count, tasks) in groups.items()
+            ),
+            newest=tuple(letter_of(row) for row in latest),
+        )
+
+    async def dead_letter(self, key: str) -> DeadLetter | None:
+        """The dead letter whose row id is `key`, else the newest whose message_id is `key`."""
+        if key.isascii() and key.isdigit() and int(key) <= LAST_ID:
+            rows = await self._fetch(queries.DEAD_LETTER_BY_ID, int(key))
+            if rows:
+                return letter_of(rows[0])
+        rows = await self._fetch(queries.DEAD_LETTER_BY_MESSAGE_ID, key)
+        return letter_of(rows[0]) if rows else None
+
+    async def dead_letter_extent(self, selection: Selection = EVERY_LETTER) -> Extent:
+        """How many dead letters `selection` matches, and the newest one's id."""
+        (row,) = await self._fetch_filtered(queries.DEAD_LETTERS_EXTENT, selection)
+        return Extent(count=row["n"], last=row["last"])
+
+    async def claim_dead_letters(
+        self,
+        selection: Selection,
+        *,
+        after: int = 0,
+        through: int | None = None,
+        limit: int,
+        lock: bool = True,
+    ) -> Claim:
+        """Up to `limit` selected letters with ids in (`after`, `through`], oldest first, held.
+
+        The claim is one open transaction that holds the rows (FOR UPDATE SKIP LOCKED: a
+        second replay at the same time takes other rows, never these); rows deleted through it
+        go at its commit, and if it is abandoned, or the process dies, every row stays. Fewer
+        than `limit` letters means no more are free to claim. Without `lock` (a dry run) the
+        rows are only read.
+        """
+        query = queries.DEAD_LETTERS_CLAIM if lock else queries.DEAD_LETTERS_PEEK
+        arguments = (*dead_letter_arguments(selection), after, through or LAST_ID, limit)
+        pool = self.pool
+        with translated():
+            connection = await pool.acquire()
+        transaction = connection.transaction(readonly=not lock)
+        claim = Claim([], pool=pool, connection=connection, transaction=transaction, locked=lock)
+        try:
+            with translated():
+                await transaction.start()
+                records = await connection.fetch(dead_letter_sql(query, selection), *arguments)
+        except BaseException:
+            await claim.abandon()
+            raise
+        claim.letters = [letter_of(record) for record in records]
+        return claim
+
+    async def purge_dead_letters(
+        self, selection: Selection, *, after: int = 0, through: int | None = None, limit: int
+    ) -> tuple[int, int | None]:
+        """Delete up to `limit` selected letters with ids in (`after`, `through`], in id order.
+
+        One transaction; rows a replay holds are skipped. Returns how many went and the
+        largest id among them (where the next batch starts), None when none went.
+        """
+        rows = await self._fetch_filtered(
+            queries.PURGE_DEAD_LETTERS, selection, after, through or LAST_ID, limit
+        )
+        return int(rows[0]["n"]), rows[0]["last"]
+
+    async def stream_dead_letters(
+        self, selection: Selection, *, limit: int | None = None, prefetch: int = 500
+    ) -> AsyncGenerator[DeadLetter]:
+        """The selected letters in id order, `prefetch` at a time through a server-side cursor.
+
+        Memory stays flat however many match; one read-only REPEATABLE READ transaction gives
+        the stream one snapshot. Close the iterator (or read it to the end) to end it.
+        """
+        async with (
+            self._connection() as connection,
+            connection.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            cursor = connection.cursor(
+                dead_letter_sql(queries.DEAD_LETTERS_EXPORT, selection),
+                *dead_letter_arguments(selection),
+                limit,
+                prefetch=prefetch,
+            )
+            async for record in cursor:
+                yield letter_of(record)
+
+    async def dead_letter_totals(self) -> tuple[dict[str, int], int, int]:
+        """Dead letters by code, and how many `dlq` replayed and purged, ever (for the metrics)."""
+        async with (
+            self._connection() as connection,
+            connection.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            counts = await connection.fetch(queries.DEAD_LETTERS_BY_CODE)
+            totals = await connection.fetchrow(queries.DEAD_LETTER_TOTALS)
+        replayed, purged = (0, 0) if totals is None else (totals["replayed"], totals["purged"])
+        return {row["error"]: row["n"] for row in counts}, replayed, purged

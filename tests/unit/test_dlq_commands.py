@@ -1,0 +1,185 @@
+"""The dlq commands without a server: the replayed copy, usage errors, and purge's question."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+import pytest
+
+from consumer.cli import main
+from consumer.deadletters import ERROR_CODES, DeadLetter
+from consumer.replay import replay_message
+from consumer.store.deadletters import Extent
+
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+BODY = b'{"task_id": "6f1c2a1e-7d4b-4c8e-9a0f-1b2c3d4e5f60", "content": "x"}'
+
+
+def stored(**fields: Any) -> DeadLetter:  # noqa: ANN401  # any field of DeadLetter
+    """A dead letter as a row of the table holds it, every property set, `fields` replaced."""
+    row: dict[str, Any] = {
+        "id": 7,
+        "message_id": "m7",
+        "task_id": None,
+        "routing_key": "history.agent_turn",
+        "code": "unknown_task",
+        "detail": "task_id: no task exists",
+        "failed_at": NOW,
+        "replay_count": 1,
+        "headers": {"x-error": "unknown_task", "x-replay-count": 1, "app": "kept"},
+        "properties": {
+            "content_type": "application/json",
+            "content_encoding": "utf-8",
+            "delivery_mode": 2,
+            "priority": 3,
+            "correlation_id": "c1",
+            "reply_to": "replies",
+            "expiration": "60000",
+            "timestamp": NOW.isoformat(),
+            "type": "event",
+            "app_id": "agent-7",
+            "user_id": "someone",
+        },
+        "body": BODY,
+    }
+    return DeadLetter(**row | fields)
+
+
+class TestReplayMessage:
+    """The copy a replay publishes, built from a row."""
+
+    def test_body_properties_and_headers(self) -> None:
+        """Same body and properties, persistent, the failure cleared, the replay counted."""
+        message = replay_message(stored())
+        assert message.body == BODY
+        assert message.headers == {"app": "kept", "x-replay-count": 2}
+        assert (message.content_type, message.content_encoding) == ("application/json", "utf-8")
+        assert (message.message_id, message.correlation_id, message.reply_to) == (
+            "m7",
+            "c1",
+            "replies",
+        )
+        assert (message.priority, message.type, message.app_id) == (3, "event", "agent-7")
+        assert message.timestamp == NOW
+        assert message.delivery_mode == 2
+
+    def test_no_user_id_and_no_expiration(self) -> None:
+        """The broker refuses another user's id; a copy must not expire on its way back."""
+        message = replay_message(stored())
+        assert message.user_id is None
+        assert message.expiration is None
+
+    def test_malformed_properties_are_left_out(self) -> None:
+        """A property of the wrong type is not sent rather than failing the replay."""
+        message = replay_message(
+            stored(properties={"priority": "high", "timestamp": "yesterday", "type": 5})
+        )
+        assert (message.timestamp, message.type) == (None, None)
+        assert not message.priority  # aio-pika's default, 0
+
+
+class TestUsageErrors:
+    """Bad flags are exit 2 and one line, before any server is asked."""
+
+    def test_an_unknown_error_code_lists_the_known_ones(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """`--error invalid-json` names the code it meant and every code there is."""
+        assert main(["dlq", "replay", "--error", "invalid-json"]) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1
+        assert "'invalid-json' is not a dead-letter error code (did you mean invalid_json?)" in err
+        for code in ERROR_CODES:
+            assert code in err
+
+    @pytest.mark.parametrize(
+        "argv",
+        [
+            ["dlq", "purge", "--yes"],
+            ["dlq", "purge", "--all", "--error", "invalid_json", "--yes"],
+            ["dlq", "purge", "--error", "invalid_json"],  # no terminal to ask on, no --yes
+            ["dlq", "list", "--since", "2h", "--newer-than", "3h"],
+            ["dlq", "export", "--until", "1d", "--older-than", "2d"],
+            ["dlq", "replay", "--since", "1h", "--until", "2h"],
+            ["dlq", "replay", "--task", "not-a-uuid"],
+            ["dlq", "list", "--error", "nope"],
+        ],
+    )
+    def test_exit_2(self, argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+        """Each is one `task-history: error:` line and exit 2."""
+        assert main(argv) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert len(captured.err.splitlines()) == 1
+        assert captured.err.startswith("task-history: error: ")
+
+
+@pytest.fixture
+def purge_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """`dlq purge` as on a terminal, 10 letters matching (of any number); no database.
+
+    Returns the store calls made, one item each: the count, then (if it gets that far) the purge.
+    """
+    calls: list[str] = []
+
+    def on_store(_ctx: click.Context, _work: Callable[[Any], Awaitable[Any]]) -> Any:  # noqa: ANN401
+        calls.append("store")
+        if len(calls) == 1:
+            return Extent(count=10, last=99)
+        pytest.fail("purge went on to delete after the question was not answered yes")
+
+    monkeypatch.setattr("consumer.cli.deadletters._can_ask", lambda: True)
+    monkeypatch.setattr("consumer.cli.deadletters._on_store", on_store)
+    return calls
+
+
+class TestPurgeQuestion:
+    """On a terminal purge asks, saying how many match; anything but yes deletes nothing."""
+
+    @pytest.mark.parametrize("answer", [KeyboardInterrupt, EOFError])
+    def test_one_ctrl_c_cancels(
+        self,
+        answer: type[BaseException],
+        purge_on_a_terminal: list[str],
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """Ctrl-C (or the end of input) at the question: exit 1, nothing deleted, no traceback."""
+        asked: list[str] = []
+
+        def interrupted(prompt: str) -> str:
+            asked.append(prompt)
+            raise answer
+
+        monkeypatch.setattr(click.termui, "visible_prompt_func", interrupted)
+        assert main(["dlq", "purge", "--error", "invalid_json"]) == 1
+        assert len(purge_on_a_terminal) == 1  # counted, never purged
+        (question,) = asked
+        assert "Delete 10 dead letters (error invalid_json)?" in question
+        err = capsys.readouterr().err
+        assert err.endswith("\npurge cancelled: nothing deleted\n")
+        assert "Traceback" not in err
+
+    def test_no(
+        self,
+        purge_on_a_terminal: list[str],
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """Answering no: the same. The question counts what --limit leaves."""
+        asked: list[str] = []
+
+        def no(prompt: str) -> str:
+            asked.append(prompt)
+            return "n"
+
+        monkeypatch.setattr(click.termui, "visible_prompt_func", no)
+        task = uuid.uuid4()
+        assert main(["dlq", "purge", "--task", str(task), "--limit", "3"]) == 1
+        assert len(purge_on_a_terminal) == 1
+        assert f"Delete 3 dead letters (task {task})?" in asked[0]
+        assert capsys.readouterr().err.endswith("purge cancelled: nothing deleted\n")
