@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import click
@@ -17,7 +16,8 @@ from consumer.cli.options import (
     non_negative_option,
     selection_options,
 )
-from consumer.cli.progress import counting, progress_bar
+from consumer.cli.output import export_to, output_option, write_lines
+from consumer.cli.progress import progress_bar
 from consumer.deadletters import Census, exported, shown
 
 if TYPE_CHECKING:
@@ -250,13 +250,7 @@ def _confirmed(question: str) -> bool:
 @dlq.command(name="export")
 @selection_options
 @limit_option("letters")
-@click.option(
-    "--output",
-    "-o",
-    type=click.Path(dir_okay=False, allow_dash=True),
-    default="-",
-    help="Write to this file (default: stdout).",
-)
+@output_option
 @click.pass_context
 def dlq_export(ctx: click.Context, *, selection: Selection, limit: int | None, output: str) -> None:
     """Write dead letters as JSON Lines, oldest first, streamed from the database.
@@ -266,34 +260,15 @@ def dlq_export(ctx: click.Context, *, selection: Selection, limit: int | None, o
     """
     from consumer import replay  # noqa: PLC0415  # loads aio-pika: at run time only
 
-    to_stdout = output == "-"
-    show_count = sys.stderr.isatty() and not (to_stdout and sys.stdout.isatty())
+    def write(sink: TextIO) -> int:
+        async def lines_of(store: Store) -> int:
+            letters = replay.export(store, selection, limit=limit)
+            lines = (json.dumps(exported(letter), ensure_ascii=False) async for letter in letters)
+            return await write_lines(lines, sink, noun="dead letters", output=output)
 
-    def write_to(sink: TextIO) -> Callable[[Store], Awaitable[int]]:
-        async def write(store: Store) -> int:
-            written = 0
-            with counting("exporting", show=show_count) as count:
-                async for letter in replay.export(store, selection, limit=limit):
-                    sink.write(json.dumps(exported(letter), ensure_ascii=False))
-                    sink.write("\n")
-                    written += 1
-                    if written % 1000 == 0:
-                        count(f"{written} dead letters")
-            return written
+        return _on_store(ctx, lines_of)
 
-        return write
-
-    if to_stdout:
-        _on_store(ctx, write_to(sys.stdout))
-        sys.stdout.flush()
-        return
-    try:
-        sink = Path(output).open("w", encoding="utf-8")  # noqa: SIM115  # closed just below
-    except OSError as exc:
-        raise click.FileError(output, hint=exc.strerror) from None
-    with sink:
-        written = _on_store(ctx, write_to(sink))
-    click.echo(f"exported {written} dead letters to {output}")
+    export_to(output, write, noun="dead letters")
 
 
 def _print_sample(verb: str, tally: Tally[DeadLetter]) -> None:

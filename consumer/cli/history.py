@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, TextIO
 from uuid import UUID
 
@@ -15,7 +13,7 @@ from rich.table import Table
 
 from consumer.cli.context import run_async, settings_from
 from consumer.cli.options import cursor_option, filter_options, history_query
-from consumer.cli.progress import counting
+from consumer.cli.output import export_to, output_option, write_lines
 from consumer.entries import HistoryEntry
 from consumer.pages import Cursor, HistoryQuery, Page
 from consumer.signals import stop_on_signals
@@ -128,13 +126,7 @@ def _print_table(subject: str, entries: Sequence[HistoryEntry], *, newest_first:
 @click.option("--session", "session_id", type=click.UUID, help="Entries of this session.")
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many entries.")
 @filter_options
-@click.option(
-    "--output",
-    "-o",
-    type=click.Path(dir_okay=False, allow_dash=True),
-    default="-",
-    help="Write to this file (default: stdout).",
-)
+@output_option
 @click.pass_context
 def export(ctx: click.Context, /, *, output: str, **selection: Any) -> None:  # noqa: ANN401  # flags
     """Write entries as JSON Lines, the nine fields of each, streamed from the database."""
@@ -142,37 +134,20 @@ def export(ctx: click.Context, /, *, output: str, **selection: Any) -> None:  # 
 
     query = history_query(**selection)
     settings = settings_from(ctx)
-    to_stdout = output == "-"
-    # A count on the terminal, unless the entries themselves are going to that terminal.
-    show_count = sys.stderr.isatty() and not (to_stdout and sys.stdout.isatty())
 
-    async def run(sink: TextIO) -> int:
-        written = 0
-        with counting("exporting", show=show_count) as count:
+    def write(sink: TextIO) -> int:
+        async def run() -> int:
             async with Store(settings.database_url, max_connections=1) as store:
                 entries = store.stream(query)
                 try:
-                    async for entry in entries:
-                        sink.write(entry.model_dump_json())
-                        sink.write("\n")
-                        written += 1
-                        if written % 1000 == 0:
-                            count(f"{written} entries")
+                    lines = (entry.model_dump_json() async for entry in entries)
+                    return await write_lines(lines, sink, noun="entries", output=output)
                 finally:
                     await entries.aclose()
-        return written
 
-    if to_stdout:
-        run_async(lambda: run(sys.stdout))
-        sys.stdout.flush()
-        return
-    try:
-        sink = Path(output).open("w", encoding="utf-8")  # noqa: SIM115  # closed just below
-    except OSError as exc:
-        raise click.FileError(output, hint=exc.strerror) from None
-    with sink:
-        written = run_async(lambda: run(sink))
-    click.echo(f"exported {written} entries to {output}")
+        return run_async(run)
+
+    export_to(output, write, noun="entries")
 
 
 @click.command()
