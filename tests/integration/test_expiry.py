@@ -12,6 +12,7 @@ import pytest
 from consumer.cli import main
 from consumer.store import Store
 from tests.helpers import at, insert_rows, kept_ids, new_task, on_database
+from tests.letters import letter
 
 DAYS_AGO_25 = datetime.now(UTC) - timedelta(days=25)
 
@@ -66,6 +67,19 @@ class TestExpire:
         assert await kept_ids(sql, a) == fresh
         assert await kept_ids(sql, b) == []
         assert await store.expire() == 0
+
+    async def test_dead_letters_past_their_retention_go_too(
+        self, store: Store, sql: asyncpg.Connection
+    ) -> None:
+        """Dead letters older than dead_letter_retention are deleted and counted; newer stay."""
+        await sql.execute(
+            "UPDATE task_build_history_settings SET dead_letter_retention = interval '7 days'"
+        )
+        old = [letter(n, failed_at=datetime.now(UTC) - timedelta(days=8)) for n in range(3)]
+        await store.write_batch([], [*old, letter(3, failed_at=datetime.now(UTC))])
+        assert await store.expire(batch_size=2) == 3
+        remaining = await sql.fetch("SELECT message_id FROM task_build_history_dead_letters")
+        assert [row["message_id"] for row in remaining] == ["m3"]
 
     async def test_works_in_bounded_batches(self, store: Store, sql: asyncpg.Connection) -> None:
         """A batch size smaller than the backlog still deletes all of it."""
