@@ -6,8 +6,6 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
-from consumer.errors import ErrorCode
-
 # Headers of contract §2, and the consumer's own for unknown-task retries.
 ERROR = "x-error"
 ERROR_DETAIL = "x-error-detail"
@@ -78,19 +76,6 @@ def original_routing_key(message: MessageLike) -> str:
     """The key the message was first published with, even after a retry or a replay."""
     first = header_text((message.headers or {}).get(ORIGINAL_ROUTING_KEY))
     return first or message.routing_key or ""
-
-
-def dead_letter_headers(
-    headers: dict[str, Any], *, code: ErrorCode, detail: str, routing_key: str, failed_at: datetime
-) -> dict[str, Any]:
-    """The original headers plus the contract's error headers."""
-    return {
-        **headers,
-        ERROR: code.value,
-        ERROR_DETAIL: " ".join(detail.split())[:1000],  # one line, of a readable length
-        ORIGINAL_ROUTING_KEY: routing_key,
-        FAILED_AT: failed_at.isoformat(),
-    }
 
 
 def retry_headers(

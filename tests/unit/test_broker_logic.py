@@ -19,14 +19,12 @@ from consumer.broker.headers import (
     REPLAY_COUNT,
     RETRY_COUNT,
     WAITING_SINCE,
-    dead_letter_headers,
     header_time,
     original_routing_key,
     retry_headers,
     routing_key,
 )
 from consumer.entries import ContextType
-from consumer.errors import ErrorCode
 from consumer.topology import Topology
 
 NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
@@ -218,35 +216,11 @@ class TestHeaderTime:
         assert header_time(message({RECEIVED_AT: value}), RECEIVED_AT) is None
 
 
-def failed(
-    original: dict[str, Any], code: ErrorCode, detail: str, *, routing_key: str = "history.error"
-) -> dict[str, Any]:
-    """The dead-letter headers for a failure at NOW of a message that had `original`."""
-    return dead_letter_headers(
-        original, code=code, detail=detail, routing_key=routing_key, failed_at=NOW
-    )
-
-
-class TestDeadLetterHeaders:
-    """A dead-lettered copy keeps its headers and gains the contract's error headers."""
-
-    def test_error_headers(self) -> None:
-        """The code, detail, original key and failure time are set."""
-        headers = failed(
-            {},
-            ErrorCode.INVALID_EVENT,
-            "content: String should have at least 1 character",
-            routing_key="history.agent_turn",
-        )
-        assert headers == {
-            ERROR: "invalid_event",
-            ERROR_DETAIL: "content: String should have at least 1 character",
-            ORIGINAL_ROUTING_KEY: "history.agent_turn",
-            FAILED_AT: "2025-01-01T12:00:00+00:00",
-        }
+class TestHeaderNames:
+    """The header names are the contract's."""
 
     def test_header_names(self) -> None:
-        """The header names are the contract's."""
+        """x-error and friends, spelled as contract §2 spells them."""
         assert (ERROR, ERROR_DETAIL, ORIGINAL_ROUTING_KEY, FAILED_AT, REPLAY_COUNT) == (
             "x-error",
             "x-error-detail",
@@ -254,46 +228,6 @@ class TestDeadLetterHeaders:
             "x-failed-at",
             "x-replay-count",
         )
-
-    def test_keeps_original_headers(self) -> None:
-        """Headers already on the message, such as the replay count, are kept."""
-        original = {"trace-id": "abc", REPLAY_COUNT: 2}
-        headers = failed(original, ErrorCode.UNKNOWN_TASK, "task_id: no such task")
-        assert headers["trace-id"] == "abc"
-        assert headers[REPLAY_COUNT] == 2
-        assert headers[ERROR] == "unknown_task"
-
-    def test_replaces_earlier_error(self) -> None:
-        """A message that failed before carries only the latest error."""
-        original = {ERROR: "unknown_task", ERROR_DETAIL: "old", FAILED_AT: "2024-01-01T00:00:00"}
-        headers = failed(original, ErrorCode.EXPIRED, "new")
-        assert headers[ERROR] == "expired"
-        assert headers[ERROR_DETAIL] == "new"
-        assert headers[FAILED_AT] == NOW.isoformat()
-
-    def test_does_not_change_input(self) -> None:
-        """The headers passed in are left as they were."""
-        original: dict[str, Any] = {"trace-id": "abc"}
-        failed(original, ErrorCode.TOO_LARGE, "big")
-        assert original == {"trace-id": "abc"}
-
-    def test_detail_on_one_line(self) -> None:
-        """Newlines, tabs and runs of spaces in the detail become single spaces."""
-        headers = failed({}, ErrorCode.DATABASE_REJECTED, "  first line\n\tsecond   line\r\n")
-        assert headers[ERROR_DETAIL] == "first line second line"
-
-    def test_detail_bounded(self) -> None:
-        """A very long detail is cut to 1000 characters."""
-        headers = failed({}, ErrorCode.INVALID_EVENT, "x" * 5000)
-        assert headers[ERROR_DETAIL] == "x" * 1000
-
-    def test_failed_at_keeps_offset(self) -> None:
-        """The failure time is RFC 3339 with its offset."""
-        failed_at = datetime(2025, 1, 1, 14, 0, tzinfo=timezone(timedelta(hours=2)))
-        headers = dead_letter_headers(
-            {}, code=ErrorCode.EXPIRED, detail="d", routing_key="k", failed_at=failed_at
-        )
-        assert headers[FAILED_AT] == "2025-01-01T14:00:00+02:00"
 
 
 class TestRetryHeaders:

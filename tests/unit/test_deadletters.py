@@ -12,13 +12,14 @@ from typing import Any, cast
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
-from consumer.broker.headers import BROKER_HEADERS, dead_letter_headers
+from consumer.broker.headers import BROKER_HEADERS
 from consumer.deadletters import (
     ERROR_CODES,
     Census,
     DeadLetter,
     ErrorGroup,
     Selection,
+    dead_letter_of,
     exported,
     jsonable,
     read_dead_letter,
@@ -56,15 +57,41 @@ def letter_of(**fields: Any) -> DeadLetter:  # noqa: ANN401  # any field of Fake
 
 
 def consumer_headers(code: ErrorCode = ErrorCode.UNKNOWN_TASK) -> dict[str, Any]:
-    """The headers the consumer writes on a dead letter."""
-    return dead_letter_headers(
-        {}, code=code, detail="why", routing_key="history.error", failed_at=NOW
-    )
+    """The headers an earlier consumer wrote on a dead letter it published to the queue."""
+    return {
+        "x-error": code.value,
+        "x-error-detail": "why",
+        "x-original-routing-key": "history.error",
+        "x-failed-at": NOW.isoformat(),
+    }
 
 
 def body_of(task: uuid.UUID | str = TASK) -> bytes:
     """A JSON body naming `task`."""
     return json.dumps({"task_id": str(task), "content": "x"}).encode()
+
+
+class TestDeadLetterOf:
+    """A message the consumer refuses becomes a dead letter as it was received."""
+
+    def test_detail_on_one_line_of_a_readable_length(self) -> None:
+        """Line breaks and runs of spaces become one space; a long detail is cut at 1000."""
+        message = FakeMessage(b"{}", message_id="m")
+        one_line = dead_letter_of(
+            message, code="invalid_event", detail=" a\n\tb  c\r\n", failed_at=NOW
+        )
+        assert one_line.detail == "a b c"
+        long = dead_letter_of(message, code="invalid_event", detail="x" * 5000, failed_at=NOW)
+        assert long.detail == "x" * 1000
+
+    def test_keeps_headers_and_counts_replays(self) -> None:
+        """The headers stay as they were, and x-replay-count is read into replay_count."""
+        headers = {"trace-id": "abc", "x-replay-count": 2}
+        message = FakeMessage(body_of(), message_id="m", headers=headers)
+        letter = dead_letter_of(message, code="unknown_task", detail="d", failed_at=NOW)
+        assert letter.headers == headers
+        assert (letter.replay_count, letter.task_id) == (2, str(TASK))
+        assert letter.failed_at == NOW
 
 
 class TestReading:
