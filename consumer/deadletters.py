@@ -8,7 +8,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 from uuid import UUID
 
 from consumer.broker.headers import (
@@ -170,8 +170,7 @@ def jsonable(value: object) -> object:
     elif isinstance(value, bytes):
         converted = jsonable(value.decode("utf-8", "replace"))
     elif isinstance(value, str):
-        # PostgreSQL's jsonb and text hold no NUL character: it is shown as U+FFFD.
-        converted = value.replace("\x00", "\ufffd")
+        converted = _text(value)
     elif isinstance(value, float) and not math.isfinite(value):
         converted = str(value)  # JSON has no NaN or infinity
     elif value is None or isinstance(value, int | float | bool):
@@ -361,7 +360,12 @@ def dead_letter_columns(letters: Sequence[DeadLetter]) -> tuple[list[Any], ...]:
     )
 
 
+@overload
+def _text(value: str) -> str: ...
+@overload
+def _text(value: None) -> None: ...
 def _text(value: str | None) -> str | None:
+    # PostgreSQL's jsonb and text hold no NUL character: it is shown as U+FFFD.
     return None if value is None else value.replace("\x00", "\ufffd")
 
 

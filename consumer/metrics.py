@@ -18,8 +18,8 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from consumer.deadletters import BROKER_REASONS, UNKNOWN_CODE
-from consumer.errors import ConfigurationError, ErrorCode
+from consumer.deadletters import ERROR_CODES
+from consumer.errors import ConfigurationError
 
 log = structlog.get_logger("metrics")
 
@@ -34,7 +34,7 @@ _LAG_SECONDS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 360
 
 # The codes a dead letter's series is labelled with: the consumer's and the broker's. A code
 # that another tool wrote in x-error counts as "other", so no label grows without bound.
-KNOWN_CODES = (*(code.value for code in ErrorCode), *BROKER_REASONS.values(), UNKNOWN_CODE, "other")
+KNOWN_CODES = (*ERROR_CODES, "other")
 
 
 def metric_code(code: str) -> str:
