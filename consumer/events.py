@@ -1,27 +1,102 @@
-"""The event agents publish (contract §1), and its validation: bytes in, a row or a reason out."""
+"""The event agents publish (contract §1), and its validation: bytes in, a row or a reason out.
+
+The rules themselves, and the patterns the published schema repeats, are `consumer.rules`.
+"""
 
 from __future__ import annotations
 
-import json
-import re
 import uuid
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+)
 
 from consumer.entries import ContextType, NewEntry
 from consumer.errors import ErrorCode, InvalidEventError
+from consumer.rules import (
+    CREATED_AT_PATTERN,
+    CREATED_AT_TEXT,
+    MAX_BODY_BYTES,
+    MAX_CLOCK_SKEW,
+    MAX_CONTENT_CHARS,
+    MAX_FIELD_DEPTH,
+    MAX_METADATA_DEPTH,
+    TEXT_PATTERN,
+    UUID_PATTERN,
+    UUID_TEXT,
+    loads_json,
+    metadata_json,
+    text_nesting,
+    text_problem,
+    too_deep,
+)
 
-MAX_BODY_BYTES = 1 << 20
-MAX_CONTENT_CHARS = 65_536
-MAX_METADATA_BYTES = 65_536
-MAX_CLOCK_SKEW = timedelta(minutes=5)
+# The key a parse passes in pydantic's validation context to get the metadata text back.
+_METADATA_TEXT = "metadata_json"
 
-# An escaped NUL in JSON text: \u0000 preceded by an even number of backslashes.
-_ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
-# RFC 3339 date-time; pydantic alone would also take "1735633800" as seconds since 1970.
-_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})")
+
+def _storable_metadata(value: object, info: ValidationInfo) -> object:
+    """Metadata checked, the original string form read as the object it holds and checked alike.
+
+    This runs before pydantic's own check, which refuses a lone surrogate in a key without
+    saying so. The text to store is left in the validation context, when there is one, so a
+    parse serializes metadata once.
+    """
+    if isinstance(value, str):
+        value = _metadata_from_text(value)
+    if isinstance(value, dict):
+        text = metadata_json(value)
+        if isinstance(info.context, dict):
+            info.context[_METADATA_TEXT] = text
+    return value
+
+
+def _metadata_from_text(value: str) -> object:
+    """The original string form of metadata, read as the object it holds."""
+    if value.count("{") + value.count("[") > MAX_METADATA_DEPTH:
+        depth, _ = text_nesting(value)
+        if depth > MAX_METADATA_DEPTH:
+            raise ValueError(too_deep(depth))
+    try:
+        held = loads_json(value)
+    except (ValueError, RecursionError):
+        raise ValueError("is a string that does not hold JSON") from None
+    if not isinstance(held, dict):
+        # pydantic reports ValueError (not TypeError) raised here as a validation error
+        raise ValueError("is a string that does not hold a JSON object")  # noqa: TRY004
+    return held
+
+
+def _canonical_uuid(value: object) -> object:
+    """A UUID given as text must be in the 8-4-4-4-12 form; pydantic parses it afterwards."""
+    if isinstance(value, str) and not UUID_TEXT.search(value):
+        raise ValueError(
+            "must be a UUID as 8-4-4-4-12 hex digits, like 0b6f1c1e-3c1a-4d57-9a0e-2f4c8e1d7a10"
+        )
+    return value
+
+
+Uuid = Annotated[
+    uuid.UUID,
+    BeforeValidator(_canonical_uuid),
+    WithJsonSchema({"type": "string", "format": "uuid", "pattern": UUID_PATTERN}),
+]
+Metadata = Annotated[dict[str, Any], BeforeValidator(_storable_metadata)]
+# No `format: date-time`: Python's jsonschema checks it with rfc3339-validator, which refuses
+# the space between date and time that pydantic, Python's str(datetime) and ajv accept.
+CreatedAt = Annotated[
+    AwareDatetime, WithJsonSchema({"type": "string", "pattern": CREATED_AT_PATTERN})
+]
 
 
 class Event(BaseModel):
@@ -30,53 +105,47 @@ class Event(BaseModel):
     # Unknown fields are ignored so that a newer publisher never breaks an older consumer.
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    id: uuid.UUID | None = Field(
+    id: Uuid | None = Field(
         default=None,
         description="Idempotency key. Absent: the AMQP message_id if it is a UUID, else new.",
     )
-    task_id: uuid.UUID = Field(description="The task this entry belongs to; must exist.")
-    workspace_id: uuid.UUID | None = None
-    session_id: uuid.UUID | None = None
+    task_id: Uuid = Field(description="The task this entry belongs to; must exist.")
+    workspace_id: Uuid | None = None
+    session_id: Uuid | None = None
     context_type: ContextType
-    content: Annotated[str, Field(min_length=1, max_length=MAX_CONTENT_CHARS)]
-    metadata: dict[str, Any] | None = Field(
+    content: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=MAX_CONTENT_CHARS,
+            json_schema_extra={"pattern": TEXT_PATTERN},
+        ),
+    ]
+    metadata: Metadata | None = Field(
         default=None,
         description="A JSON object, or a string holding one (the original form), or null.",
     )
-    created_at: AwareDatetime | None = Field(
+    created_at: CreatedAt | None = Field(
         default=None,
         description="RFC 3339 with an offset. Absent: when the consumer received the event.",
     )
 
-    @field_validator("content")
+    @field_validator("content", mode="before")
     @classmethod
-    def _no_nul(cls, value: str) -> str:
-        if "\x00" in value:
-            raise ValueError("contains a NUL character")
+    def _storable_text(cls, value: object) -> object:
+        # Before pydantic's own check, which refuses a lone surrogate without saying so.
+        if isinstance(value, str) and (problem := text_problem(value)):
+            raise ValueError(problem)
         return value
 
     @field_validator("created_at", mode="before")
     @classmethod
     def _rfc3339(cls, value: object) -> object:
         # A string in RFC 3339 form only: never a number, nor digits read as seconds since 1970.
-        if value is not None and not (isinstance(value, str) and _RFC3339.fullmatch(value)):
+        if value is not None and not (isinstance(value, str) and CREATED_AT_TEXT.search(value)):
             raise ValueError(
                 "must be an RFC 3339 timestamp with an offset, like 2026-11-26T10:15:00Z"
             )
-        return value
-
-    @field_validator("metadata", mode="before")
-    @classmethod
-    def _metadata_string(cls, value: object) -> object:
-        # Metadata was first published as a string holding JSON; that form keeps working.
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except (ValueError, RecursionError):  # RecursionError: nested deeper than Python goes
-                raise ValueError("is a string that does not hold JSON") from None
-            if not isinstance(value, dict):
-                # pydantic reports ValueError (not TypeError) raised here as a validation error
-                raise ValueError("is a string that does not hold a JSON object")  # noqa: TRY004
         return value
 
 
@@ -93,29 +162,45 @@ def _first_error(exc: ValidationError) -> InvalidEventError:
     return InvalidEventError(ErrorCode.INVALID_EVENT, f"{where}: {message}{more}")
 
 
-def _metadata_text(metadata: dict[str, Any] | None) -> str | None:
-    if metadata is None:
+def _reread(body: bytes, problem: str, context: dict[str, str]) -> Event:
+    r"""An event pydantic's JSON parser refused (`problem`), read by Python's instead.
+
+    That parser refuses three things JSON allows: an escaped unpaired surrogate (such as the
+    "\ud83d" JavaScript writes for half an emoji), nesting beyond its recursion limit, and
+    integers of over 4,300 digits. Each is then an invalid event (not invalid JSON) when it is
+    in a field the consumer reads, and no matter in a field it ignores. Anything else that
+    parser refuses is not JSON, and Python's parser says so too.
+    """
+    not_json = InvalidEventError(ErrorCode.INVALID_JSON, f"body is not valid JSON: {problem}")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise not_json from None
+    deepest, fields = text_nesting(text)
+    for name, depth in fields.items():
+        if depth > MAX_FIELD_DEPTH:
+            limit = MAX_METADATA_DEPTH if name == "metadata" else MAX_FIELD_DEPTH
+            detail = f"{name}: nested {depth} levels deep, over the {limit}-level limit"
+            raise InvalidEventError(ErrorCode.INVALID_EVENT, detail)
+    if deepest > MAX_FIELD_DEPTH + 1:  # not an object with fields: an array, say
+        raise InvalidEventError(ErrorCode.INVALID_EVENT, "body must be a JSON object")
+    try:
+        data = loads_json(text)
+    except (ValueError, RecursionError):
+        raise not_json from None
+    try:
+        return Event.model_validate(data, context=context)
+    except ValidationError as exc:
+        raise _first_error(exc) from None
+
+
+def _stored_metadata(event: Event, context: dict[str, str]) -> str | None:
+    """The metadata text to store: what validation left in the context, serialized once."""
+    if event.metadata is None:
         return None
-    try:
-        text = json.dumps(metadata, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    except ValueError:
-        raise InvalidEventError(
-            ErrorCode.INVALID_EVENT, "metadata: NaN and Infinity are not JSON numbers"
-        ) from None
-    if _ESCAPED_NUL.search(text):
-        raise InvalidEventError(ErrorCode.INVALID_EVENT, "metadata: contains a NUL character")
-    try:
-        size = len(text.encode("utf-8"))
-    except UnicodeEncodeError:  # a lone surrogate, from \ud800 inside the string form
-        raise InvalidEventError(
-            ErrorCode.INVALID_EVENT, "metadata: contains an unpaired UTF-16 surrogate"
-        ) from None
-    if size > MAX_METADATA_BYTES:
-        raise InvalidEventError(
-            ErrorCode.INVALID_EVENT,
-            f"metadata: {size} bytes serialized, over the {MAX_METADATA_BYTES}-byte limit",
-        )
-    return text
+    if _METADATA_TEXT in context:
+        return context[_METADATA_TEXT]
+    return metadata_json(event.metadata)
 
 
 def _event_id(event: Event, message_id: str | None) -> uuid.UUID:
@@ -139,10 +224,14 @@ def parse_event(body: bytes, *, message_id: str | None, received_at: datetime) -
         raise InvalidEventError(
             ErrorCode.TOO_LARGE, f"body is {len(body)} bytes, over the {MAX_BODY_BYTES}-byte limit"
         )
+    context: dict[str, str] = {}
     try:
-        event = Event.model_validate_json(body)
+        event = Event.model_validate_json(body, context=context)
     except ValidationError as exc:
-        raise _first_error(exc) from None
+        first = exc.errors(include_url=False)[0]
+        if first["type"] != "json_invalid":
+            raise _first_error(exc) from None
+        event = _reread(body, first["msg"], context)
     created_at = event.created_at or received_at
     if created_at - received_at > MAX_CLOCK_SKEW:
         raise InvalidEventError(
@@ -156,7 +245,7 @@ def parse_event(body: bytes, *, message_id: str | None, received_at: datetime) -
         session_id=event.session_id,
         context_type=event.context_type.value,
         content=event.content,
-        metadata=_metadata_text(event.metadata),
+        metadata=_stored_metadata(event, context),
         created_at=created_at,
     )
 

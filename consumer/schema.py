@@ -3,35 +3,99 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from typing import Any
 
 from consumer.entries import HistoryEntry
 from consumer.events import Event
-
-JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
-EVENT_TITLE = "Task build history event"
-# The names the original TypeScript definitions gave the three types.
-CONTEXT_TYPE_NAME = "TaskBuildHistoryContextType"
-ENTRY_NAME = "TaskBuildHistory"
-EVENT_NAME = "CreateTaskBuildHistory"
-_GENERATED_BY = (
-    "// Generated from the pydantic models by `task-history schema --typescript`; do not edit."
+from consumer.rules import (
+    MAX_NUMBER,
+    METADATA_TEXT_PATTERN,
+    RULES_NO_SCHEMA_CAN_STATE,
+    TEXT_PATTERN,
 )
 
+_WIDTH = 100  # of a line of TypeScript
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+EVENT_TITLE = "Task build history event"
+# The context type and the event keep the names the original TypeScript types gave them. The
+# original `TaskBuildHistory` type had `metadata` as a string holding JSON; a stored entry as
+# this service returns it has the object, so it has a name of its own.
+CONTEXT_TYPE_NAME = "TaskBuildHistoryContextType"
+ENTRY_NAME = "TaskBuildHistoryEntry"
+EVENT_NAME = "CreateTaskBuildHistory"
+ORIGINAL_ENTRY_NAME = "TaskBuildHistory"
+_GENERATED_BY = (
+    "// Generated from the pydantic models by `task-history schema --typescript`; do not edit.\n"
+    f"// The original TypeScript types had a `{ORIGINAL_ENTRY_NAME}` type whose `metadata` was a"
+    " string\n"
+    "// holding JSON. Entries read from this service (`task-history show --json`, `export`, the"
+    " HTTP\n"
+    f"// API) carry `metadata` as the object itself: they are `{ENTRY_NAME}`, and\n"
+    "// `JSON.stringify(entry.metadata)` gives the original string. Events may send either form."
+)
+_ENTRY_DESCRIPTION = (
+    "One stored entry, its nine fields, as `task-history show --json`, `export` and the HTTP API"
+    f" return it. Not the original `{ORIGINAL_ENTRY_NAME}` type: `metadata` is an object here,"
+    " not a string holding JSON."
+)
+_ENTRY_METADATA_DESCRIPTION = (
+    "The object itself, or null. The original type had a string holding JSON:"
+    " `JSON.stringify(entry.metadata)` gives it."
+)
+_EVENT_DESCRIPTION = (
+    "One event as published: the JSON body of a message to the history exchange. Validate it"
+    " with docs/event.schema.json; its description lists the rules the consumer adds."
+)
+
+# JSON values in metadata, at any depth: strings and keys are storable text, numbers fit a
+# 64-bit float. (Depth is not bounded here: see RULES_NO_SCHEMA_CAN_STATE.)
+_JSON_VALUE_DEFS: dict[str, Any] = {
+    "JsonObject": {
+        "description": "A JSON object whose keys and strings, at any depth, hold no NUL and no"
+        " unpaired UTF-16 surrogate, and whose numbers fit a 64-bit float.",
+        "type": "object",
+        "propertyNames": {"pattern": TEXT_PATTERN},
+        "additionalProperties": {"$ref": "#/$defs/JsonValue"},
+    },
+    "JsonValue": {
+        "anyOf": [
+            {"type": "string", "pattern": TEXT_PATTERN},
+            {"type": "number", "minimum": -MAX_NUMBER, "maximum": MAX_NUMBER},
+            {"type": "boolean"},
+            {"type": "null"},
+            {"type": "array", "items": {"$ref": "#/$defs/JsonValue"}},
+            {"$ref": "#/$defs/JsonObject"},
+        ],
+    },
+}
 _METADATA_AS_TEXT = {
     "type": "string",
     "contentMediaType": "application/json",
-    "description": "The original form: a string holding a JSON object.",
+    "pattern": METADATA_TEXT_PATTERN,
+    "description": "The original form: a string holding a JSON object, which follows the"
+    " object's rules; no NUL or unpaired surrogate in it, raw or escaped.",
 }
 
 
 def event_json_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of an event body, from `consumer.events.Event`."""
     schema = Event.model_json_schema()
+    schema["$defs"].update(_JSON_VALUE_DEFS)
     # The model turns string metadata (the original form) into an object before validating
     # it, so its own schema shows only the object; a publisher may send either.
-    metadata = schema["properties"]["metadata"]
-    metadata["anyOf"].insert(1, _METADATA_AS_TEXT)
+    schema["properties"]["metadata"]["anyOf"] = [
+        {"$ref": "#/$defs/JsonObject"},
+        _METADATA_AS_TEXT,
+        {"type": "null"},
+    ]
+    rules = " ".join(
+        f"({number}) {rule}" for number, rule in enumerate(RULES_NO_SCHEMA_CAN_STATE, 1)
+    )
+    schema["description"] += (
+        " Unknown fields are ignored. The consumer also enforces what no JSON Schema can state: "
+        + rules
+    )
     return {"$schema": JSON_SCHEMA_DIALECT, **schema, "title": EVENT_TITLE}
 
 
@@ -41,11 +105,17 @@ def event_json_schema_text() -> str:
 
 
 def typescript() -> str:
-    """TypeScript for the context types, a stored entry and an event, under their original names."""
+    """TypeScript for the context types, a stored entry and an event (see ENTRY_NAME)."""
     entry = HistoryEntry.model_json_schema(mode="serialization")
+    entry["description"] = _ENTRY_DESCRIPTION
+    entry["properties"]["metadata"]["description"] = _ENTRY_METADATA_DESCRIPTION
     event = event_json_schema()
+    event["description"] = _EVENT_DESCRIPTION
     context_type = entry["$defs"]["ContextType"]
-    names = {"#/$defs/ContextType": CONTEXT_TYPE_NAME}
+    names = {
+        "#/$defs/ContextType": CONTEXT_TYPE_NAME,
+        "#/$defs/JsonObject": "Record<string, unknown>",
+    }
     literals = "".join(f"\n  | {json.dumps(value)}" for value in context_type["enum"])
     blocks = [
         _GENERATED_BY,
@@ -97,8 +167,12 @@ def ts_type(schema: dict[str, Any], names: dict[str, str]) -> str:
 
 
 def _comment(text: str | None, *, indent: str) -> str:
-    """A TSDoc comment line for `text`, or nothing."""
+    """A TSDoc comment for `text` (one line when it fits, else wrapped), or nothing."""
     if not text:
         return ""
     one_line = " ".join(text.split()).replace("*/", "* /")
-    return f"{indent}/** {one_line} */\n"
+    if len(indent) + len(one_line) + 7 <= _WIDTH:
+        return f"{indent}/** {one_line} */\n"
+    lines = textwrap.wrap(one_line, width=_WIDTH - len(indent) - 3, break_on_hyphens=False)
+    body = "".join(f"{indent} * {line}\n" for line in lines)
+    return f"{indent}/**\n{body}{indent} */\n"

@@ -20,6 +20,8 @@ from consumer.settings import Settings, load_settings
 from consumer.store import Store
 from consumer.topology import Topology
 from tests.helpers import admin, run_sync, with_database
+from tests.outside import node_packages
+from tests.servers import BrokerTools, broker_tools_for
 
 DATABASE_ENV = "TASK_HISTORY_TEST_DATABASE_URL"
 LOCAL_DATABASE = "postgresql://postgres@localhost:5432/postgres"
@@ -27,7 +29,7 @@ AMQP_ENV = "TASK_HISTORY_TEST_AMQP_URL"
 LOCAL_AMQP = "amqp://guest:guest@localhost:5672/"
 TESTS = Path(__file__).resolve().parent
 # Each suite's folder is also its marker: `pytest -m unit` runs without any server.
-SUITES = ("unit", "integration", "reliability")
+SUITES = ("unit", "integration", "clients", "reliability")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -177,6 +179,12 @@ def amqp_url() -> Iterator[str]:
     yield from server("RabbitMQ", AMQP_ENV, LOCAL_AMQP, rabbitmq_container, rabbitmq_url)
 
 
+@pytest.fixture(scope="session")
+def broker_tools(amqp_url: str) -> BrokerTools:
+    """The broker under test's rabbitmqctl, checked to control that broker (tests/servers.py)."""
+    return broker_tools_for(amqp_url)
+
+
 @pytest.fixture
 async def topology(amqp_url: str) -> AsyncIterator[Topology]:
     """Exchanges and queues of this test's own, declared, and deleted afterwards."""
@@ -230,3 +238,9 @@ def env(
 ) -> Env:
     """This test's settings, broker URL, topology, SQL connection and scratch folder in one."""
     return Env(settings, amqp_url, topology, sql, tmp_path)
+
+
+@pytest.fixture(scope="session")
+def node_dir() -> Path:
+    """tests/node, where `node` finds ajv, amqplib and tsc at their pinned versions."""
+    return node_packages()

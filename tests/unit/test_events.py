@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import AwareDatetime, TypeAdapter, ValidationError
 
 from consumer.entries import ContextType, NewEntry
 from consumer.errors import ErrorCode, InvalidEventError, TaskHistoryError
-from consumer.events import MAX_BODY_BYTES, Event, check_retention, parse_event
+from consumer.events import Event, check_retention, parse_event
+from consumer.rules import (
+    CREATED_AT_PATTERN,
+    MAX_BODY_BYTES,
+    MAX_FIELD_DEPTH,
+    MAX_METADATA_DEPTH,
+    MAX_NUMBER,
+    json_depth,
+)
+
+NUMBER_RANGE = "holds NaN, Infinity or a number beyond ±1.7976931348623157e+308"
 
 TASK_ID = uuid.UUID("0b6f1c1e-3c1a-4d57-9a0e-2f4c8e1d7a10")
 WORKSPACE_ID = uuid.UUID("6a1d9f0c-5b2e-4c3a-8f7d-1e2b3c4d5e6f")
@@ -78,6 +91,77 @@ def entry(created_at: datetime) -> NewEntry:
         metadata=None,
         created_at=created_at,
     )
+
+
+CREATED_AT = re.compile(CREATED_AT_PATTERN)
+_AWARE = TypeAdapter(AwareDatetime)
+
+
+def pydantic_reads(text: str) -> bool:
+    """Whether pydantic alone reads `text` as an aware datetime."""
+    try:
+        _AWARE.validate_json(json.dumps(text))
+    except ValidationError:
+        return False
+    return True
+
+
+DIGIT = st.sampled_from("0123456789")
+
+
+def digits(count: int) -> st.SearchStrategy[str]:
+    """`count` random ASCII digits."""
+    return st.lists(DIGIT, min_size=count, max_size=count).map("".join)
+
+
+# Each part of a timestamp: values inside its range, and values at or past its edges.
+PARTS: dict[str, tuple[range, tuple[str, ...]]] = {
+    "month": (range(1, 13), ("00", "13", "19", "99")),
+    "day": (range(1, 32), ("00", "29", "30", "31", "32", "39")),
+    "hour": (range(24), ("24", "29", "99")),
+    "minute": (range(60), ("60", "99")),
+    "second": (range(60), ("60", "61", "99")),
+}
+# Month ends, where the calendar and leap years matter.
+MONTH_ENDS = [(f"{month:02}", day) for month in range(1, 13) for day in ("28", "29", "30", "31")]
+YEARS = ("0000", "0001", "0004", "0100", "0400", "1600", "1900", "2000", "2023", "2024", "9999")
+
+
+@st.composite
+def rfc3339_like(draw: st.DrawFn, offsets: st.SearchStrategy[str]) -> str:
+    """Text shaped like an RFC 3339 timestamp: valid parts, often one or two at or past an edge."""
+    edgy = set(draw(st.lists(st.sampled_from(sorted(PARTS)), max_size=2)))
+    values = {
+        name: draw(
+            st.sampled_from(edges) if name in edgy else st.sampled_from(valid).map("{:02}".format)
+        )
+        for name, (valid, edges) in PARTS.items()
+    }
+    if draw(st.booleans()):
+        values["month"], values["day"] = draw(
+            st.one_of(st.just(("02", "29")), st.sampled_from(MONTH_ENDS))
+        )
+    year = draw(st.one_of(st.sampled_from(YEARS), digits(4)))
+    fraction = draw(st.one_of(st.just(""), st.integers(1, 12).flatmap(digits).map(".{}".format)))
+    separator = draw(st.sampled_from(["T", "t", " "]))
+    return (
+        f"{year}-{values['month']}-{values['day']}{separator}{values['hour']}:{values['minute']}"
+        f":{values['second']}{fraction}{draw(offsets)}"
+    )
+
+
+# Offsets as RFC 3339 writes them: Z, z, or a sign and HH:MM (the digits possibly out of range).
+RFC3339_OFFSETS = st.one_of(
+    st.sampled_from(["Z", "z"]),
+    st.builds(
+        "{}{:02}:{:02}".format,
+        st.sampled_from("+-"),
+        st.one_of(st.integers(0, 23), st.integers(24, 99)),
+        st.one_of(st.integers(0, 59), st.integers(60, 99)),
+    ),
+)
+# Offsets pydantic takes too, which the pattern refuses: RFC 3339 does not allow them.
+OTHER_OFFSETS = st.sampled_from(["+0000", "-0530", "+00", "-05", "", "+00:00:00", "UTC"])
 
 
 class TestErrorCode:
@@ -237,6 +321,51 @@ class TestRequiredUuids:
         assert error.detail.startswith(f"{field}: ")
 
 
+class TestUuidForm:
+    """UUIDs in the body are 8-4-4-4-12 hex digits, either case; other spellings are refused."""
+
+    @pytest.mark.parametrize("field", ["id", "task_id", "workspace_id", "session_id"])
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "0B6F1C1E-3C1A-4D57-9A0E-2F4C8E1D7A10",
+            "0b6F1c1E-3c1a-4D57-9a0e-2f4C8e1d7A10",
+            "00000000-0000-0000-0000-000000000000",
+            "0b6f1c1e-3c1a-0d57-ca0e-2f4c8e1d7a10",  # any version and variant
+        ],
+    )
+    def test_canonical_accepted(self, field: str, text: str) -> None:
+        """Upper, lower or mixed case, any version: the same UUID."""
+        row = parse(encode(event(**{field: text})))
+        assert getattr(row, field) == uuid.UUID(text)
+
+    @pytest.mark.parametrize("field", ["id", "task_id", "workspace_id", "session_id"])
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "0b6f1c1e3c1a4d579a0e2f4c8e1d7a10",
+            "{0b6f1c1e-3c1a-4d57-9a0e-2f4c8e1d7a10}",
+            "urn:uuid:0b6f1c1e-3c1a-4d57-9a0e-2f4c8e1d7a10",
+            "0b6f1c1e-3c1a-4d57-9a0e-2f4c8e1d7a10\n",
+            " 0b6f1c1e-3c1a-4d57-9a0e-2f4c8e1d7a10",
+            "0b6f1c1e-3c1a-4d57-9a0e2f4c-8e1d7a10",
+            "0b6f1c1e-3c1a-4d57-9a0e-2f4c8e1d7a1g",
+            "0b6f1c1e-3c1a-4d57-9a0e-2f4c8e1d7a1",
+            "0b6f1c1e-3c1a-4d57-9a0e-2f4c8e1d7a10\x00",
+            "\uff10b6f1c1e-3c1a-4d57-9a0e-2f4c8e1d7a10",
+        ],
+    )
+    def test_other_spellings_refused(self, field: str, text: str) -> None:
+        """Without hyphens, braced, urn:, padded or misplaced: refused, naming the field."""
+        error = refusal(json.dumps(event(**{field: text})).encode())
+        assert error.code is ErrorCode.INVALID_EVENT
+        assert error.detail.startswith(f"{field}: must be a UUID as 8-4-4-4-12 hex digits")
+
+    def test_python_uuid_objects(self) -> None:
+        """The model, given Python objects, still takes uuid.UUID values."""
+        assert Event.model_validate(event(task_id=TASK_ID)).task_id == TASK_ID
+
+
 class TestContextType:
     """Exactly the six context types are accepted."""
 
@@ -351,7 +480,7 @@ class TestMetadata:
         assert parse(encode(event(metadata={}))).metadata == "{}"
 
     def test_string_holding_object_stored_as_object(self) -> None:
-        """The seed's string form is stored as the object it holds, not as a string."""
+        """The original string form is stored as the object it holds, not as a string."""
         row = parse(encode(event(metadata='{"tool": "pytest", "passed": 3}')))
         assert row.metadata is not None
         assert json.loads(row.metadata) == {"tool": "pytest", "passed": 3}
@@ -442,18 +571,262 @@ class TestMetadata:
         assert row.metadata is not None
         assert json.loads(row.metadata) == {"path": "\\u0000"}
 
-    @pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity"])
-    def test_nan_and_infinity(self, number: bytes) -> None:
-        """NaN and the infinities are not JSON numbers and are refused."""
+    @pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-1.8e308"])
+    def test_nan_infinity_and_too_large(self, number: bytes) -> None:
+        """NaN, the infinities and numbers a double can't hold are refused."""
         body = b'{"task_id": "%s", "context_type": "error", "content": "x", "metadata": {"n": %s}}'
         error = refusal(body % (str(TASK_ID).encode(), number))
         assert error.code is ErrorCode.INVALID_EVENT
-        assert error.detail == "metadata: NaN and Infinity are not JSON numbers"
+        assert error.detail == f"metadata: {NUMBER_RANGE}"
 
     def test_nan_in_string_form(self) -> None:
         """NaN inside the string form is refused as well."""
         error = refusal(encode(event(metadata='{"n": NaN}')))
-        assert error.detail == "metadata: NaN and Infinity are not JSON numbers"
+        assert error.detail == f"metadata: {NUMBER_RANGE}"
+
+    @pytest.mark.parametrize("sign", [1, -1])
+    def test_integer_too_large_for_a_double(self, sign: int) -> None:
+        """An integer beyond the largest double is refused, exactly, as JSON Schema's maximum."""
+        at_limit = int(MAX_NUMBER)
+        assert parse(encode(event(metadata={"n": sign * at_limit}))).metadata is not None
+        error = refusal(encode(event(metadata={"n": [sign * (at_limit + 1)]})))
+        assert error.detail == f"metadata: {NUMBER_RANGE}"
+
+    def test_long_digit_strings_are_text(self) -> None:
+        """A string of many digits is not a number."""
+        metadata = {"digits": "9" * 400, "n": 10**300}
+        row = parse(encode(event(metadata=metadata)))
+        assert row.metadata is not None
+        assert json.loads(row.metadata) == metadata
+
+    def test_largest_double(self) -> None:
+        """The largest double itself is accepted."""
+        row = parse(encode(event(metadata={"n": MAX_NUMBER, "m": -MAX_NUMBER})))
+        assert row.metadata is not None
+        assert json.loads(row.metadata) == {"n": MAX_NUMBER, "m": -MAX_NUMBER}
+
+
+class TestMetadataStringForm:
+    """The original string form holds a JSON object, and what it holds follows the same rules."""
+
+    @pytest.mark.parametrize(
+        "text",
+        ['{"a": 1}', ' {"a": 1} ', "\t\r\n{}\n", '{"a": "\\u00e9\\uD83D\\uDE00"}', "{}"],
+    )
+    def test_json_object_accepted(self, text: str) -> None:
+        """JSON whitespace around the object, and escapes inside it, are fine."""
+        row = parse(encode(event(metadata=text)))
+        assert row.metadata is not None
+        assert json.loads(row.metadata) == json.loads(text)
+
+    @pytest.mark.parametrize(
+        "text", ["exit 0", "", " ", "{", "{} {}", "\f{}", "\u00a0{}", "{'a': 1}"]
+    )
+    def test_not_json_refused(self, text: str) -> None:
+        """Text that isn't JSON, or has more than one value, or other whitespace, is refused."""
+        error = refusal(encode(event(metadata=text)))
+        assert error.code is ErrorCode.INVALID_EVENT
+        assert error.detail == "metadata: is a string that does not hold JSON"
+
+    @pytest.mark.parametrize("text", ["[1]", "[]", "1", '"{}"', "null", "true"])
+    def test_json_but_not_an_object_refused(self, text: str) -> None:
+        """JSON that isn't an object is refused."""
+        error = refusal(encode(event(metadata=text)))
+        assert error.detail == "metadata: is a string that does not hold a JSON object"
+
+    @pytest.mark.parametrize(
+        "text", ['{"a": "\\u0000"}', '{"\\u0000": 1}', '{"a": ["\\\\\\u0000"]}']
+    )
+    def test_escaped_nul_refused(self, text: str) -> None:
+        """An escaped NUL (after an even number of backslashes) is refused."""
+        assert refusal(encode(event(metadata=text))).detail == "metadata: contains a NUL character"
+
+
+class TestHugeNumbers:
+    """Integers past Python's 4,300-digit limit, which pydantic's parser refuses, are JSON."""
+
+    HUGE = b"9" * 5_000
+
+    def test_in_an_ignored_field(self) -> None:
+        """Ignored, like anything else in an unknown field."""
+        body = b'{"task_id": "%s", "context_type": "error", "content": "x", "n": -%s}'
+        assert parse(body % (str(TASK_ID).encode(), self.HUGE)).content == "x"
+
+    def test_in_metadata(self) -> None:
+        """Beyond a double: refused as any such number is, not as invalid JSON."""
+        body = b'{"task_id": "%s", "context_type": "error", "content": "x", "metadata": {"n": %s}}'
+        error = refusal(body % (str(TASK_ID).encode(), self.HUGE))
+        assert error.code is ErrorCode.INVALID_EVENT
+        assert error.detail == f"metadata: {NUMBER_RANGE}"
+
+    def test_in_the_string_form(self) -> None:
+        """The same inside the string form."""
+        text = '{"n": ' + "9" * 5_000 + "}"
+        assert refusal(encode(event(metadata=text))).detail == f"metadata: {NUMBER_RANGE}"
+
+
+class TestUnpairedSurrogates:
+    r"""Half of a surrogate pair (JavaScript's "\ud83d" when .slice cuts an emoji) is refused."""
+
+    @pytest.mark.parametrize("escape", ["\\ud83d", "\\ude00", "a\\udbff", "\\ude00\\ud83d"])
+    def test_in_content(self, escape: str) -> None:
+        """In content, an escaped lone surrogate is an invalid event, not invalid JSON."""
+        body = b'{"task_id": "%s", "context_type": "error", "content": "%s"}'
+        error = refusal(body % (str(TASK_ID).encode(), escape.encode()))
+        assert error.code is ErrorCode.INVALID_EVENT
+        assert error.detail == "content: contains an unpaired UTF-16 surrogate"
+
+    def test_javascript_slice(self) -> None:
+        """The body JSON.stringify writes for "ab😀".slice(0, 3) is refused, naming content."""
+        content = "ab\ud83d"  # what .slice(0, 3) leaves, as Python holds it
+        body = json.dumps(event(content=content)).encode("ascii")
+        assert b'"ab\\ud83d"' in body
+        assert refusal(body).detail == "content: contains an unpaired UTF-16 surrogate"
+
+    def test_pair_is_fine(self) -> None:
+        """A surrogate pair escape is one character, and is kept."""
+        body = json.dumps(event(content="\N{GRINNING FACE}"), ensure_ascii=True).encode()
+        assert parse(body).content == "\N{GRINNING FACE}"
+
+    @pytest.mark.parametrize(
+        "metadata",
+        [{"a": "\ud83d"}, {"\ude00": 1}, {"a": [{"b": ["x\udfff"]}]}, {"a": {"\ud800k": None}}],
+    )
+    def test_in_metadata(self, metadata: dict[str, Any]) -> None:
+        """In any metadata key or string, at any depth, it is refused."""
+        body = json.dumps(event(metadata=metadata)).encode("ascii")
+        error = refusal(body)
+        assert error.code is ErrorCode.INVALID_EVENT
+        assert error.detail == "metadata: contains an unpaired UTF-16 surrogate"
+
+    @pytest.mark.parametrize("text", ['{"a": "\\ud83d"}', '{"a": "\\uDE00x"}', '{"a": "\ud83d"}'])
+    def test_in_string_form(self, text: str) -> None:
+        """In the string form, escaped or raw, it is refused."""
+        body = json.dumps(event(metadata=text)).encode("ascii")
+        assert refusal(body).detail == "metadata: contains an unpaired UTF-16 surrogate"
+
+    def test_in_an_ignored_field(self) -> None:
+        """In a field the consumer ignores, it does no harm: the event is stored."""
+        body = json.dumps(event(note="\ud83d", more={"k": ["\ude00"]})).encode("ascii")
+        assert parse(body).content == "ran the tests"
+
+    def test_with_another_error(self) -> None:
+        """The first error, by field, is reported, as for any other body."""
+        body = json.dumps(event(task_id="nope", content="\ud83d")).encode("ascii")
+        error = refusal(body)
+        assert error.detail.startswith("task_id: ")
+        assert error.detail.endswith("(and 1 more)")
+
+    def test_model_refuses_it_too(self) -> None:
+        """Validating a Python dict applies the same rule."""
+        with pytest.raises(ValidationError, match="unpaired UTF-16 surrogate"):
+            Event.model_validate(event(content="x\ud83d"))
+
+    @pytest.mark.parametrize(
+        "body",
+        [
+            b'{"content": "\\ud83"}',
+            b'{"content": "\\ud83d',
+            b'{"content": "\\ud83d"',
+            b'{"content": "\xed\xa0\xbd"}',  # a surrogate encoded as UTF-8 is not UTF-8
+        ],
+    )
+    def test_broken_json_is_still_invalid_json(self, body: bytes) -> None:
+        """A body that is not JSON stays invalid_json, surrogate or not."""
+        assert refusal(body).code is ErrorCode.INVALID_JSON
+
+
+def nested(levels: int, *, leaf: object = 1) -> object:
+    """Objects and arrays nested `levels` deep, alternating, around `leaf`."""
+    value = leaf
+    for level in range(levels):
+        value = {"k": value} if level % 2 else [value]
+    return value
+
+
+class TestNesting:
+    """Metadata nests at most 64 levels; any other field at most 200."""
+
+    def test_limits(self) -> None:
+        """The limits are the documented ones."""
+        assert MAX_METADATA_DEPTH == 64
+        assert MAX_FIELD_DEPTH == 200
+
+    @pytest.mark.parametrize("string_form", [False, True])
+    def test_metadata_at_the_limit(self, *, string_form: bool) -> None:
+        """The metadata object and 63 levels inside it are accepted, in either form."""
+        metadata = {"k": nested(63)}
+        assert json_depth(metadata) == 64
+        value = json.dumps(metadata) if string_form else metadata
+        row = parse(encode(event(metadata=value)))
+        assert row.metadata is not None
+        assert json.loads(row.metadata) == metadata
+
+    @pytest.mark.parametrize("string_form", [False, True])
+    @pytest.mark.parametrize("levels", [65, 70, 199, 200, 201, 250, 900])
+    def test_metadata_over_the_limit(self, levels: int, *, string_form: bool) -> None:
+        """One level more is refused, in either form, however deep, naming the depth."""
+        metadata = {"k": nested(levels - 1)}
+        value = json.dumps(metadata) if string_form else metadata
+        error = refusal(json.dumps(event(metadata=value)).encode())
+        assert error.code is ErrorCode.INVALID_EVENT
+        assert error.detail == f"metadata: nested {levels} levels deep, over the 64-level limit"
+
+    def test_metadata_over_the_limit_as_text(self) -> None:
+        """A string form nested 100,000 levels is refused without parsing it."""
+        deep = "{" + '"k":[' * 49_999 + "1" + "]" * 49_999 + "}"
+        error = refusal(encode(event(metadata=deep)))
+        assert error.detail == "metadata: nested 50000 levels deep, over the 64-level limit"
+
+    def test_metadata_object_too_deep_for_the_parser(self) -> None:
+        """Metadata beyond the JSON parser's own limit is an invalid event, not invalid JSON."""
+        body = b'{"task_id": "%s", "context_type": "error", "content": "x", "metadata": {"k": %s}}'
+        inner = b"[" * 9_999 + b"]" * 9_999
+        error = refusal(body % (str(TASK_ID).encode(), inner))
+        assert error.code is ErrorCode.INVALID_EVENT
+        assert error.detail == "metadata: nested 10000 levels deep, over the 64-level limit"
+
+    def test_many_brackets_but_shallow(self) -> None:
+        """Many objects side by side are not deep."""
+        metadata = {"files": [{"name": str(i), "tags": []} for i in range(200)], "s": "[[[[" * 40}
+        row = parse(encode(event(metadata=metadata)))
+        assert row.metadata is not None
+        assert json.loads(row.metadata) == metadata
+
+    def test_brackets_in_strings_do_not_count(self) -> None:
+        """Brackets inside strings are text, in the string form too."""
+        metadata = {"s": "{[" * 100, "t": '\\"{{{{' * 50}
+        assert parse(encode(event(metadata=json.dumps(metadata)))).metadata is not None
+
+    def test_ignored_field_at_the_limit(self) -> None:
+        """An unknown field nested 200 levels is ignored, as unknown fields are."""
+        assert parse(encode(event(extra=nested(200)))).content == "ran the tests"
+
+    @pytest.mark.parametrize("levels", [201, 202, 3_000])
+    def test_ignored_field_over_the_limit(self, levels: int) -> None:
+        """One more level is refused as an invalid event, naming the field and its depth."""
+        body = b'{"task_id": "%s", "context_type": "error", "content": "x", "deep": %s}'
+        inner = b"[" * levels + b"]" * levels
+        error = refusal(body % (str(TASK_ID).encode(), inner))
+        assert error.code is ErrorCode.INVALID_EVENT
+        assert error.detail == f"deep: nested {levels} levels deep, over the 200-level limit"
+
+    def test_deep_content(self) -> None:
+        """Content that is a deep array is refused, naming content."""
+        body = b'{"task_id": "%s", "context_type": "error", "content": %s}'
+        error = refusal(body % (str(TASK_ID).encode(), b"[" * 300 + b"]" * 300))
+        assert error.detail == "content: nested 300 levels deep, over the 200-level limit"
+
+    def test_deep_array_body(self) -> None:
+        """A body that is a deep array is not an object."""
+        assert refusal(b"[" * 5_000 + b"]" * 5_000).detail == "body must be a JSON object"
+
+    def test_json_depth(self) -> None:
+        """Scalars are 0 levels, an empty object or array 1."""
+        assert json_depth(1) == 0
+        assert json_depth({}) == 1
+        assert json_depth([[], {"a": [1]}]) == 3
+        assert json_depth(nested(1_000)) == 1_000
 
 
 class TestCreatedAt:
@@ -541,6 +914,103 @@ class TestCreatedAt:
         assert parse(encode(event(created_at=past.isoformat()))).created_at == past
 
 
+class TestCreatedAtForm:
+    """The one created_at pattern: what it accepts, pydantic reads; what it refuses, is refused."""
+
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            ("2024-12-31 08:30:00Z", datetime(2024, 12, 31, 8, 30, tzinfo=UTC)),
+            ("2024-12-31t08:30:00z", datetime(2024, 12, 31, 8, 30, tzinfo=UTC)),
+            ("2024-02-29T00:00:00Z", datetime(2024, 2, 29, tzinfo=UTC)),
+            ("2000-02-29T00:00:00Z", datetime(2000, 2, 29, tzinfo=UTC)),
+            ("0400-02-29T00:00:00Z", datetime(400, 2, 29, tzinfo=UTC)),
+            ("0004-02-29T00:00:00Z", datetime(4, 2, 29, tzinfo=UTC)),
+            ("0001-01-01T00:00:00Z", datetime(1, 1, 1, tzinfo=UTC)),
+            ("2024-12-31T23:59:59.123456789012Z", datetime(2024, 12, 31, 23, 59, 59, 123456, UTC)),
+            (
+                "2024-06-30T12:00:00-23:59",
+                datetime(2024, 6, 30, 12, tzinfo=timezone(-timedelta(hours=23, minutes=59))),
+            ),
+            ("2024-06-30T12:00:00-00:00", datetime(2024, 6, 30, 12, tzinfo=UTC)),
+        ],
+    )
+    def test_accepted(self, text: str, expected: datetime) -> None:
+        """A space or lower-case letters, real leap days, long fractions, offsets to ±23:59."""
+        created_at = parse(encode(event(created_at=text))).created_at
+        assert created_at == expected
+        assert created_at.utcoffset() == expected.utcoffset()
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "2024-12-31T08:30:00+0000",
+            "2024-12-31T08:30:00+00",
+            "2024-12-31T08:30:00+24:00",
+            "2024-12-31T08:30:00+05:60",
+            "2024-12-31T08:30:00",
+            "2023-02-29T00:00:00Z",
+            "1900-02-29T00:00:00Z",
+            "2100-02-29T00:00:00Z",
+            "2024-04-31T00:00:00Z",
+            "2024-00-10T00:00:00Z",
+            "2024-13-10T00:00:00Z",
+            "2024-01-00T00:00:00Z",
+            "2024-01-32T00:00:00Z",
+            "0000-01-01T00:00:00Z",
+            "2016-12-31T23:59:60Z",
+            "2024-12-31T24:00:00Z",
+            "2024-12-31T08:60:00Z",
+            "2024-12-31T08:30:00.Z",
+            "2024-12-31T08:30:00,5Z",
+            "2024-12-31_08:30:00Z",
+            "2024-12-31T08:30:00Z\n",
+            "\n2024-12-31T08:30:00Z",
+            "24-12-31T08:30:00Z",
+            "+2024-12-31T08:30:00Z",
+            "2024-12-31T08:30Z",
+            "2024-12-31T8:30:00Z",
+            "\u0662\u0660\u0662\u0664-12-31T08:30:00Z",
+        ],
+    )
+    def test_refused(self, text: str) -> None:
+        """+0000 and +00, impossible dates, a leap second, no offset, other separators: refused."""
+        error = refusal(json.dumps(event(created_at=text)).encode())
+        assert error.code is ErrorCode.INVALID_EVENT
+        assert error.detail.startswith("created_at: must be an RFC 3339 timestamp")
+
+    @settings(max_examples=1_500, derandomize=True, database=None)
+    @given(text=rfc3339_like(RFC3339_OFFSETS))
+    def test_pattern_is_what_pydantic_reads(self, text: str) -> None:
+        """For RFC 3339-shaped text, the pattern matches exactly when pydantic accepts it."""
+        assert bool(CREATED_AT.search(text)) is pydantic_reads(text)
+
+    @settings(max_examples=300, derandomize=True, database=None)
+    @given(text=rfc3339_like(OTHER_OFFSETS))
+    def test_other_offsets_refused(self, text: str) -> None:
+        """Offsets RFC 3339 doesn't write (+0000, +00, none) never match, whatever pydantic says."""
+        assert not CREATED_AT.search(text)
+
+    @settings(max_examples=500, derandomize=True, database=None)
+    @given(text=st.text(alphabet="0123456789-:.+ TtZz_,\n", min_size=19, max_size=40))
+    def test_pattern_implies_pydantic(self, text: str) -> None:
+        """Whatever the text, a match is something pydantic reads."""
+        if CREATED_AT.search(text):
+            assert pydantic_reads(text)
+
+    @settings(max_examples=300, derandomize=True, database=None)
+    @given(
+        moment=st.datetimes(
+            timezones=st.integers(-1439, 1439).map(lambda m: timezone(timedelta(minutes=m)))
+        )
+    )
+    def test_python_timestamps_match(self, moment: datetime) -> None:
+        """What Python writes for an aware datetime (isoformat and str) matches."""
+        for text in (moment.isoformat(), str(moment), moment.isoformat(timespec="milliseconds")):
+            assert CREATED_AT.search(text), text
+            assert pydantic_reads(text)
+
+
 class TestBody:
     """The body as a whole: size, encoding, JSON, an object."""
 
@@ -610,7 +1080,7 @@ class TestEventModel:
         assert model.task_id == TASK_ID
 
     def test_string_metadata_becomes_object(self) -> None:
-        """The model turns the seed's string metadata into a dict."""
+        """The model turns the original string metadata into a dict."""
         model = Event.model_validate(event(metadata='{"a": 1}'))
         assert model.metadata == {"a": 1}
 
