@@ -31,10 +31,12 @@ from consumer.pages import Cursor, HistoryQuery, Page
 if TYPE_CHECKING:
     from consumer.publisher import HistoryPublisher, OutgoingEvent
     from consumer.store import Store
+    from consumer.testing import InMemoryPublisher
 
 # Each lazily imported name, and the module that defines it.
 _LAZY = {
     "HistoryPublisher": "consumer.publisher",
+    "InMemoryPublisher": "consumer.testing",
     "OutgoingEvent": "consumer.publisher",
     "Store": "consumer.store",
 }
@@ -52,6 +54,7 @@ __all__ = [
     "HistoryNotSeenError",
     "HistoryPublisher",
     "HistoryQuery",
+    "InMemoryPublisher",
     "InvalidCursorError",
     "InvalidEventError",
     "NotMigratedError",

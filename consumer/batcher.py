@@ -3,22 +3,32 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
+# Event-loop turns in a row that bring no new item before a growing batch stops waiting. A
+# delivery read from the socket takes a few turns to reach the inbox (the connection's reader,
+# the channel's reader, then the delivery's own task), so one empty turn is not yet a lull.
+QUIET_TURNS = 3
+
 
 class Inbox(Generic[T]):
-    """Items waiting to be written, handed out in batches.
+    """Items waiting to be written, handed out in batches, sized by what is waiting.
 
-    A batch is ready when it holds `max_size` items, or when its first item has waited
-    `max_wait` seconds: full batches under load, low latency when traffic is light. Putting is
-    synchronous and cheap, since it runs once per delivered message.
+    No clock decides when a batch goes: `take` hands one out as soon as something is in hand
+    and deliveries stop coming in. While the writer is busy with a batch, what arrives waits
+    and makes the next one, so batches grow with the load and shrink with it. When the writer
+    asks and finds items in hand, it lets the event loop run while new items keep arriving
+    (those already read from the socket, or a burst), and stops once `QUIET_TURNS` turns bring
+    none, the batch holds `max_size` items, or its first item has waited `max_wait` seconds.
+    Idle, the first item goes out after a few turns: no fixed wait.
+
+    Putting is synchronous and cheap, since it runs once per delivered message.
     """
 
     def __init__(self, *, max_size: int, max_wait: float) -> None:
-        """Hand out at most `max_size` items at a time, the first after `max_wait` seconds."""
+        """Hand out at most `max_size` items at a time, growing a batch for `max_wait` at most."""
         if max_size < 1:
             raise ValueError("max_size must be at least 1")
         self._max_size = max_size
@@ -26,7 +36,6 @@ class Inbox(Generic[T]):
         self._items: list[T] = []
         self._first_at = 0.0
         self._arrived = asyncio.Event()
-        self._full = asyncio.Event()
         self._interrupted = False
 
     def __len__(self) -> int:
@@ -39,35 +48,48 @@ class Inbox(Generic[T]):
             self._first_at = asyncio.get_running_loop().time()
             self._arrived.set()
         self._items.append(item)
-        if len(self._items) >= self._max_size:
-            self._full.set()
 
     async def take(self) -> list[T]:
-        """Wait for the next batch: full, or its first item `max_wait` old, or interrupted."""
+        """Wait for something in hand, let the batch grow while items keep coming, return it.
+
+        Returns at once, with whatever is there (perhaps nothing), once interrupted.
+        """
         while not self._items and not self._interrupted:
             self._arrived.clear()
             await self._arrived.wait()
-        if self._items and len(self._items) < self._max_size and not self._interrupted:
-            delay = self._first_at + self._max_wait - asyncio.get_running_loop().time()
-            if delay > 0:
-                self._full.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await self._full.wait()
+        await self._grow()
         return self.take_nowait()
+
+    async def _grow(self) -> None:
+        """Yield to the event loop while new items keep arriving, within the caps."""
+        loop = asyncio.get_running_loop()
+        deadline = self._first_at + self._max_wait
+        count = len(self._items)
+        quiet = 0
+        while (
+            quiet < QUIET_TURNS
+            and count < self._max_size
+            and not self._interrupted
+            and loop.time() < deadline
+        ):
+            await asyncio.sleep(0)
+            if len(self._items) > count:
+                count = len(self._items)
+                quiet = 0
+            else:
+                quiet += 1
 
     def take_nowait(self) -> list[T]:
         """The next batch as it stands now, possibly empty."""
+        if len(self._items) <= self._max_size:
+            batch, self._items = self._items, []
+            return batch
         batch, self._items = self._items[: self._max_size], self._items[self._max_size :]
-        if self._items:
-            # What is left arrived while this batch filled: its clock starts now.
-            self._first_at = asyncio.get_running_loop().time()
-        else:
-            self._full.clear()
+        # What is left arrived while this batch filled: its clock starts now.
+        self._first_at = asyncio.get_running_loop().time()
         return batch
 
     def interrupt(self) -> None:
         """Make `take` return at once from now on, with whatever is there."""
         self._interrupted = True
         self._arrived.set()
-        self._full.set()

@@ -25,7 +25,9 @@ from consumer.broker.headers import (
     original_routing_key,
 )
 from consumer.errors import ErrorCode
-from consumer.events import MAX_BODY_BYTES
+from consumer.rules import (
+    MAX_BODY_BYTES,
+)
 
 # What the broker's own x-death reasons mean, as x-error codes. `expired` is taken (an event
 # older than the retention), so a message whose TTL ran out in a queue is `ttl_expired`.

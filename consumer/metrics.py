@@ -74,6 +74,12 @@ class Metrics:
             ["code"],
             registry=r,
         )
+        self.routing_key_mismatches = Counter(
+            "task_history_routing_key_mismatches",
+            "Events whose routing key was not history.<context_type>: stored by their"
+            " context_type all the same",
+            registry=r,
+        )
         self.waiting_for_task = Counter(
             "task_history_events_waiting_for_task",
             "Events parked in the retry queue because their task does not exist yet",
@@ -124,6 +130,12 @@ class Metrics:
         self.dead_letters_purged = Gauge(
             "task_history_dead_letters_purged",
             "Dead letters `task-history dlq purge` has deleted, ever",
+            registry=r,
+        )
+        self.asynchronous_standbys = Gauge(
+            "task_history_database_asynchronous_standbys",
+            "Standbys the database streams to while none is synchronous (read at start-up):"
+            " above 0, a failover can lose events already acknowledged",
             registry=r,
         )
         # Every series exists from the start, at zero: a dashboard's rate() needs the zero.

@@ -33,6 +33,7 @@ from consumer.metrics import Metrics, metric_code
 from consumer.retry import backoff
 from consumer.settings import Settings
 from consumer.shutdown import Shutdown
+from consumer.topology import RoutingKeyCheck
 
 log = structlog.get_logger("consumer")
 
@@ -154,6 +155,7 @@ class Pipeline:
         self._retention_read_at = float("-inf")
         # Why the last batch had every row refused, when it had; None after a batch stores.
         self._last_refusal: str | None = None
+        self._routing = RoutingKeyCheck()
 
     async def handle(self, batch: list[Delivery]) -> None:
         """Write a batch and ack it, retrying until it works, its channel closes, or time is up.
@@ -368,9 +370,32 @@ class Pipeline:
         metrics.waiting_for_task.inc(len(triage.waiting))
         for r in rejected:
             metrics.dead_lettered.labels(code=metric_code(r.letter.code)).inc()
+        self._check_routing_keys(triage.valid)
         # One lag per stored row: a batch may hold the same event twice (a republish).
         created = {e.id: e.created_at for _, e in triage.valid if e.id in stored_ids}
         metrics.observe_lag(list(created.values()), now=datetime.now(UTC))
+
+    def _check_routing_keys(self, valid: list[tuple[Delivery, NewEntry]]) -> None:
+        """Count events whose routing key is not history.<context_type>; warn once per key.
+
+        They are stored all the same: the body's context_type is what counts (RoutingKeyCheck).
+        """
+        mismatches = 0
+        for delivery, entry in valid:
+            if (found := self._routing.mismatch(delivery.message, entry.context_type)) is None:
+                continue
+            mismatches += 1
+            key, expected = found
+            if self._routing.first_sighting(key):
+                log.warning(
+                    "routing key does not match the event's context_type; stored by its"
+                    " context_type (warned once per key)",
+                    routing_key=key,
+                    expected=expected,
+                    message_id=delivery.message.message_id,
+                )
+        if mismatches:
+            self._metrics.routing_key_mismatches.inc(mismatches)
 
     async def _current_retention(self) -> timedelta:
         """The retention setting, read again every half minute so a change applies soon."""

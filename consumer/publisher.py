@@ -13,16 +13,23 @@ from typing import Any
 
 import aio_pika
 import aio_pika.exceptions
-from aio_pika.abc import AbstractExchange, AbstractRobustConnection
+from aio_pika.abc import AbstractExchange, AbstractRobustChannel, AbstractRobustConnection
 
 from consumer.broker.amqp import (
     CLOSE_GRACE,
+    check_exchange,
     close_connection,
     connect_confirming,
     translated_errors,
 )
 from consumer.broker.headers import routing_key
-from consumer.errors import ErrorCode, InvalidEventError, NotConnectedError, TaskHistoryError
+from consumer.errors import (
+    BrokerUnavailableError,
+    ErrorCode,
+    InvalidEventError,
+    NotConnectedError,
+    TaskHistoryError,
+)
 from consumer.events import Event, parse_event
 from consumer.lifecycle import AsyncResource
 
@@ -91,6 +98,21 @@ def prepare_event(event: EventLike, *, now: datetime) -> OutgoingEvent:
     return OutgoingEvent(id=entry.id, routing_key=routing_key(entry.context_type), body=body)
 
 
+def prepare_events(
+    events: Iterable[EventLike | OutgoingEvent], *, now: datetime
+) -> list[OutgoingEvent]:
+    """`prepare_event` for each event not prepared yet; InvalidEventError names the position."""
+    prepared: list[OutgoingEvent] = []
+    for index, event in enumerate(events):
+        try:
+            prepared.append(
+                event if isinstance(event, OutgoingEvent) else prepare_event(event, now=now)
+            )
+        except InvalidEventError as exc:
+            raise InvalidEventError(exc.code, f"event {index}: {exc.detail}") from None
+    return prepared
+
+
 def read_event_lines(
     lines: Iterable[str | bytes], *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 ) -> Iterator[tuple[int, OutgoingEvent | InvalidEventError]]:
@@ -120,7 +142,8 @@ class HistoryPublisher(AsyncResource):
     """Publishes events to the history exchange: validated, persistent, mandatory, confirmed.
 
     `publish` returns once the broker has confirmed the message, so it is safe in a queue;
-    a message no queue is bound for raises UnroutableError instead of vanishing.
+    a message no queue is bound for raises UnroutableError instead of vanishing, and a
+    missing exchange BrokerError, naming it and the fix.
 
         async with HistoryPublisher("amqp://guest:guest@localhost/") as publisher:
             event_id = await publisher.publish({"task_id": ..., "context_type": ..., ...})
@@ -146,24 +169,31 @@ class HistoryPublisher(AsyncResource):
         self.window = window
         self._confirm_timeout = confirm_timeout
         self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractRobustChannel | None = None
         self._exchange: AbstractExchange | None = None
 
     async def connect(self) -> None:
-        """Connect, open a confirming channel, and check that the exchange exists."""
-        self._connection, channel = await connect_confirming(self._url)
+        """Connect, open a confirming channel, and check that the exchange exists.
+
+        A missing exchange raises BrokerError at once: `task-history migrate` has not run on
+        that broker (or vhost), or the name is wrong.
+        """
+        self._connection, self._channel = await connect_confirming(self._url)
         try:
-            with translated_errors():
-                self._exchange = await channel.get_exchange(self.exchange_name, ensure=True)
+            await check_exchange(self._connection, self.exchange_name)
         except BaseException:
             await self.close()
             raise
+        # Not declared on the publishing channel: a robust channel declares its exchanges
+        # again each time it reopens, and one deleted meanwhile would keep it closed for good.
+        self._exchange = await self._channel.get_exchange(self.exchange_name, ensure=False)
 
     async def _begin(self) -> None:
         await self.connect()
 
     async def close(self) -> None:
         """Close the connection."""
-        self._exchange = None
+        self._exchange = self._channel = None
         if self._connection is not None:
             connection, self._connection = self._connection, None
             await close_connection(connection, grace=CLOSE_GRACE)
@@ -172,15 +202,18 @@ class HistoryPublisher(AsyncResource):
         """Validate and publish one event; return its id once the broker has confirmed it.
 
         Raises InvalidEventError before anything is sent, UnroutableError when no queue is
-        bound for its routing key, BrokerError when the broker refuses it.
+        bound for its routing key, BrokerError when the broker refuses it (the exchange was
+        deleted, say: the broker closes the channel, which reopens by itself for the next
+        publish), BrokerUnavailableError when the connection is lost.
         """
         outgoing = (
             event
             if isinstance(event, OutgoingEvent)
             else prepare_event(event, now=datetime.now(UTC))
         )
-        if self._exchange is None:
+        if self._exchange is None or self._channel is None:
             raise NotConnectedError("the publisher is not connected")
+        await self._reopened(self._channel)
         message = aio_pika.Message(
             outgoing.body,
             content_type="application/json",
@@ -196,6 +229,21 @@ class HistoryPublisher(AsyncResource):
             )
         return outgoing.id
 
+    async def _reopened(self, channel: AbstractRobustChannel) -> None:
+        """Wait, at most `confirm_timeout`, for a channel the broker closed to reopen."""
+        if not channel.is_closed:
+            return
+        try:
+            async with asyncio.timeout(self._confirm_timeout):
+                while channel.is_closed:
+                    await channel.ready()
+                    if channel.is_closed:  # its close is still being handled
+                        await asyncio.sleep(0.01)
+        except TimeoutError:
+            raise BrokerUnavailableError(
+                f"broker unavailable: the channel did not reopen within {self._confirm_timeout} s"
+            ) from None
+
     async def publish_many(
         self, events: Iterable[EventLike | OutgoingEvent], *, window: int | None = None
     ) -> list[uuid.UUID]:
@@ -206,15 +254,7 @@ class HistoryPublisher(AsyncResource):
         end. Publishing the same events again is safe for those that carry an `id`: an event
         without one gets a new id each time, and would be stored twice.
         """
-        now = datetime.now(UTC)
-        prepared: list[OutgoingEvent] = []
-        for index, event in enumerate(events):
-            try:
-                prepared.append(
-                    event if isinstance(event, OutgoingEvent) else prepare_event(event, now=now)
-                )
-            except InvalidEventError as exc:
-                raise InvalidEventError(exc.code, f"event {index}: {exc.detail}") from None
+        prepared = prepare_events(events, now=datetime.now(UTC))
         failed: list[TaskHistoryError] = []
         async for _, error in self.publish_each(prepared, window=window):
             if error is not None:

@@ -23,6 +23,7 @@ from consumer.broker.amqp import (
     connect_confirming,
     translated_errors,
 )
+from consumer.broker.headers import with_id_absence
 from consumer.deadletters import Census, DeadLetter, Selection, replay_headers
 from consumer.errors import DeadLetterNotFoundError, TaskHistoryError, UnroutableError
 from consumer.store import Store
@@ -92,7 +93,7 @@ def replay_message(letter: DeadLetter) -> aio_pika.Message:
     properties = letter.properties
     return aio_pika.Message(
         body=letter.body,
-        headers=replay_headers(letter.headers),
+        headers=with_id_absence(replay_headers(letter.headers), message_id=letter.message_id),
         content_type=_text(properties.get("content_type")),
         content_encoding=_text(properties.get("content_encoding")),
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,

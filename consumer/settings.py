@@ -36,10 +36,18 @@ class Settings(BaseSettings):
     expire_batch_size: int = Field(default=10_000, ge=1, le=1_000_000)
     expire_interval_seconds: float = Field(default=300, ge=0)
 
-    # The consumer's batching: a batch is written when full or when its first event has
-    # waited batch_wait_ms; while one batch is written the next fills.
-    batch_size: int = Field(default=500, ge=1, le=10_000)
-    batch_wait_ms: int = Field(default=50, ge=0, le=60_000)
+    # The consumer's batching, by what is waiting rather than by a clock: a batch is written as
+    # soon as the previous write is done and events are in hand, so an event arriving at an idle
+    # consumer is written at once. What arrives during a write makes the next batch. A batch
+    # keeps growing only while deliveries keep arriving, up to batch_size events or batch_wait_ms
+    # after its first event, whichever comes first (0: never; it is what is in hand).
+    batch_size: int = Field(default=500, ge=1, le=10_000, description="events per batch at most")
+    batch_wait_ms: int = Field(
+        default=50,
+        ge=0,
+        le=60_000,
+        description="the longest a batch keeps growing while events keep arriving; not a wait",
+    )
     prefetch: int | None = Field(default=None, ge=1, le=65_535)
     retry_backoff_max_seconds: float = Field(default=30, gt=0)
     shutdown_timeout_seconds: float = Field(default=30, ge=0)
@@ -62,7 +70,7 @@ class Settings(BaseSettings):
 
     @property
     def effective_prefetch(self) -> int:
-        """Unacked messages the broker may send; by default two batches (written, filling)."""
+        """Unacked messages the broker may send; by default two batches (one written, one next)."""
         return self.prefetch or 2 * self.batch_size
 
     @property
@@ -80,12 +88,24 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _postgres_url(cls, value: str) -> str:
-        return _url(value, ("postgresql", "postgres"))
+        # The driver's own rules, loaded only when a setting is read (not for --help).
+        from consumer.store.pool import check_dsn  # noqa: PLC0415
+
+        check_dsn(value)
+        return value
 
     @field_validator("amqp_url")
     @classmethod
     def _amqp_url(cls, value: str) -> str:
-        return _url(value, ("amqp", "amqps"))
+        # One URL, or several separated by commas, tried in turn (consumer.broker.failover).
+        from consumer.broker.failover import amqp_urls  # noqa: PLC0415  # loads no client
+
+        urls = amqp_urls(value)
+        if not urls:
+            raise ValueError("names no broker")
+        for url in urls:
+            _url(url, ("amqp", "amqps"))
+        return value
 
 
 def _url(value: str, schemes: tuple[str, ...]) -> str:

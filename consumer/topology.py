@@ -1,9 +1,15 @@
-"""The broker's names and queue arguments (contract §2): pure data, no client."""
+"""The broker's names, queue arguments and routing rule (contract §2): pure data, no client."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from consumer.broker.headers import MessageLike, original_routing_key, routing_key
+from consumer.entries import ContextType
+
+# How many distinct mismatched routing keys a consumer process warns of; then it only counts.
+WARNED_ROUTING_KEYS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +68,41 @@ class Topology:
             "x-dead-letter-strategy": "at-least-once",
             "x-overflow": "reject-publish",
         }
+
+
+class RoutingKeyCheck:
+    """The routing rule: the body's `context_type` is what is stored; the routing key only routes.
+
+    A message published with a key other than `history.<its context_type>` (`history`, or
+    `history.error` on an `agent_turn`) is stored all the same, by its context type: the
+    publisher loses nothing, but it is wrong, and the consumer says so, once per distinct key
+    (for the first `warn_limit` keys, so a misconfigured publisher can't flood the log).
+    """
+
+    def __init__(self, *, warn_limit: int = WARNED_ROUTING_KEYS) -> None:
+        """Warn of at most `warn_limit` distinct keys."""
+        self.warn_limit = warn_limit
+        self._expected = {kind.value: routing_key(kind.value) for kind in ContextType}
+        self._warned: set[str] = set()
+
+    def mismatch(self, message: MessageLike, context_type: str) -> tuple[str, str] | None:
+        """(its key, the expected key) when `message` was published with the wrong key, else None.
+
+        One string comparison for a message with the right key. A copy back from the retry
+        queue carries the queue's name as its key: its first key is in a header.
+        """
+        expected = self._expected.get(context_type) or routing_key(context_type)
+        if message.routing_key == expected:
+            return None
+        key = original_routing_key(message)
+        return None if key == expected else (key, expected)
+
+    def first_sighting(self, key: str) -> bool:
+        """Whether to warn of `key`: the first time it is seen, while under the limit."""
+        if key in self._warned or len(self._warned) >= self.warn_limit:
+            return False
+        self._warned.add(key)
+        return True
 
 
 def _major(version: str) -> int:

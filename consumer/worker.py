@@ -53,6 +53,9 @@ class ConsumerStore(HistoryWriter, ExpiryBackend, Protocol):
     async def dead_letter_totals(self) -> tuple[dict[str, int], int, int]:
         """Dead letters by code, and how many were replayed and purged, ever."""
 
+    async def replication(self) -> tuple[int, bool]:
+        """How many standbys the database streams to, and whether commits wait for one."""
+
 
 class ConsumerBroker(Outbox, Protocol):
     """The broker as the worker uses it: the pipeline's outbox, and a subscription."""
@@ -164,10 +167,29 @@ class Worker:
             if not await self._until_up("database", self._store.open):
                 return
             await self._store.check_schema()
+            await self._check_replication()
             if not await self._until_up("broker", self._broker.connect):
                 return
             await self._broker.declare()
             await self._consume()
+
+    async def _check_replication(self) -> None:
+        """Warn, once at start-up, when a failover could lose events already acknowledged.
+
+        An event is acked once its transaction commits on the primary. With standbys that
+        replicate asynchronously, a primary that fails before they received that commit takes
+        it along, and the promoted standby never had it; the broker no longer has it either.
+        """
+        standbys, synchronous = await self._store.replication()
+        exposed = 0 if synchronous else standbys
+        self.metrics.asynchronous_standbys.set(exposed)
+        if exposed:
+            log.warning(
+                "the database streams to standbys, none of them synchronous: a failover can"
+                " lose events already acknowledged; set synchronous_standby_names (see"
+                " docs/scaling.md, High availability)",
+                standbys=standbys,
+            )
 
     def _cancel_abandon(self) -> None:
         if self._abandon is not None:
@@ -218,6 +240,8 @@ class Worker:
                 self._shutdown_timer = timer  # reschedule() works only while entered
                 if self._shutdown.begun:
                     timer.reschedule(self._shutdown.deadline)
+                # One write at a time, the next taken as soon as it ends: what arrived during
+                # a write is the next batch, and an event reaching an idle consumer goes at once.
                 while not self._shutdown.begun:
                     batch = await self._inbox.take()
                     if batch:

@@ -79,6 +79,9 @@ class InMemoryStore:
     terminated: bool = False
     expiry_job_name: str | None = None
     expired_runs: int = 0
+    # Standbys the database streams to, and whether one of them is synchronous.
+    standbys: int = 0
+    synchronous: bool = False
 
     def _maybe_fail(self) -> None:
         if self.terminated:  # as the real store: an outage, so the shutdown deadline applies
@@ -113,6 +116,11 @@ class InMemoryStore:
     async def ping(self) -> None:
         """Answer, unless an error is queued."""
         self._maybe_fail()
+
+    async def replication(self) -> tuple[int, bool]:
+        """The standbys, and whether one is synchronous."""
+        self._maybe_fail()
+        return self.standbys, self.synchronous
 
     async def limits(self) -> tuple[int, timedelta]:
         """The cap and the retention."""

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import aio_pika
 import aio_pika.exceptions
+import aiormq.abc
 import aiormq.exceptions
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 
+from consumer.broker.failover import CONNECT_TIMEOUT, Failover, amqp_urls
 from consumer.broker.headers import BROKER_HEADERS, MessageLike
 from consumer.errors import BrokerError, BrokerUnavailableError, UnroutableError
 from consumer.redaction import redact
@@ -27,14 +29,22 @@ def translated_errors() -> Iterator[None]:
     try:
         yield
     except aiormq.exceptions.PublishError as exc:  # basic.return of a mandatory message
-        raise UnroutableError(
-            f"no queue is bound for routing key {exc.args[1]!r}: {redact(str(exc.args[0]))}"
-        ) from exc
+        raise UnroutableError(unroutable_message(exc)) from exc
     except aiormq.exceptions.DeliveryError as exc:  # a nack: say, a full queue refusing
         raise BrokerError(f"the broker refused the message: {redact(str(exc))}") from exc
     except aio_pika.exceptions.ChannelNotFoundEntity as exc:
-        reply = str(exc.args[-1]).removeprefix("NOT_FOUND - ") if exc.args else str(exc)
-        raise BrokerError(f"{redact(reply)}: run `task-history migrate` to declare it") from exc
+        raise BrokerError(
+            f"{redact(_reply(exc, 'NOT_FOUND'))}: run `task-history migrate` on this broker"
+            " to declare it, or check the name"
+        ) from exc
+    except aiormq.exceptions.ChannelAccessRefused as exc:  # 403: not an outage, a mistake
+        reply = redact(str(exc.args[-1]) if exc.args else str(exc))  # keeps "ACCESS_REFUSED - "
+        if "internal exchange" in reply:
+            reply += (
+                ": it takes only the broker's own dead letters; publish events to the history"
+                " exchange (task_build_history unless configured otherwise)"
+            )
+        raise BrokerError(f"the broker refused access: {reply}") from exc
     except aio_pika.exceptions.ChannelPreconditionFailed as exc:
         raise BrokerError(
             f"the broker refused the topology (declared before with other arguments?): "
@@ -55,6 +65,57 @@ def translated_errors() -> Iterator[None]:
         raise BrokerError(redact(str(exc)) or type(exc).__name__) from exc
 
 
+def _reply(exc: BaseException, code: str) -> str:
+    """The broker's reply text of a channel error, without its "CODE - " prefix."""
+    reply = str(exc.args[-1]) if exc.args else str(exc)
+    return reply.removeprefix(f"{code} - ")
+
+
+def unroutable_message(exc: aiormq.exceptions.PublishError) -> str:
+    """One line for a returned message: its key and exchange, and what usually fixes it."""
+    delivery = exc.message.delivery if exc.message is not None else None
+    key = str(getattr(delivery, "routing_key", None) or exc.args[1])
+    exchange = str(getattr(delivery, "exchange", None) or "")
+    reply = redact(str(exc.args[0]))
+    return (
+        f"no queue is bound for routing key {key!r} on exchange {exchange!r} ({reply}): the"
+        " broker returned the message; check the exchange name and that the key is"
+        " history.<context_type> (`task-history migrate` declares the queue and binds it)"
+    )
+
+
+@contextlib.asynccontextmanager
+async def probe_channel(
+    connection: aio_pika.abc.AbstractConnection,
+) -> AsyncIterator[aiormq.abc.AbstractChannel]:
+    """A throwaway channel for a declare that may fail: a failure closes it, and only it.
+
+    A plain channel of the client underneath, not a robust one: a robust channel closed by
+    the broker reopens itself and replays what was declared on it, the failed check included.
+    """
+    with translated_errors():
+        transport = connection.transport
+        if transport is None:
+            raise aio_pika.exceptions.ChannelInvalidStateError("the connection is not open")
+        channel = await transport.connection.channel(publisher_confirms=False)
+    try:
+        yield channel
+    finally:
+        if not channel.is_closed:
+            with contextlib.suppress(Exception):
+                await channel.close()
+
+
+async def check_exchange(connection: aio_pika.abc.AbstractConnection, name: str) -> None:
+    """Raise BrokerError, naming it and the fix, if the exchange `name` does not exist.
+
+    A passive declare on a throwaway channel: the channel the caller publishes on stays open.
+    """
+    async with probe_channel(connection) as probe:
+        with translated_errors():
+            await probe.exchange_declare(name, passive=True)
+
+
 async def close_connection(connection: aio_pika.abc.AbstractConnection, *, grace: float) -> None:
     """Close `connection`; after `grace` seconds, stop waiting for the broker's reply."""
     with contextlib.suppress(TimeoutError, *aio_pika.exceptions.CONNECTION_EXCEPTIONS):
@@ -66,17 +127,36 @@ async def connect_confirming(
 ) -> tuple[AbstractRobustConnection, AbstractRobustChannel]:
     """A robust connection and a channel with publisher confirms, returns raised as errors.
 
-    If the channel can't be opened the connection is closed before the error is raised: a
-    robust connection left open keeps reconnecting on its own, for as long as the process runs.
+    `url` may list several brokers, separated by commas: they are tried in order, and a lost
+    connection tries the next ones in turn (consumer.broker.failover). If the channel can't be
+    opened the connection is closed before the error is raised: a robust connection left open
+    keeps reconnecting on its own, for as long as the process runs.
     """
-    with translated_errors():
-        connection = await aio_pika.connect_robust(url)
+    urls = amqp_urls(url)
+    unavailable: list[BrokerUnavailableError] = []
+    for at, candidate in enumerate(urls):
         try:
-            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            with translated_errors():
+                connection = await aio_pika.connect_robust(candidate, timeout=CONNECT_TIMEOUT)
+        except BrokerUnavailableError as exc:
+            unavailable.append(exc)
+            continue
+        failover = Failover(connection, urls, at=at) if len(urls) > 1 else None
+        try:
+            with translated_errors():
+                channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         except BaseException:
+            if failover is not None:
+                failover.close()
             await close_connection(connection, grace=CLOSE_GRACE)
             raise
-    return connection, channel
+        return connection, channel
+    if len(unavailable) == 1:
+        raise unavailable[0]
+    raise BrokerUnavailableError(
+        f"none of the {len(urls)} brokers answered: "
+        + "; ".join(str(exc).removeprefix("broker unavailable: ") for exc in unavailable)
+    ) from unavailable[-1]
 
 
 def copy_message(

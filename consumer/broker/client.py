@@ -16,6 +16,7 @@ from consumer.broker.amqp import (
     close_connection,
     connect_confirming,
     copy_message,
+    probe_channel,
     translated_errors,
 )
 from consumer.broker.deliveries import MessageHandler, Received, plan_acks
@@ -24,6 +25,7 @@ from consumer.broker.headers import (
     header_text,
     original_routing_key,
     retry_headers,
+    with_id_absence,
 )
 from consumer.errors import BrokerUnavailableError, NotConnectedError
 from consumer.lifecycle import AsyncResource
@@ -99,18 +101,48 @@ class Broker(AsyncResource):
             exchange = await channel.declare_exchange(
                 t.exchange, aio_pika.ExchangeType.TOPIC, durable=True
             )
-            dead_letters = await channel.declare_exchange(
-                t.dead_letter_exchange, aio_pika.ExchangeType.TOPIC, durable=True
-            )
+            await self._declare_dead_letter_exchange()
             self._queue = await channel.declare_queue(
                 t.queue, durable=True, arguments=t.queue_arguments()
             )
             await self._queue.bind(exchange, "history.#")
             dead = await self._declare_dead_letter_queue()
-            await dead.bind(dead_letters, "#")
+            await dead.bind(t.dead_letter_exchange, "#")
             await channel.declare_queue(
                 t.retry_queue, durable=True, arguments=t.retry_queue_arguments()
             )
+
+    async def _declare_dead_letter_exchange(self) -> None:
+        """The dead-letter exchange: internal, or an existing one used as it is, with a warning.
+
+        Internal, a client's publish to it is refused (403 ACCESS_REFUSED) instead of landing
+        among the dead letters as if it were one; the broker's own dead-lettering into it works
+        the same. `internal` can't change once the exchange exists: one declared by an earlier
+        release is used as it is (declaring it anew would fail with 406, and deleting it would
+        open a window for the broker's dead letters), and the log says how to change it.
+        """
+        assert self._connection is not None  # noqa: S101  # declare() runs connected
+        name = self.topology.dead_letter_exchange
+        async with probe_channel(self._connection) as probe:
+            try:
+                await probe.exchange_declare(
+                    name, exchange_type="topic", durable=True, internal=True
+                )
+            except aio_pika.exceptions.ChannelPreconditionFailed:
+                pass  # it exists, declared otherwise: checked below, on the real channel
+            else:
+                return
+        # Declared as earlier releases did: a 406 here means another type or durability. Not
+        # declared again at a reconnect (robust=False): it may have been made internal since.
+        await self.channel.declare_exchange(
+            name, aio_pika.ExchangeType.TOPIC, durable=True, robust=False
+        )
+        log.warning(
+            "the dead-letter exchange is not internal, so a publish to it by mistake is taken"
+            " as a dead letter; to make it internal: stop the consumers, delete the exchange,"
+            " run `task-history migrate` (README.md, RabbitMQ topology)",
+            exchange=name,
+        )
 
     async def _declare_dead_letter_queue(self) -> AbstractQueue:
         """The dead-letter queue as it is, or declared anew with this broker's arguments.
@@ -259,6 +291,7 @@ class Broker(AsyncResource):
             since=since,
             received_at=received_at,
         )
+        headers = with_id_absence(headers, message_id=message.message_id)
         copy = copy_message(message, headers, expiration=delay)
         with translated_errors():
             await self.channel.default_exchange.publish(copy, routing_key=self.topology.retry_queue)

@@ -14,6 +14,8 @@ from typing import Any, Generic, Self, TypeVar, overload
 
 import aiormq.abc
 
+from consumer.broker.headers import NO_MESSAGE_ID
+
 T = TypeVar("T")
 
 
@@ -51,11 +53,20 @@ class Received:
 
     @property
     def headers(self) -> dict[str, Any]:
-        """The message's headers (empty when it has none)."""
-        return dict(self._properties.headers or {})
+        """The message's headers (empty when it has none), NO_MESSAGE_ID left out."""
+        headers = dict(self._properties.headers or {})
+        headers.pop(NO_MESSAGE_ID, None)
+        return headers
 
-    # The AMQP properties, read from the frame when asked for; `type` is pamqp's message_type.
-    message_id = _Property[str | None]("message_id")
+    @property
+    def message_id(self) -> str | None:
+        """The message_id property; None for a copy of a message that had none (see headers)."""
+        headers = self._properties.headers
+        if headers and NO_MESSAGE_ID in headers:
+            return None
+        return self._properties.message_id
+
+    # The other AMQP properties, read from the frame when asked for; `type` is pamqp's message_type.
     content_type = _Property[str | None]("content_type")
     content_encoding = _Property[str | None]("content_encoding")
     priority = _Property[int | None]("priority")

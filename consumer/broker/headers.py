@@ -15,6 +15,10 @@ REPLAY_COUNT = "x-replay-count"
 WAITING_SINCE = "x-unknown-task-since"
 RECEIVED_AT = "x-received-at"
 RETRY_COUNT = "x-retry-count"
+# aiormq gives every message it publishes a message_id, a random one when it has none. A copy
+# (a retry, a replay) of a message that had none carries this header instead, and is read as
+# having none: a dead letter keeps the original's absence, and logs and rows agree.
+NO_MESSAGE_ID = "x-no-message-id"
 # Headers the broker writes when it dead-letters or redelivers a message. A copy leaves them
 # out: they describe the original's journey, and from 3.13 the broker refuses them from clients.
 BROKER_HEADERS = frozenset(
@@ -112,3 +116,11 @@ def header_time(message: MessageLike, name: str) -> datetime | None:
         return None
     # Anyone can set a header: a time without an offset can't be compared, so it counts as none.
     return parsed if parsed.tzinfo is not None else None
+
+
+def with_id_absence(headers: Mapping[str, Any], *, message_id: str | None) -> dict[str, Any]:
+    """`headers` for a copy of a message: NO_MESSAGE_ID added when it had no message_id."""
+    marked = {name: value for name, value in headers.items() if name != NO_MESSAGE_ID}
+    if not message_id:
+        marked[NO_MESSAGE_ID] = True
+    return marked

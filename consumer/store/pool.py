@@ -10,6 +10,9 @@ from typing import Any
 
 import asyncpg
 
+# asyncpg has no public URL parser; this is the one its connect() runs.
+from asyncpg.connect_utils import _parse_connect_dsn_and_args
+
 from consumer.errors import (
     ConcurrencyConflictError,
     ConfigurationError,
@@ -47,6 +50,9 @@ def translated() -> Iterator[None]:
     except (
         OSError,
         TimeoutError,
+        # A multi-host URL with target_session_attrs where no host is (yet) what it asks
+        # for, such as a failover with no primary promoted yet: an outage, waited out.
+        asyncpg.TargetServerAttributeNotMatched,
         asyncpg.PostgresConnectionError,
         asyncpg.exceptions.OperatorInterventionError,
         asyncpg.TooManyConnectionsError,
@@ -61,6 +67,39 @@ def translated() -> Iterator[None]:
         ) from exc
     except asyncpg.PostgresError as exc:
         raise StoreError(redact(str(exc))) from exc
+
+
+def check_dsn(dsn: str) -> None:
+    """Raise ValueError unless asyncpg accepts `dsn`, by the driver's own parser.
+
+    Everything libpq users write goes: several hosts (`h1:5432,h2:5432`), the query form
+    (`?host=a,b&port=1,2`), `target_session_attrs`, `sslmode` and the rest asyncpg knows.
+    """
+    try:
+        addresses, _ = _parse_connect_dsn_and_args(
+            dsn=dsn,
+            host=None,
+            port=None,
+            user=None,
+            password=None,
+            passfile=None,
+            database=None,
+            ssl=None,
+            service=None,
+            servicefile=None,
+            direct_tls=None,
+            server_settings=None,
+            target_session_attrs=None,
+            krbsrvname=None,
+            gsslib=None,
+        )
+    except (ValueError, TypeError, asyncpg.ClientConfigurationError) as exc:
+        detail = redact(str(exc))
+        raise ValueError(f"is not a PostgreSQL URL the driver accepts ({detail})") from None
+    for address in addresses:
+        # The driver takes any number here and fails only when it connects.
+        if isinstance(address, tuple) and not 0 < address[1] < 65_536:  # noqa: PLR2004
+            raise ValueError(f"is not a PostgreSQL URL the driver accepts (port {address[1]})")
 
 
 async def _init_connection(connection: asyncpg.Connection) -> None:

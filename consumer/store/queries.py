@@ -114,6 +114,18 @@ FIND_BY_IDS = READ_SELECT + " AND id = ANY ($1::uuid[]) ORDER BY created_at, seq
 # at most the cap (100 by default), so reading them all is cheap, and it is exact where
 # `seq > last seen` is not: two writers can commit in the other order than they drew seq.
 FOLLOW_TASK = READ_SELECT + " AND task_id = $1 ORDER BY seq"
+# Standbys the database streams to now, and whether any must confirm a commit before it is
+# acknowledged. Any role sees the rows of pg_stat_replication (only their details are
+# restricted) and the setting.
+REPLICATION = (
+    "SELECT count(*) AS standbys,"
+    " current_setting('synchronous_standby_names') <> '' AS synchronous"
+    " FROM pg_stat_replication"
+)
+# Entries each task was ever given, those the cap removed included (sql/0005_readable_rows.sql).
+RECEIVED_BY_TASKS = (
+    "SELECT task_id, received FROM task_build_history_counts WHERE task_id = ANY ($1::uuid[])"
+)
 COUNT_BY_TASK = "SELECT count(*) FROM task_build_history WHERE task_id = $1 AND expires_at > now()"
 OLDEST = "SELECT min(created_at) FROM task_build_history WHERE expires_at > now()"
 OLDEST_OF_TASK = (

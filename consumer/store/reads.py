@@ -139,6 +139,11 @@ class ReadStore(StoreBase):
                 if not connection.is_closed():
                     await connection.remove_listener(queries.NOTIFY_CHANNEL, on_notify)
 
+    async def received_by_tasks(self, task_ids: Collection[UUID]) -> dict[UUID, int]:
+        """How many entries each task was ever given, the ones the cap removed included."""
+        records = await self._fetch(queries.RECEIVED_BY_TASKS, list(task_ids))
+        return {record["task_id"]: record["received"] for record in records}
+
     async def count_by_task(self, task_id: UUID) -> int:
         """How many entries a task has."""
         return int(await self._fetchval(queries.COUNT_BY_TASK, task_id))

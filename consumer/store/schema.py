@@ -56,6 +56,11 @@ class SchemaStore(StoreBase):
             applied = dict(await self._fetch(queries.APPLIED))
         migrations.check_applied(available, applied)
 
+    async def replication(self) -> tuple[int, bool]:
+        """How many standbys the database streams to, and whether commits wait for one."""
+        rows = await self._fetch(queries.REPLICATION)
+        return int(rows[0]["standbys"]), bool(rows[0]["synchronous"])
+
     async def limits(self) -> tuple[int, timedelta]:
         """The cap on entries per task, and the retention, as the database has them now."""
         rows = await self._fetch(queries.LIMITS)

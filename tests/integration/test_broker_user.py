@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import tempfile
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
@@ -22,21 +18,11 @@ from consumer.topology import Topology
 from tests.compose import load_compose
 from tests.harness import Bus, count_dead_letters, event, running, wait_for
 from tests.helpers import new_task, run_sync
-
-
-def rabbitmqctl(*arguments: str) -> None:
-    """Run rabbitmqctl; the tests run where the broker runs (CI, a development machine)."""
-    command = shutil.which("rabbitmqctl")
-    if command is None:
-        pytest.fail("rabbitmqctl is not on PATH: these tests need the broker's own tools")
-    result = subprocess.run(
-        [command, "-q", *arguments], capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, f"rabbitmqctl {arguments[0]}: {result.stdout}{result.stderr}"
+from tests.servers import BrokerTools
 
 
 @pytest.fixture
-def limited_amqp_url(amqp_url: str) -> Iterator[str]:
+def limited_amqp_url(amqp_url: str, broker_tools: BrokerTools) -> Iterator[str]:
     """The compose file's definitions, renamed for this test, imported; the history user's URL."""
     suffix = uuid.uuid4().hex[:10]
     user, admin, vhost = f"th_user_{suffix}", f"th_admin_{suffix}", f"th_vhost_{suffix}"
@@ -53,21 +39,17 @@ def limited_amqp_url(amqp_url: str) -> Iterator[str]:
     definitions["vhosts"] = [{"name": vhost}]
     for permission in definitions["permissions"]:
         permission["vhost"] = vhost
-    # rabbitmqctl may run as the broker's OS user: the file must be readable by anyone.
-    with tempfile.NamedTemporaryFile("w", suffix=".json", encoding="utf-8") as file:
-        json.dump(definitions, file)
-        file.flush()
-        Path(file.name).chmod(0o644)
-        rabbitmqctl("import_definitions", file.name)
+    # The broker under test's own rabbitmqctl (tests/servers.py), wherever that broker runs.
+    broker_tools.import_definitions(definitions)
     try:
         host = urlsplit(amqp_url).netloc.rsplit("@", 1)[-1]
         url = urlunsplit(("amqp", f"{user}:{password}@{host}", f"/{vhost}", "", ""))
         run_sync(wait_for(lambda: _can_connect(url), bool, what="the imported user"))
         yield url
     finally:
-        rabbitmqctl("delete_user", user)
-        rabbitmqctl("delete_user", admin)
-        rabbitmqctl("delete_vhost", vhost)
+        broker_tools.run("delete_user", user)
+        broker_tools.run("delete_user", admin)
+        broker_tools.run("delete_vhost", vhost)
 
 
 async def _can_connect(url: str) -> bool:

@@ -32,17 +32,36 @@ def environment(database_url: str) -> dict[str, str]:
     return {**keep, "TASK_HISTORY_DATABASE_URL": database_url, "TASK_HISTORY_LOG_FORMAT": "json"}
 
 
-def run_measured(argv: list[str], env: dict[str, str]) -> tuple[int, str, str, int]:
-    """Run a command to its end: exit code, stdout, stderr, and its own peak RSS in kB."""
-    with subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as child:
-        assert child.stdout is not None
-        assert child.stderr is not None
-        # Its output is one short line: it can't fill the pipe before it exits.
-        # wait4 reports this child's own peak (kB on Linux), not the largest of all children.
-        _, status, usage = os.wait4(child.pid, 0)
-        child.returncode = os.waitstatus_to_exitcode(status)
-        out, err = child.stdout.read().decode(), child.stderr.read().decode()
-    return child.returncode, out, err, usage.ru_maxrss
+# Runs `task-history ARGS` and, at exit, writes its own peak RSS (VmHWM, kB) to $PEAK_FILE.
+# The kernel's wait4 and getrusage figures won't do: at exec they carry over the peak of the
+# process that started it (pytest, hundreds of MB by then), whatever the command itself used.
+MEASURED = """
+import atexit, os, re, sys
+from consumer.cli import main
+
+def record():
+    status = open("/proc/self/status").read()
+    with open(os.environ["PEAK_FILE"], "w") as peak:
+        peak.write(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1))
+
+atexit.register(record)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def run_measured(
+    args: list[str], env: dict[str, str], peak_file: Path
+) -> tuple[int, str, str, int]:
+    """Run `task-history ARGS` to its end: exit code, stdout, stderr, its own peak RSS in kB."""
+    done = subprocess.run(
+        [sys.executable, "-c", MEASURED, *args],
+        env={**env, "PEAK_FILE": str(peak_file)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    return done.returncode, done.stdout, done.stderr, int(peak_file.read_text())
 
 
 class TestExportCommand:
@@ -69,8 +88,9 @@ class TestExportCommand:
         output = tmp_path / "history.jsonl"
         code, out, err, peak_kb = await asyncio.to_thread(
             run_measured,
-            [sys.executable, "-m", "consumer", "export", "--output", str(output)],
+            ["export", "--output", str(output)],
             environment(database_url),
+            tmp_path / "peak",
         )
         assert code == 0, err
         assert out == f"exported {TASKS * PER_TASK} entries to {output}\n"

@@ -166,7 +166,7 @@ class TestTestingHelpers:
         """Without a consumer running, publish_and_wait fails naming the missing event ids."""
         task = await new_task(sql)
         given = uuid.uuid4()
-        with pytest.raises(HistoryNotSeenError, match=f"1 are not: {given}"):
+        with pytest.raises(HistoryNotSeenError, match=rf"1, of 1 task\(s\), are not: {given}"):
             await publish_and_wait(
                 [event(task, id=str(given))],
                 amqp_url=settings.amqp_url,

@@ -1,4 +1,4 @@
-"""The seed's model operations: look-ups, counts, deletes, and `task-history show`."""
+"""The store's reads: look-ups, counts, deletes, and `task-history show`."""
 
 from __future__ import annotations
 
@@ -130,7 +130,7 @@ class TestShowCommand:
     def test_json_lines(
         self, database_url: str, task: uuid.UUID, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        """--json prints one object per line with the seed's nine fields."""
+        """--json prints one object per line with the nine fields of an entry."""
         assert main(["--database-url", database_url, "show", str(task), "--json"]) == 0
         lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
         assert [line["content"] for line in lines] == ["planned the fix", "tests failed"]

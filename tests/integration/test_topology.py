@@ -72,9 +72,14 @@ class TestDeclare:
                 await broker.declare()
                 await broker.declare()
             async with Bus(amqp_url, names) as bus:
-                exchange = await bus.channel.get_exchange(names.dead_letter_exchange)
-                await exchange.publish(aio_pika.Message(b"x"), routing_key="history.error")
-                assert await bus.depth(names.dead_letter_queue) == 1
+                # The broker dead-letters into it (clients may not publish to the internal dlx).
+                await bus.publish(b"x", routing_key="history.error")
+                events = await bus.channel.declare_queue(names.queue, passive=True)
+                message = await events.get(no_ack=False)
+                await message.reject(requeue=False)
+                await wait_for(
+                    lambda: bus.depth(names.dead_letter_queue), lambda n: n == 1, timeout=10
+                )
         finally:
             await connection.close()
             async with Broker(amqp_url, topology=names) as broker:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
-import subprocess
 
 import pytest
 
@@ -22,6 +20,7 @@ from tests.harness import (
     wait_for,
 )
 from tests.reliability.conftest import Figures, check_stored
+from tests.servers import BrokerTools
 
 # How long each outage lasts; the issue's figure, shorter only to try the suite quickly.
 OUTAGE_SECONDS = float(os.environ.get("TASK_HISTORY_TEST_OUTAGE_SECONDS", "30"))
@@ -102,26 +101,11 @@ class TestProxiedOutages:
         await check_stored(env.sql, ids, figures, dead=dead)
 
 
-def restart_broker() -> None:
-    """Stop and start the local RabbitMQ application (its queues and messages stay)."""
-    rabbitmqctl = shutil.which("rabbitmqctl")
-    if rabbitmqctl is None:
-        pytest.fail(
-            "restarting the broker needs rabbitmqctl on this machine (the local RabbitMQ);"
-            " run the suite where the broker is local",
-            pytrace=False,
-        )
-    for command in (["stop_app"], ["start_app"], ["await_startup"]):
-        subprocess.run(
-            [rabbitmqctl, *command], check=True, capture_output=True, timeout=120
-        )  # our own arguments
-
-
 class TestBrokerRestart:
     """The broker itself restarts under a running consumer."""
 
     async def test_the_consumer_reconnects_and_stores_everything(
-        self, env: Env, figures: Figures
+        self, env: Env, figures: Figures, broker_tools: BrokerTools
     ) -> None:
         """Messages published before and after a restart are all stored once; exit 0 after."""
         consumer = ConsumerProcess(env.settings, env.tmp_path / "consumer.log")
@@ -129,7 +113,8 @@ class TestBrokerRestart:
         try:
             async with Bus(env.amqp_url, env.topology) as bus:
                 ids = await backlog(bus, env.sql, EVENTS, tasks=40)
-            await asyncio.to_thread(restart_broker)
+            # The broker under test's own rabbitmqctl (tests/servers.py), never another one's.
+            await asyncio.to_thread(broker_tools.restart)
             async with Bus(env.amqp_url, env.topology) as bus:
                 ids += await backlog(bus, env.sql, EVENTS, tasks=40)
                 dead = await drained(env.settings, bus, what="restart")

@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import random
-from collections.abc import Awaitable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from typing import TypeVar
 
 import pytest
 
-from consumer.batcher import Inbox
+from consumer.batcher import QUIET_TURNS, Inbox
 from consumer.retry import backoff
 
 T = TypeVar("T")
 
-# A short max_wait for batches that must wait, and a long one for batches that must not.
+# A short max_wait for batches that must stop growing, and a long one for batches that must not.
 SHORT_WAIT = 0.05
 LONG_WAIT = 60.0
 # A generous bound for "promptly": far below LONG_WAIT, far above any scheduling noise.
 PROMPTLY = 1.0
+# Event-loop turns a take may use to see that nothing more is coming, and a few to spare.
+FEW_TURNS = QUIET_TURNS + 2
 
 
 def loop_time() -> float:
@@ -26,10 +30,15 @@ def loop_time() -> float:
     return asyncio.get_running_loop().time()
 
 
+async def turns(count: int) -> None:
+    """Let `count` event-loop turns pass."""
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
 async def settle() -> None:
     """Let every ready task run a few steps, without letting any timer's time pass on purpose."""
-    for _ in range(10):
-        await asyncio.sleep(0)
+    await turns(10)
 
 
 def holding(items: Iterable[T], *, max_size: int, max_wait: float = LONG_WAIT) -> Inbox[T]:
@@ -59,6 +68,54 @@ async def waiting_take(inbox: Inbox[T]) -> asyncio.Task[list[T]]:
     return task
 
 
+async def feed(inbox: Inbox[int], items: Iterable[int], *, every: int = 1) -> None:
+    """Put `items` one at a time, `every` event-loop turns apart, as deliveries arrive."""
+    for item in items:
+        inbox.put(item)
+        await turns(every)
+
+
+@contextlib.asynccontextmanager
+async def feeding(
+    inbox: Inbox[int], items: Iterable[int], *, every: int = 1
+) -> AsyncIterator[asyncio.Task[None]]:
+    """`feed` running in a task of its own for the block; cancelled on the way out."""
+    task = asyncio.create_task(feed(inbox, items, every=every))
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+class TurnCounter:
+    """Counts the event loop's turns while it runs."""
+
+    def __init__(self) -> None:
+        """Not yet counting."""
+        self.count = 0
+
+    async def run(self) -> None:
+        """Count one a turn, until cancelled."""
+        while True:
+            await asyncio.sleep(0)
+            self.count += 1
+
+
+@contextlib.asynccontextmanager
+async def counting_turns() -> AsyncIterator[TurnCounter]:
+    """A TurnCounter counting for the block."""
+    counter = TurnCounter()
+    task = asyncio.create_task(counter.run())
+    try:
+        yield counter
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 class TestConstruction:
     """An inbox needs room for at least one item and starts empty."""
 
@@ -82,31 +139,117 @@ class TestConstruction:
         assert len(inbox) == 3
 
 
-class TestFullBatch:
-    """A batch of max_size items goes out at once, without waiting for max_wait."""
+class TestIdle:
+    """With nothing more arriving, what is in hand goes out at once: no clock is waited out."""
 
-    async def test_full_batch_at_once(self) -> None:
-        """Items already filling a batch are returned without waiting."""
-        inbox = holding(range(3), max_size=3)
-        assert await take_promptly(inbox) == [0, 1, 2]
+    async def test_lone_item_goes_at_once(self) -> None:
+        """A lone item is handed out within a few event-loop turns, whatever max_wait is."""
+        inbox = holding(["a"], max_size=10)
+        async with counting_turns() as counter:
+            assert await take_promptly(inbox) == ["a"]
+        assert counter.count <= FEW_TURNS
         assert len(inbox) == 0
 
-    async def test_waiting_take_wakes_when_batch_fills(self) -> None:
-        """A take waiting on a partial batch returns as soon as the batch is full."""
-        inbox = holding(["a"], max_size=3)
+    async def test_waiting_take_wakes_on_first_item(self) -> None:
+        """A take waiting on an empty inbox returns the first item soon after it arrives."""
+        inbox = Inbox[str](max_size=10, max_wait=LONG_WAIT)
         task = await waiting_take(inbox)
-        inbox.put("b")
-        await settle()
-        assert not task.done()
-        inbox.put("c")
-        assert await promptly(task) == ["a", "b", "c"]
+        async with counting_turns() as counter:
+            inbox.put("first")
+            assert await promptly(task) == ["first"]
+        assert counter.count <= FEW_TURNS + 1
 
-    async def test_take_waits_for_first_item(self) -> None:
-        """A take on an empty inbox waits, then returns once an item fills the batch."""
-        inbox = Inbox[str](max_size=1, max_wait=LONG_WAIT)
+    async def test_what_arrived_during_a_write_goes_at_once(self) -> None:
+        """Items that piled up while the writer was busy are handed out together, at once."""
+        inbox = holding(range(5), max_size=10)
+        async with counting_turns() as counter:
+            assert await take_promptly(inbox) == [0, 1, 2, 3, 4]
+        assert counter.count <= FEW_TURNS
+
+    async def test_one_batch_per_lull(self) -> None:
+        """Items a lull apart go out in separate batches, each as soon as it is in hand."""
+        inbox = Inbox[int](max_size=10, max_wait=LONG_WAIT)
         task = await waiting_take(inbox)
-        inbox.put("only")
-        assert await promptly(task) == ["only"]
+        inbox.put(1)
+        assert await promptly(task) == [1]
+        task = await waiting_take(inbox)
+        inbox.put(2)
+        assert await promptly(task) == [2]
+
+
+class TestGrowth:
+    """While items keep arriving, the batch keeps growing, up to the caps."""
+
+    async def test_grows_while_arrivals_continue(self) -> None:
+        """Items arriving on turn after turn join the batch that started with the first."""
+        inbox = holding([0], max_size=100)
+        async with feeding(inbox, range(1, 30)):
+            assert await take_promptly(inbox) == list(range(30))
+
+    async def test_short_gaps_do_not_end_it(self) -> None:
+        """Arrivals fewer than QUIET_TURNS turns apart still join the batch."""
+        inbox = holding([0], max_size=100)
+        async with feeding(inbox, range(1, 10), every=QUIET_TURNS - 1):
+            assert await take_promptly(inbox) == list(range(10))
+
+    async def test_a_lull_ends_it(self) -> None:
+        """An item arriving after a lull of QUIET_TURNS turns waits for the next batch."""
+        inbox = holding([0], max_size=100)
+        first = asyncio.create_task(inbox.take())
+        await turns(QUIET_TURNS + 5)
+        inbox.put(1)
+        assert await promptly(first) == [0]
+        assert await take_promptly(inbox) == [1]
+
+    async def test_arrivals_after_the_take_wait_for_the_next(self) -> None:
+        """What arrives while a batch is written is not lost: it makes the next batch."""
+        inbox = holding([0, 1], max_size=100)
+        assert await take_promptly(inbox) == [0, 1]
+        inbox.put(2)
+        inbox.put(3)
+        assert await take_promptly(inbox) == [2, 3]
+
+
+class TestCaps:
+    """A batch stops growing at max_size items, or max_wait after its first item arrived."""
+
+    async def test_full_batch_at_once(self) -> None:
+        """Items already filling a batch are returned without yielding, arrivals or not."""
+        inbox = holding(range(3), max_size=3)
+        async with feeding(inbox, itertools.count(3)):
+            assert await inbox.take() == [0, 1, 2]
+
+    async def test_size_cap_while_arrivals_continue(self) -> None:
+        """A batch growing under endless arrivals goes out as soon as it holds max_size."""
+        inbox = holding([0], max_size=10)
+        async with feeding(inbox, itertools.count(1)):
+            assert await take_promptly(inbox) == list(range(10))
+
+    async def test_time_cap_while_arrivals_continue(self) -> None:
+        """Under endless arrivals below max_size, the batch goes after about max_wait."""
+        inbox = Inbox[int](max_size=10**9, max_wait=SHORT_WAIT)
+        start = loop_time()
+        inbox.put(0)
+        async with feeding(inbox, itertools.count(1)):
+            batch = await take_promptly(inbox)
+        elapsed = loop_time() - start
+        assert elapsed >= SHORT_WAIT * 0.8
+        assert elapsed < PROMPTLY
+        assert len(batch) > 1
+        assert batch == list(range(len(batch)))
+
+    async def test_time_cap_counts_from_the_first_item(self) -> None:
+        """A first item that has already waited max_wait goes out without any growing."""
+        inbox = holding([0], max_size=100, max_wait=SHORT_WAIT)
+        await asyncio.sleep(SHORT_WAIT * 2)
+        async with feeding(inbox, itertools.count(1)):
+            assert await inbox.take() == [0]
+
+    async def test_zero_wait_never_grows(self) -> None:
+        """With max_wait 0 a batch is exactly what is in hand when the writer asks."""
+        inbox = holding([0, 1], max_size=100, max_wait=0)
+        async with feeding(inbox, itertools.count(2)):
+            assert await inbox.take() == [0, 1]
 
     async def test_items_beyond_max_size_stay(self) -> None:
         """Items past max_size are left in the inbox for the next take."""
@@ -124,59 +267,13 @@ class TestFullBatch:
         assert await take_promptly(inbox) == [7]
         assert await take_promptly(inbox) == [8]
 
-
-class TestPartialBatch:
-    """A batch short of max_size goes out once its first item has waited max_wait."""
-
-    async def test_returned_after_max_wait(self) -> None:
-        """A lone item is returned after about max_wait, not before and not much later."""
-        inbox = Inbox[str](max_size=10, max_wait=SHORT_WAIT)
-        start = loop_time()
-        inbox.put("a")
-        batch = await take_promptly(inbox)
-        elapsed = loop_time() - start
-        assert batch == ["a"]
-        assert elapsed >= SHORT_WAIT * 0.8
-        assert elapsed < PROMPTLY
-
-    async def test_not_returned_before_max_wait(self) -> None:
-        """A partial batch is held back while its first item is younger than max_wait."""
-        inbox = Inbox[str](max_size=10, max_wait=LONG_WAIT)
-        inbox.put("a")
-        task = asyncio.create_task(inbox.take())
-        await asyncio.sleep(SHORT_WAIT)
-        assert not task.done()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        assert len(inbox) == 1
-
-    async def test_late_items_join_the_batch(self) -> None:
-        """Items put while the first one waits go out in the same batch."""
-        inbox = Inbox[str](max_size=10, max_wait=SHORT_WAIT)
-        inbox.put("a")
-        task = asyncio.create_task(inbox.take())
-        await settle()
-        inbox.put("b")
-        inbox.put("c")
-        assert await promptly(task) == ["a", "b", "c"]
-
-    async def test_first_item_already_old(self) -> None:
-        """A take returns at once when the first item has already waited max_wait."""
-        inbox = Inbox[str](max_size=10, max_wait=SHORT_WAIT)
-        inbox.put("a")
-        await asyncio.sleep(SHORT_WAIT * 2)
-        task = asyncio.create_task(inbox.take())
-        await settle()
-        assert task.done()
-        assert task.result() == ["a"]
-
-    async def test_remainder_goes_out_after_max_wait(self) -> None:
-        """Items left over from a full batch are returned after at most about max_wait."""
-        inbox = holding(range(3), max_size=2, max_wait=SHORT_WAIT)
+    async def test_remainder_goes_without_waiting(self) -> None:
+        """Items left over from a full batch are handed out at the next take, at once."""
+        inbox = holding(range(3), max_size=2, max_wait=LONG_WAIT)
         assert await take_promptly(inbox) == [0, 1]
-        assert await take_promptly(inbox) == [2]
-        assert len(inbox) == 0
+        async with counting_turns() as counter:
+            assert await take_promptly(inbox) == [2]
+        assert counter.count <= FEW_TURNS
 
 
 class TestOrder:
@@ -208,18 +305,30 @@ class TestInterrupt:
         inbox.interrupt()
         assert await promptly(task) == []
 
-    async def test_waiting_take_on_partial_batch(self) -> None:
-        """A take waiting out max_wait returns the partial batch when interrupted."""
-        inbox = holding([1, 2], max_size=3)
-        task = await waiting_take(inbox)
-        inbox.interrupt()
-        assert await promptly(task) == [1, 2]
+    async def test_growing_batch(self) -> None:
+        """A batch growing under endless arrivals goes out as soon as the inbox is interrupted."""
+        inbox = holding([0], max_size=10**9)
+        async with feeding(inbox, itertools.count(1)):
+            task = asyncio.create_task(inbox.take())
+            await settle()
+            assert not task.done()
+            inbox.interrupt()
+            batch = await promptly(task)
+        assert len(batch) > 1
+        assert batch == list(range(len(batch)))
 
     async def test_interrupt_before_take(self) -> None:
         """A take after interrupt() on an empty inbox returns an empty batch at once."""
         inbox = Inbox[int](max_size=3, max_wait=LONG_WAIT)
         inbox.interrupt()
         assert await take_promptly(inbox) == []
+
+    async def test_no_growing_once_interrupted(self) -> None:
+        """An interrupted inbox hands out what it holds without waiting for more."""
+        inbox = holding([0, 1], max_size=100)
+        inbox.interrupt()
+        async with feeding(inbox, itertools.count(2)):
+            assert await inbox.take() == [0, 1]
 
     async def test_interrupt_lasts(self) -> None:
         """Every later take returns at once too, with new items or with nothing."""
@@ -247,7 +356,7 @@ class TestTakeNowait:
         assert Inbox[int](max_size=2, max_wait=LONG_WAIT).take_nowait() == []
 
     async def test_partial_batch(self) -> None:
-        """A partial batch is handed out without waiting for max_wait."""
+        """A partial batch is handed out without waiting for more."""
         inbox = holding([1, 2], max_size=5)
         assert inbox.take_nowait() == [1, 2]
         assert len(inbox) == 0

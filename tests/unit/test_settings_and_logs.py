@@ -54,16 +54,16 @@ class TestSettings:
     def test_invalid_value_names_the_variable(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """A bad value raises one readable line naming the variable."""
         monkeypatch.setenv("TASK_HISTORY_DATABASE_URL", "mysql://nope")
-        with pytest.raises(ConfigurationError, match="TASK_HISTORY_DATABASE_URL: must start"):
+        with pytest.raises(ConfigurationError, match=r"DATABASE_URL: is not a .*scheme"):
             load_settings()
 
     def test_malformed_url_is_a_configuration_error(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """A URL that can't be parsed is reported as a bad setting, not a crash."""
         monkeypatch.setenv("TASK_HISTORY_DATABASE_URL", "postgresql://u:p@[bad/x")
-        with pytest.raises(ConfigurationError, match="not a valid URL"):
+        with pytest.raises(ConfigurationError, match=r"not a PostgreSQL URL .*IPv6"):
             load_settings()
         monkeypatch.setenv("TASK_HISTORY_DATABASE_URL", "postgresql://localhost:99999/x")
-        with pytest.raises(ConfigurationError, match="not a valid URL"):
+        with pytest.raises(ConfigurationError, match=r"not a PostgreSQL URL .*\(port 99999\)"):
             load_settings()
 
 
