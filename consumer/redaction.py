@@ -21,5 +21,17 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 
 
 def url_secrets(*urls: str) -> list[str]:
-    """The passwords in `urls`, to be masked wherever they show up."""
-    return [password for url in urls if (password := urlsplit(url).password)]
+    """The passwords in `urls`, to be masked wherever they show up.
+
+    A value may list several URLs separated by commas (TASK_HISTORY_AMQP_URL): each one's.
+    """
+    passwords = []
+    for url in urls:
+        for part in url.split(","):
+            try:
+                password = urlsplit(part.strip()).password
+            except ValueError:  # not a URL: nothing of it to mask
+                continue
+            if password:
+                passwords.append(password)
+    return passwords

@@ -27,12 +27,11 @@ EVENT_NAME = "CreateTaskBuildHistory"
 ORIGINAL_ENTRY_NAME = "TaskBuildHistory"
 _GENERATED_BY = (
     "// Generated from the pydantic models by `task-history schema --typescript`; do not edit.\n"
-    f"// The original TypeScript types had a `{ORIGINAL_ENTRY_NAME}` type whose `metadata` was a"
-    " string\n"
-    "// holding JSON. Entries read from this service (`task-history show --json`, `export`, the"
-    " HTTP\n"
-    f"// API) carry `metadata` as the object itself: they are `{ENTRY_NAME}`, and\n"
-    "// `JSON.stringify(entry.metadata)` gives the original string. Events may send either form."
+    f"// Entries read from this service (`task-history show --json`, `export`, the HTTP API) are\n"
+    f"// `{ENTRY_NAME}`: `metadata` is the object itself. `{ORIGINAL_ENTRY_NAME}` is the original\n"
+    "// type of an entry, whose `metadata` is a string holding JSON:"
+    " `JSON.stringify(entry.metadata)`\n"
+    "// gives it. Events may send either form."
 )
 _ENTRY_DESCRIPTION = (
     "One stored entry, its nine fields, as `task-history show --json`, `export` and the HTTP API"
@@ -43,6 +42,15 @@ _ENTRY_METADATA_DESCRIPTION = (
     "The object itself, or null. The original type had a string holding JSON:"
     " `JSON.stringify(entry.metadata)` gives it."
 )
+_ORIGINAL_DESCRIPTION = (
+    "The original type of a stored entry, with `metadata` as a string holding JSON. This service"
+    f" returns `{ENTRY_NAME}` (the object itself): convert one with"
+    " `{ ...entry, metadata: entry.metadata === null ? null : JSON.stringify(entry.metadata) }`."
+)
+_ORIGINAL_METADATA = {
+    "anyOf": [{"type": "string"}, {"type": "null"}],
+    "description": "A string holding a JSON object, or null.",
+}
 _EVENT_DESCRIPTION = (
     "One event as published: the JSON body of a message to the history exchange. Validate it"
     " with docs/event.schema.json; its description lists the rules the consumer adds."
@@ -105,7 +113,7 @@ def event_json_schema_text() -> str:
 
 
 def typescript() -> str:
-    """TypeScript for the context types, a stored entry and an event (see ENTRY_NAME)."""
+    """TypeScript: the context types, a stored entry (as returned and as first typed), an event."""
     entry = HistoryEntry.model_json_schema(mode="serialization")
     entry["description"] = _ENTRY_DESCRIPTION
     entry["properties"]["metadata"]["description"] = _ENTRY_METADATA_DESCRIPTION
@@ -122,6 +130,15 @@ def typescript() -> str:
         _comment(context_type.get("description"), indent="")
         + f"export type {CONTEXT_TYPE_NAME} ={literals};",
         _interface(ENTRY_NAME, entry, names),
+        _interface(
+            ORIGINAL_ENTRY_NAME,
+            {
+                **entry,
+                "description": _ORIGINAL_DESCRIPTION,
+                "properties": {**entry["properties"], "metadata": _ORIGINAL_METADATA},
+            },
+            names,
+        ),
         _interface(EVENT_NAME, event, names),
     ]
     return "\n\n".join(blocks) + "\n"

@@ -1,8 +1,8 @@
 // Generated from the pydantic models by `task-history schema --typescript`; do not edit.
-// The original TypeScript types had a `TaskBuildHistory` type whose `metadata` was a string
-// holding JSON. Entries read from this service (`task-history show --json`, `export`, the HTTP
-// API) carry `metadata` as the object itself: they are `TaskBuildHistoryEntry`, and
-// `JSON.stringify(entry.metadata)` gives the original string. Events may send either form.
+// Entries read from this service (`task-history show --json`, `export`, the HTTP API) are
+// `TaskBuildHistoryEntry`: `metadata` is the object itself. `TaskBuildHistory` is the original
+// type of an entry, whose `metadata` is a string holding JSON: `JSON.stringify(entry.metadata)`
+// gives it. Events may send either form.
 
 /** What kind of event an entry records. */
 export type TaskBuildHistoryContextType =
@@ -30,6 +30,24 @@ export interface TaskBuildHistoryEntry {
    * `JSON.stringify(entry.metadata)` gives it.
    */
   metadata: Record<string, unknown> | null;
+  created_at: string;
+  expires_at: string;
+}
+
+/**
+ * The original type of a stored entry, with `metadata` as a string holding JSON. This service
+ * returns `TaskBuildHistoryEntry` (the object itself): convert one with `{ ...entry, metadata:
+ * entry.metadata === null ? null : JSON.stringify(entry.metadata) }`.
+ */
+export interface TaskBuildHistory {
+  id: string;
+  task_id: string;
+  workspace_id: string | null;
+  session_id: string | null;
+  context_type: TaskBuildHistoryContextType;
+  content: string;
+  /** A string holding a JSON object, or null. */
+  metadata: string | null;
   created_at: string;
   expires_at: string;
 }

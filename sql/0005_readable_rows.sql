@@ -8,17 +8,15 @@
 --   created_at  from 0001-01-01 to before 9999-01-01 (UTC), leaving room for the retention;
 --   expires_at  from 0001-01-01 to 9999-12-31 (UTC).
 --
--- Existing rows are made to fit first: metadata that is not an object is kept under the key
--- "value" ({"value": [1, 2]}), metadata too deep to keep as JSON is kept as its text
--- ({"value": "{\"a\": ..."}), and timestamps out of range are moved to the nearest bound.
+-- Rows written before are made to fit by 0006_readable_old_rows.sql.
 --
 -- Each entry's task also gets a count of every entry it was ever given (`received`), which
 -- the cap never lowers: a test helper tells from it that an event was stored even when the
 -- cap removed it in the same statement.
 
 
--- Whether a metadata value fits: NULL, or an object without an object or array at the 65th
--- level (jsonpath level 64; level 0 is the object itself).
+-- Whether a metadata value fits: an object without an object or array at the 65th level
+-- (jsonpath level 64; level 0 is the object itself). NULL in, NULL out (STRICT).
 CREATE FUNCTION task_build_history_metadata_fits_v1(metadata jsonb) RETURNS boolean
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
 RETURN jsonb_typeof(metadata) = 'object' AND NOT jsonb_path_exists(
@@ -26,8 +24,9 @@ RETURN jsonb_typeof(metadata) = 'object' AND NOT jsonb_path_exists(
 );
 
 
--- NOT VALID: new rows are checked from here on, without a scan under a lock that would stop
--- writers; the rows already there are fixed below, then checked once.
+-- NOT VALID: new rows are checked from here on, and adding the checks takes its lock only for a
+-- moment; the rows already there are made to fit, then checked, by 0006_readable_old_rows.sql,
+-- under locks that let reads and writes go on.
 ALTER TABLE task_build_history
     ADD CONSTRAINT task_build_history_metadata_check
         CHECK (metadata IS NULL OR task_build_history_metadata_fits_v1(metadata)) NOT VALID,
@@ -39,30 +38,11 @@ ALTER TABLE task_build_history
                AND expires_at <= '9999-12-31 23:59:59.999999+00')
         NOT VALID;
 
-UPDATE task_build_history
-SET metadata = CASE
-        WHEN metadata IS NULL OR task_build_history_metadata_fits_v1(metadata) THEN metadata
-        WHEN task_build_history_metadata_fits_v1(jsonb_build_object('value', metadata))
-            THEN jsonb_build_object('value', metadata)
-        ELSE jsonb_build_object('value', metadata::text)
-    END,
-    created_at = least(greatest(created_at, '0001-01-01 00:00:00+00'),
-                       '9998-12-31 23:59:59.999999+00'),
-    expires_at = least(greatest(expires_at, '0001-01-01 00:00:00+00'),
-                       '9999-12-31 23:59:59.999999+00')
-WHERE NOT (metadata IS NULL OR task_build_history_metadata_fits_v1(metadata))
-    OR created_at < '0001-01-01 00:00:00+00' OR created_at >= '9999-01-01 00:00:00+00'
-    OR expires_at < '0001-01-01 00:00:00+00' OR expires_at > '9999-12-31 23:59:59.999999+00';
 
-ALTER TABLE task_build_history VALIDATE CONSTRAINT task_build_history_metadata_check;
-ALTER TABLE task_build_history VALIDATE CONSTRAINT task_build_history_created_at_check;
-ALTER TABLE task_build_history VALIDATE CONSTRAINT task_build_history_expires_at_check;
-
-
--- Entries ever given to each task, the ones the cap removed included. It starts at what each
--- task holds now.
+-- Entries given to each task from here on, the ones the cap removed included. Only its growth
+-- matters (a wait compares two readings), so existing tasks start at 0, and no UPDATE of every
+-- counter row holds up the writers.
 ALTER TABLE task_build_history_counts ADD COLUMN received bigint NOT NULL DEFAULT 0;
-UPDATE task_build_history_counts SET received = entries;
 
 
 -- task_build_history_trim_v1, and the counter of entries received.

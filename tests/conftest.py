@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import aio_pika
 import asyncpg
 import pytest
 import structlog
@@ -244,3 +245,15 @@ def env(
 def node_dir() -> Path:
     """tests/node, where `node` finds ajv, amqplib and tsc at their pinned versions."""
     return node_packages()
+
+
+@pytest.fixture
+async def unbound_exchange(amqp_url: str) -> AsyncIterator[str]:
+    """A topic exchange with no queue bound to it, deleted afterwards."""
+    name = unique_name("th_unbound")
+    connection = await aio_pika.connect(amqp_url)
+    channel = await connection.channel()
+    await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC)
+    yield name
+    await channel.exchange_delete(name)
+    await connection.close()

@@ -14,7 +14,7 @@ import aiormq.abc
 import aiormq.exceptions
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 
-from consumer.broker.failover import CONNECT_TIMEOUT, Failover, amqp_urls
+from consumer.broker.failover import CONNECT_TIMEOUT, amqp_urls, failover_connection_class
 from consumer.broker.headers import BROKER_HEADERS, MessageLike
 from consumer.errors import BrokerError, BrokerUnavailableError, UnroutableError
 from consumer.redaction import redact
@@ -127,27 +127,30 @@ async def connect_confirming(
 ) -> tuple[AbstractRobustConnection, AbstractRobustChannel]:
     """A robust connection and a channel with publisher confirms, returns raised as errors.
 
-    `url` may list several brokers, separated by commas: they are tried in order, and a lost
-    connection tries the next ones in turn (consumer.broker.failover). If the channel can't be
-    opened the connection is closed before the error is raised: a robust connection left open
-    keeps reconnecting on its own, for as long as the process runs.
+    `url` may list several brokers, separated by commas: they are tried in order, and after a
+    lost connection each reconnect attempt tries the next one (consumer.broker.failover). If
+    the channel can't be opened the connection is closed before the error is raised: a robust
+    connection left open keeps reconnecting on its own, for as long as the process runs.
     """
     urls = amqp_urls(url)
     unavailable: list[BrokerUnavailableError] = []
     for at, candidate in enumerate(urls):
         try:
             with translated_errors():
-                connection = await aio_pika.connect_robust(candidate, timeout=CONNECT_TIMEOUT)
+                connection = await aio_pika.connect_robust(
+                    candidate,
+                    timeout=CONNECT_TIMEOUT,
+                    connection_class=failover_connection_class(),
+                    failover_urls=urls,
+                    failover_at=at,
+                )
         except BrokerUnavailableError as exc:
             unavailable.append(exc)
             continue
-        failover = Failover(connection, urls, at=at) if len(urls) > 1 else None
         try:
             with translated_errors():
                 channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         except BaseException:
-            if failover is not None:
-                failover.close()
             await close_connection(connection, grace=CLOSE_GRACE)
             raise
         return connection, channel

@@ -62,7 +62,7 @@ class Received:
     def message_id(self) -> str | None:
         """The message_id property; None for a copy of a message that had none (see headers)."""
         headers = self._properties.headers
-        if headers and NO_MESSAGE_ID in headers:
+        if headers and headers.get(NO_MESSAGE_ID):
             return None
         return self._properties.message_id
 

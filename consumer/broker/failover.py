@@ -1,23 +1,22 @@
-"""Several broker addresses: each connect, and each reconnect after a loss, tries them in turn.
+"""Several broker addresses: each connect, and each reconnect attempt after a loss, tries the next.
 
 aio-pika's robust connection reconnects by itself, but always to the address it started with:
 a consumer whose node died would wait for that node while the others serve the queue. Here the
-first connect tries the addresses in order until one answers, and once a connection is lost,
-the address it will try next moves on down the list at every reconnect attempt, until one
-answers again (as the Java client's address list does on recovery).
+first connect tries the addresses in order until one answers (`connect_confirming`), and once
+a connection is lost, every reconnect attempt takes the next address in the list, round and
+round, until one answers (as the Java client's address list does on recovery).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from yarl import URL
 
 if TYPE_CHECKING:  # the settings read amqp_urls without loading the client
-    from aio_pika.abc import AbstractRobustConnection
+    from aio_pika.abc import UnderlayConnection
 
 # Seconds a connect attempt may take before the next address is tried.
 CONNECT_TIMEOUT = 10
@@ -28,52 +27,48 @@ def amqp_urls(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
-class Failover:
-    """Moves a robust connection to the next address while it is down.
+def failover_connection_class() -> type[Any]:
+    """The robust connection class that moves to the next address at each reconnect attempt.
 
-    aio-pika reads the connection's `url` at every reconnect attempt and waits its
-    `reconnect_interval` between attempts; while the connection is down, this moves `url` to
-    the next address once per interval, so each attempt tries the next one.
+    Made on first use, so that reading the settings (amqp_urls) loads no AMQP client.
     """
+    from aio_pika import RobustConnection  # noqa: PLC0415  # see above
 
-    def __init__(
-        self, connection: AbstractRobustConnection, urls: Sequence[str], *, at: int
-    ) -> None:
-        """Watch `connection`, connected to `urls[at]`."""
-        self._connection = connection
-        self._urls = [URL(url) for url in urls]
-        self._at = at
-        self._moving: asyncio.Task[None] | None = None
-        connection.close_callbacks.add(self._on_lost)
+    class FailoverConnection(RobustConnection):
+        """A robust connection over several addresses, given as `failover_urls` and `failover_at`.
 
-    def _on_lost(self, _connection: object, exc: BaseException | None) -> None:
-        if exc is None or isinstance(exc, asyncio.CancelledError):  # closed on purpose
-            return
-        # Before aio-pika's first attempt, which this callback runs ahead of.
-        self._advance()
-        if self._moving is None:
-            self._moving = asyncio.get_running_loop().create_task(self._move_until_connected())
+        aio-pika clears `transport` when a connection is lost and again as each reconnect
+        attempt starts, then reads `url` for that attempt. A clearing that follows another
+        clearing is an attempt after a loss or after a failed attempt: the next address goes
+        into `url` for it. The first connect is left alone (connect_confirming orders it).
+        """
 
-    def _advance(self) -> None:
-        self._at = (self._at + 1) % len(self._urls)
-        # aio-pika's own attribute, read by each reconnect attempt.
-        self._connection.url = self._urls[self._at]  # type: ignore[attr-defined]
+        def __init__(
+            self,
+            url: URL,
+            loop: asyncio.AbstractEventLoop | None = None,
+            *,
+            failover_urls: Sequence[str] = (),
+            failover_at: int = 0,
+            **kwargs: Any,  # noqa: ANN401  # aio-pika's connection options, passed on
+        ) -> None:
+            self._failover_urls = [URL(address) for address in failover_urls] or [url]
+            self._failover_at = failover_at
+            self._ever_connected = False
+            super().__init__(url, loop=loop, **kwargs)
 
-    async def _move_until_connected(self) -> None:
-        connection = self._connection
-        interval = float(getattr(connection, "reconnect_interval", 5))
-        connected: asyncio.Event = connection.connected
-        try:
-            while not connection.is_closed:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(interval):
-                        await connected.wait()
-                        return
-                self._advance()
-        finally:
-            self._moving = None
+        @property  # aio-pika's plain attribute, watched here
+        def transport(self) -> UnderlayConnection | None:
+            return self.__dict__.get("_failover_transport")
 
-    def close(self) -> None:
-        """Stop moving (the connection is being closed)."""
-        if self._moving is not None:
-            self._moving.cancel()
+        @transport.setter
+        def transport(self, value: UnderlayConnection | None) -> None:
+            previous = self.__dict__.get("_failover_transport")
+            if value is not None:
+                self._ever_connected = True
+            elif previous is None and self.__dict__.get("_ever_connected"):
+                self._failover_at = (self._failover_at + 1) % len(self._failover_urls)
+                self.url = self._failover_urls[self._failover_at]
+            self.__dict__["_failover_transport"] = value
+
+    return FailoverConnection

@@ -13,7 +13,11 @@ from consumer.cli.service import consume, demo, expire, health, migrate, schedul
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--database-url", metavar="URL", help="PostgreSQL URL [TASK_HISTORY_DATABASE_URL]")
-@click.option("--amqp-url", metavar="URL", help="RabbitMQ URL [TASK_HISTORY_AMQP_URL]")
+@click.option(
+    "--amqp-url",
+    metavar="URL",
+    help="RabbitMQ URL, or several separated by commas [TASK_HISTORY_AMQP_URL]",
+)
 @click.option(
     "--log-format",
     type=click.Choice(["console", "json"]),

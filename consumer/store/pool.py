@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -10,7 +11,8 @@ from typing import Any
 
 import asyncpg
 
-# asyncpg has no public URL parser; this is the one its connect() runs.
+# asyncpg has no public URL parser; this is the one its connect() runs. Its keywords change
+# between releases (all default to nothing given), so they are read off the function.
 from asyncpg.connect_utils import _parse_connect_dsn_and_args
 
 from consumer.errors import (
@@ -69,6 +71,13 @@ def translated() -> Iterator[None]:
         raise StoreError(redact(str(exc))) from exc
 
 
+_NO_OTHER_ARGUMENTS = {
+    name: None
+    for name in inspect.signature(_parse_connect_dsn_and_args).parameters
+    if name != "dsn"
+}
+
+
 def check_dsn(dsn: str) -> None:
     """Raise ValueError unless asyncpg accepts `dsn`, by the driver's own parser.
 
@@ -76,24 +85,8 @@ def check_dsn(dsn: str) -> None:
     (`?host=a,b&port=1,2`), `target_session_attrs`, `sslmode` and the rest asyncpg knows.
     """
     try:
-        addresses, _ = _parse_connect_dsn_and_args(
-            dsn=dsn,
-            host=None,
-            port=None,
-            user=None,
-            password=None,
-            passfile=None,
-            database=None,
-            ssl=None,
-            service=None,
-            servicefile=None,
-            direct_tls=None,
-            server_settings=None,
-            target_session_attrs=None,
-            krbsrvname=None,
-            gsslib=None,
-        )
-    except (ValueError, TypeError, asyncpg.ClientConfigurationError) as exc:
+        addresses, _ = _parse_connect_dsn_and_args(dsn=dsn, **_NO_OTHER_ARGUMENTS)
+    except (ValueError, OSError, asyncpg.ClientConfigurationError) as exc:
         detail = redact(str(exc))
         raise ValueError(f"is not a PostgreSQL URL the driver accepts ({detail})") from None
     for address in addresses:

@@ -7,12 +7,11 @@ import uuid
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from types import TracebackType
-from typing import Self
 
 from consumer.entries import ContextType, HistoryEntry
 from consumer.errors import ErrorCode, InvalidEventError
 from consumer.events import check_retention, parse_event
+from consumer.lifecycle import AsyncResource
 from consumer.publisher import (
     DEFAULT_EXCHANGE,
     EventLike,
@@ -34,7 +33,7 @@ class Refusal:
     detail: str
 
 
-class InMemoryPublisher:
+class InMemoryPublisher(AsyncResource):
     """Publishes into memory what the consumer would store: no broker, no database.
 
     It has HistoryPublisher's methods (`publish`, `publish_many`, `async with`), refuses what
@@ -78,17 +77,8 @@ class InMemoryPublisher:
         self._received: dict[uuid.UUID, int] = {}
         self._arrivals = 0
 
-    async def __aenter__(self) -> Self:
+    async def _begin(self) -> None:
         """Nothing to connect to."""
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        """Nothing to close."""
 
     async def connect(self) -> None:
         """Nothing to connect to."""

@@ -12,7 +12,7 @@ import os
 import re
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +22,6 @@ import pytest
 
 from consumer.settings import Settings
 from consumer.topology import Topology
-from tests.conftest import unique_name
 from tests.harness import running, wait_for
 from tests.helpers import new_task
 from tests.vhosts import empty_vhost, vhost_of
@@ -102,18 +101,6 @@ def example(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Example]
     script = tmp_path / "publish.mjs"
     script.write_text(readme_example(NODE_HEADING, "js"), encoding="utf-8")
     yield Example("Node", ["node", str(script)], node_dir)
-
-
-@pytest.fixture
-async def unbound_exchange(amqp_url: str) -> AsyncIterator[str]:
-    """A topic exchange with no queue bound to it, deleted afterwards."""
-    name = unique_name("th_unbound")
-    connection = await aio_pika.connect(amqp_url)
-    channel = await connection.channel()
-    await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC)
-    yield name
-    await channel.exchange_delete(name)
-    await connection.close()
 
 
 def assert_one_line_failure(code: int, out: str, err: str, *expected: str) -> str:

@@ -53,11 +53,19 @@ class TestFailingOver:
     async def test_the_first_address_cut_mid_stream(
         self, settings: Settings, amqp_url: str, topology: Topology, sql: asyncpg.Connection
     ) -> None:
-        """200 events before and 200 after the cut: all 400 stored once, none dead-lettered."""
+        """200 events before and 200 after the cut: all 400 stored once, none dead-lettered.
+
+        The addresses: the first (cut), one that is down, the second: each reconnect attempt
+        takes the next, so the consumer is back through the second after two attempts.
+        """
         tasks = [await new_task(sql) for _ in range(8)]  # 50 each: under the cap
         first, second = await proxy_to(amqp_url), await proxy_to(amqp_url)
         listed = settings.model_copy(
-            update={"amqp_url": f"{through(amqp_url, first.port)},{through(amqp_url, second.port)}"}
+            # After the cut: a reconnect attempt on an address that is down, then the second.
+            update={
+                "amqp_url": f"{through(amqp_url, first.port)},{DOWN},"
+                f"{through(amqp_url, second.port)}"
+            }
         )
         async with Bus(amqp_url, topology) as bus, running(listed):
             await bus.publish_many(event(tasks[n % 8], f"before {n}") for n in range(200))

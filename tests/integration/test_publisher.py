@@ -48,18 +48,6 @@ async def bus(amqp_url: str, topology: Topology) -> AsyncIterator[Bus]:
         yield opened
 
 
-@pytest.fixture
-async def unbound_exchange(amqp_url: str) -> AsyncIterator[str]:
-    """A topic exchange with no queue bound to it, deleted afterwards."""
-    name = unique_name("th_unbound")
-    connection = await aio_pika.connect(amqp_url)
-    channel = await connection.channel()
-    await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC)
-    yield name
-    await channel.exchange_delete(name)
-    await connection.close()
-
-
 class TestHistoryPublisher:
     """HistoryPublisher against the real broker."""
 

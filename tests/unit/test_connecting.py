@@ -38,7 +38,7 @@ class TestBrokerConnect:
         """Broker.connect and HistoryPublisher.connect close what they opened, then raise."""
         opened: list[HalfOpenConnection] = []
 
-        async def connect_robust(_url: str) -> HalfOpenConnection:
+        async def connect_robust(_url: str, **_options: object) -> HalfOpenConnection:
             opened.append(HalfOpenConnection())
             return opened[-1]
 

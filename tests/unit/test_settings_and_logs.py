@@ -70,6 +70,12 @@ class TestSettings:
 class TestRedaction:
     """Passwords never reach a log line or an error message."""
 
+    def test_every_password_of_a_list_of_urls(self) -> None:
+        """Each broker URL of a comma-separated list, and a multi-host database URL."""
+        assert url_secrets(
+            "postgresql://u:dbpw@h1:5432,h2:5432/db", "amqp://a:pw1@h/,amqp://b:pw2@k/"
+        ) == ["dbpw", "pw1", "pw2"]
+
     def test_url_passwords_are_masked(self) -> None:
         """user:password@ in any URL becomes user:***@."""
         text = "failed: postgresql://app:s3cr3t@db:5432/x and amqp://u:p%40ss@mq/"
