@@ -11,6 +11,9 @@ T = TypeVar("T")
 # delivery read from the socket takes a few turns to reach the inbox (the connection's reader,
 # the channel's reader, then the delivery's own task), so one empty turn is not yet a lull.
 QUIET_TURNS = 3
+# Under load (the last batch went out full), how often a growing batch looks again once
+# deliveries pause: a full batch is worth a few milliseconds when the queue holds a backlog.
+LOADED_POLL_SECONDS = 0.001
 
 
 class Inbox(Generic[T]):
@@ -22,7 +25,9 @@ class Inbox(Generic[T]):
     asks and finds items in hand, it lets the event loop run while new items keep arriving
     (those already read from the socket, or a burst), and stops once `QUIET_TURNS` turns bring
     none, the batch holds `max_size` items, or its first item has waited `max_wait` seconds.
-    Idle, the first item goes out after a few turns: no fixed wait.
+    Idle, the first item goes out after a few turns: no fixed wait. Under load (the last batch
+    went out full, as when draining a backlog) a pause in deliveries does not end the batch: it
+    waits to fill, within the same caps, since full batches are what a backlog drains fastest.
 
     Putting is synchronous and cheap, since it runs once per delivered message.
     """
@@ -37,6 +42,8 @@ class Inbox(Generic[T]):
         self._first_at = 0.0
         self._arrived = asyncio.Event()
         self._interrupted = False
+        # Whether the last batch went out full: then the next one waits to fill (see _grow).
+        self._loaded = False
 
     def __len__(self) -> int:
         """How many items wait."""
@@ -66,13 +73,13 @@ class Inbox(Generic[T]):
         deadline = self._first_at + self._max_wait
         count = len(self._items)
         quiet = 0
-        while (
-            quiet < QUIET_TURNS
-            and count < self._max_size
-            and not self._interrupted
-            and loop.time() < deadline
-        ):
-            await asyncio.sleep(0)
+        while count < self._max_size and not self._interrupted and loop.time() < deadline:
+            if quiet < QUIET_TURNS:
+                await asyncio.sleep(0)
+            elif self._loaded:
+                await asyncio.sleep(LOADED_POLL_SECONDS)
+            else:
+                break
             if len(self._items) > count:
                 count = len(self._items)
                 quiet = 0
@@ -81,7 +88,12 @@ class Inbox(Generic[T]):
 
     def take_nowait(self) -> list[T]:
         """The next batch as it stands now, possibly empty."""
-        if len(self._items) <= self._max_size:
+        if len(self._items) < self._max_size:
+            batch, self._items = self._items, []
+            self._loaded = False
+            return batch
+        self._loaded = True
+        if len(self._items) == self._max_size:
             batch, self._items = self._items, []
             return batch
         batch, self._items = self._items[: self._max_size], self._items[self._max_size :]

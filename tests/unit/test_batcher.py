@@ -267,12 +267,27 @@ class TestCaps:
         assert await take_promptly(inbox) == [7]
         assert await take_promptly(inbox) == [8]
 
-    async def test_remainder_goes_without_waiting(self) -> None:
-        """Items left over from a full batch are handed out at the next take, at once."""
+    async def test_after_a_full_batch_the_next_fills_first(self) -> None:
+        """Under load (the last batch went out full), the next waits to fill, within max_wait."""
         inbox = holding(range(3), max_size=2, max_wait=LONG_WAIT)
         assert await take_promptly(inbox) == [0, 1]
+
+        async def one_more() -> None:
+            await asyncio.sleep(0.01)
+            inbox.put(3)
+
+        arriving = asyncio.create_task(one_more())
+        assert await inbox.take() == [2, 3]
+        await arriving
+
+    async def test_after_a_partial_batch_the_next_goes_at_once(self) -> None:
+        """Out of load (the last batch was not full), what is in hand goes without waiting."""
+        inbox = holding(range(3), max_size=2, max_wait=0.02)
+        assert await take_promptly(inbox) == [0, 1]
+        assert await inbox.take() == [2]  # waited max_wait for a full batch: none came
+        inbox.put(4)
         async with counting_turns() as counter:
-            assert await take_promptly(inbox) == [2]
+            assert await take_promptly(inbox) == [4]
         assert counter.count <= FEW_TURNS
 
 
