@@ -257,3 +257,18 @@ async def unbound_exchange(amqp_url: str) -> AsyncIterator[str]:
     yield name
     await channel.exchange_delete(name)
     await connection.close()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the figures tests record as a `summary` property, so the CI log keeps them."""
+    reports = terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])
+    lines = [
+        f"{report.nodeid}: {value}"
+        for report in reports
+        for name, value in getattr(report, "user_properties", [])
+        if name == "summary"
+    ]
+    if lines:
+        terminalreporter.section("recorded figures")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -122,7 +122,7 @@ REPLICATION = (
     " current_setting('synchronous_standby_names') <> '' AS synchronous"
     " FROM pg_stat_replication"
 )
-# Entries each task was ever given, those the cap removed included (sql/0005_readable_rows.sql).
+# Entries each task was given since sql/0005_readable_rows.sql, the ones the cap removed included.
 RECEIVED_BY_TASKS = (
     "SELECT task_id, received FROM task_build_history_counts WHERE task_id = ANY ($1::uuid[])"
 )

@@ -140,7 +140,7 @@ class ReadStore(StoreBase):
                     await connection.remove_listener(queries.NOTIFY_CHANNEL, on_notify)
 
     async def received_by_tasks(self, task_ids: Collection[UUID]) -> dict[UUID, int]:
-        """How many entries each task was ever given, the ones the cap removed included."""
+        """How many entries each task has been given, those the cap removed included."""
         records = await self._fetch(queries.RECEIVED_BY_TASKS, list(task_ids))
         return {record["task_id"]: record["received"] for record in records}
 

@@ -40,7 +40,7 @@ class HistorySource(Protocol):
         ...
 
     async def received_by_tasks(self, task_ids: Collection[UUID]) -> dict[UUID, int]:
-        """How many entries each task was ever given, the ones the cap removed included."""
+        """How many entries each task has been given, those the cap removed included."""
         ...
 
 
