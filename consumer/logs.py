@@ -30,10 +30,22 @@ class _Redactor:
         return event_dict
 
 
+# The libraries whose own log lines a one-shot command keeps quiet (see configure_logging).
+LIBRARY_LOGGERS = ("aiormq", "aio_pika", "asyncio", "asyncpg")
+
+
 def configure_logging(
-    *, log_format: LogFormat | None, level: LogLevel, secrets: Iterable[str] = ()
+    *,
+    log_format: LogFormat | None,
+    level: LogLevel,
+    secrets: Iterable[str] = (),
+    quiet_libraries: bool = False,
 ) -> None:
-    """Set up structlog to write to stderr; `log_format` None means: console on a terminal."""
+    """Set up structlog to write to stderr; `log_format` None means: console on a terminal.
+
+    With `quiet_libraries` (the one-shot commands, whose one error line already says what
+    failed), the libraries' own log lines show only at the debug level.
+    """
     if log_format is None:
         log_format = "console" if sys.stderr.isatty() else "json"
     renderer: structlog.typing.Processor
@@ -59,6 +71,10 @@ def configure_logging(
         cache_logger_on_first_use=False,
     )
     _route_library_logs(renderer, redactor, level=level)
+    for name in LIBRARY_LOGGERS:
+        # NOTSET: the root's level applies again, as when a service configures logging.
+        quiet = quiet_libraries and level != "debug"
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1 if quiet else logging.NOTSET)
 
 
 class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]  # a stream handler of text

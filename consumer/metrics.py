@@ -132,6 +132,11 @@ class Metrics:
             "Dead letters `task-history dlq purge` has deleted, ever",
             registry=r,
         )
+        self.ready = Gauge(
+            "task_history_ready",
+            "1 while /readyz says ready: consuming, both servers answering, no stall; else 0",
+            registry=r,
+        )
         self.asynchronous_standbys = Gauge(
             "task_history_database_asynchronous_standbys",
             "Standbys the database streams to while none is synchronous (read at start-up):"

@@ -34,10 +34,13 @@ from consumer.retry import backoff
 from consumer.settings import Settings
 from consumer.shutdown import Shutdown
 from consumer.topology import RoutingKeyCheck
+from consumer.unknown_tasks import CREATE_MISSING_TASKS, create_task_hint
 
 log = structlog.get_logger("consumer")
 
 RETENTION_REFRESH_SECONDS = 30.0
+# How many tasks the consumer remembers having logged the unknown-task hint for.
+HINTED_TASKS = 10_000
 
 
 class HistoryWriter(Protocol):
@@ -156,6 +159,8 @@ class Pipeline:
         # Why the last batch had every row refused, when it had; None after a batch stores.
         self._last_refusal: str | None = None
         self._routing = RoutingKeyCheck()
+        # Tasks whose waiting events were explained in the log: once each, not per message.
+        self._hinted: dict[UUID, None] = {}
 
     async def handle(self, batch: list[Delivery]) -> None:
         """Write a batch and ack it, retrying until it works, its channel closes, or time is up.
@@ -287,6 +292,23 @@ class Pipeline:
                 )
             else:
                 triage.waiting.append((delivery, since))
+                self._hint_unknown_task(entry.task_id, window)
+
+    def _hint_unknown_task(self, task_id: UUID, window: float) -> None:
+        """Log, once per task, that its events wait for it and how to create it."""
+        if task_id in self._hinted:
+            return
+        if len(self._hinted) >= HINTED_TASKS:
+            del self._hinted[next(iter(self._hinted))]  # the oldest: dicts keep their order
+        self._hinted[task_id] = None
+        log.warning(
+            "events wait for a task that doesn't exist",
+            task_id=str(task_id),
+            waits_seconds=window,
+            then="dead-lettered as unknown_task",
+            create_it=create_task_hint(task_id),
+            or_set=CREATE_MISSING_TASKS,
+        )
 
     async def _write(self, triage: Triage, now: datetime) -> tuple[set[UUID], list[Rejected]]:
         """Write the entries and the dead letters in one transaction; bisect a refused row out.

@@ -5,7 +5,7 @@ No pydantic here: `consumer.events` applies these rules, `consumer.schema` publi
 Every rule a JSON Schema can state is published in docs/event.schema.json: the patterns below
 are the schema's own text, and each means the same under Python's `re.search` (as `jsonschema`
 runs it) and under ECMA-262 with the `u` flag (as ajv runs it). The rules no schema can state
-are `RULES_NO_SCHEMA_CAN_STATE`, which the schema's description and the README repeat.
+are `RULES_NO_SCHEMA_CAN_STATE`, which the schema's description and docs/publishing.md repeat.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from consumer.errors import ConfigurationError
@@ -16,7 +16,7 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 
 
 class Settings(BaseSettings):
-    """Everything the service reads from its environment; see README's Configuration."""
+    """Everything the service reads from its environment; see docs/reference.md, Settings."""
 
     model_config = SettingsConfigDict(
         env_prefix="TASK_HISTORY_",
@@ -62,11 +62,55 @@ class Settings(BaseSettings):
     retry_queue: str = "task_build_history.retry"
     delivery_limit: int = Field(default=20, ge=1)
 
+    # Noticing a dead broker connection: aiormq drops a connection after about three heartbeat
+    # intervals without a frame (5 s: about 18 s; the client's own default of 60 s: 3 minutes).
+    # 0 turns heartbeats off. A URL's own ?heartbeat= wins.
+    amqp_heartbeat_seconds: int = Field(default=5, ge=0, le=3600)
+    # /readyz says "not ready" when the queue holds messages but none was delivered for this
+    # long: a consumer connected to a broker node cut off from the queue is subscribed and idle.
+    stall_seconds: float = Field(default=10, gt=0, le=86_400)
+
     # Prometheus metrics, /healthz and /readyz, served by `consume`; port 0 serves nothing.
     # All interfaces by default: in a container the scraper and the health check come from
     # outside the process's loopback.
     metrics_host: str = "0.0.0.0"  # noqa: S104  # see above
     metrics_port: int = Field(default=9464, ge=0, le=65_535)
+
+    # The HTTP read API (`task-history serve`). Loopback only unless told otherwise; with a
+    # token set, every route but the health checks and the page asks for it as a bearer token.
+    # CORS: origins allowed to read it from a browser, comma-separated; none by default.
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8080, ge=0, le=65_535, description="0: any free port")
+    api_token: SecretStr | None = None
+    api_cors_origins: str = ""
+    api_keepalive_seconds: float = Field(default=15, gt=0, le=3600)
+    api_max_connections: int = Field(default=10, ge=2, le=1000)
+
+    @field_validator("api_token")
+    @classmethod
+    def _api_token(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty value (`TASK_HISTORY_API_TOKEN=` in a .env) means no token, not "".
+        if value is None or not value.get_secret_value():
+            return None
+        if not value.get_secret_value().isprintable() or " " in value.get_secret_value():
+            raise ValueError("must be printable characters without spaces")
+        return value
+
+    @field_validator("api_cors_origins")
+    @classmethod
+    def _api_cors_origins(cls, value: str) -> str:
+        for origin in _origins(value):
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
+                raise ValueError(
+                    f"{origin!r} is not an origin such as https://board.example.com:8443"
+                )
+        return value
+
+    @property
+    def cors_origins(self) -> tuple[str, ...]:
+        """The origins browsers may read the API from (TASK_HISTORY_API_CORS_ORIGINS)."""
+        return _origins(self.api_cors_origins)
 
     @property
     def effective_prefetch(self) -> int:
@@ -118,6 +162,11 @@ def _url(value: str, schemes: tuple[str, ...]) -> str:
     if parts.scheme not in schemes:
         raise ValueError(f"must start with {schemes[0]}:// (or {schemes[1]}://)")
     return value
+
+
+def _origins(value: str) -> tuple[str, ...]:
+    """The comma-separated origins of `value`, trimmed, without a trailing slash."""
+    return tuple(origin.strip().rstrip("/") for origin in value.split(",") if origin.strip())
 
 
 def load_settings(**overrides: object) -> Settings:

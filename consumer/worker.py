@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Protocol
@@ -22,6 +23,7 @@ from consumer.errors import (
 from consumer.expiry import ExpiryBackend, ExpiryLoop
 from consumer.metrics import HealthServer, Metrics
 from consumer.pipeline import Delivery, HistoryWriter, Outbox, Pipeline
+from consumer.readiness import PROBE_TIMEOUT, ReadinessWatch, Signs
 from consumer.retry import backoff
 from consumer.settings import Settings
 from consumer.shutdown import Shutdown
@@ -47,8 +49,8 @@ class ConsumerStore(HistoryWriter, ExpiryBackend, Protocol):
     async def check_schema(self) -> None:
         """Raise NotMigratedError unless every migration is applied."""
 
-    async def ping(self) -> None:
-        """Raise unless the database answers quickly."""
+    async def ping(self, *, within: float = 2) -> None:
+        """Raise unless the database answers within `within` seconds."""
 
     async def dead_letter_totals(self) -> tuple[dict[str, int], int, int]:
         """Dead letters by code, and how many were replayed and purged, ever."""
@@ -82,6 +84,9 @@ class ConsumerBroker(Outbox, Protocol):
         transit: Callable[[MessageLike], Awaitable[None]] | None = None,
     ) -> None:
         """Deliver the events queue to `handler`, and the dead-letter queue to `transit`."""
+
+    async def waiting(self) -> int:
+        """How many messages wait in the events queue, ready to be delivered."""
 
     async def cancel(self) -> None:
         """Stop deliveries."""
@@ -118,11 +123,16 @@ class Worker:
             batch_size=settings.expire_batch_size,
             metrics=self.metrics,
         )
+        # When a delivery last came or a write last ended: progress, as the stall check sees it.
+        self._progressed = time.monotonic()
+        self._readiness = ReadinessWatch(
+            self._observe, stall_after=settings.stall_seconds, gauge=self.metrics.ready
+        )
         self.health: HealthServer | None = None
         if settings.metrics_port:
             self.health = HealthServer(
                 self.metrics,
-                ready=self.readiness,
+                ready=self._latest_readiness,
                 host=settings.metrics_host,
                 port=settings.metrics_port,
                 refresh=self._refresh_dead_letter_metrics,
@@ -136,7 +146,11 @@ class Worker:
             max_connections=3,
             command_timeout=settings.database_timeout_seconds,
         )
-        broker = Broker(settings.amqp_url, topology=settings.topology)
+        broker = Broker(
+            settings.amqp_url,
+            topology=settings.topology,
+            heartbeat=settings.amqp_heartbeat_seconds,
+        )
         return cls(settings, store=store, broker=broker)
 
     def stop(self) -> None:
@@ -164,6 +178,8 @@ class Worker:
                 await self.health.start()  # /healthz answers while the servers are awaited
                 cleanup.push_async_callback(self.health.stop)
             cleanup.callback(self._cancel_abandon)
+            watch = asyncio.create_task(self._readiness.run())
+            cleanup.push_async_callback(_cancelled, watch)
             if not await self._until_up("database", self._store.open):
                 return
             await self._store.check_schema()
@@ -206,16 +222,49 @@ class Worker:
         self.metrics.show_dead_letters(counts, replayed=replayed, purged=purged)
 
     async def readiness(self) -> str | None:
-        """None while consuming with both servers answering; else why not, in a few words."""
-        if self._shutdown.begun:
-            return "stopping"
-        if not self._broker.consuming:
-            return "not consuming from the broker"
+        """Check now: None while consuming, both servers answering, no stall; else why not.
+
+        /readyz answers from the last periodic check instead, at once.
+        """
+        return await self._readiness.check()
+
+    async def _latest_readiness(self) -> str | None:
+        """What the last check found (at most CHECK_INTERVAL old): /readyz answers at once."""
+        return self._readiness.verdict
+
+    async def _observe(self) -> Signs:
+        """What readiness is judged from; the servers are asked only while consuming."""
+        if self._shutdown.begun or not self._broker.consuming:
+            return Signs(stopping=self._shutdown.begun, consuming=self._broker.consuming)
+        waiting, broker_problem = await self._ask_broker()
+        database_problem = None
         try:
-            await self._store.ping()
+            await self._store.ping(within=PROBE_TIMEOUT)
         except TaskHistoryError as exc:
-            return str(exc)
-        return None
+            database_problem = str(exc)
+        return Signs(
+            broker_problem=broker_problem,
+            database_problem=database_problem,
+            waiting=waiting,
+            idle_seconds=time.monotonic() - self._progressed,
+        )
+
+    async def _ask_broker(self) -> tuple[int | None, str | None]:
+        """Messages waiting in the queue, or why the broker did not say."""
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT):
+                return await self._broker.waiting(), None
+        except TimeoutError:
+            return None, f"the broker did not answer within {PROBE_TIMEOUT:g} s"
+        except TaskHistoryError as exc:
+            return None, str(exc)
+        except asyncio.CancelledError:
+            # The client cancels what waits on a connection it drops (missed heartbeats): the
+            # probe ends so, and the watch goes on. Only a cancellation of this task stops it.
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+            return None, "the broker connection was lost"
 
     async def _consume(self) -> None:
         # What the broker dead-letters itself (a poison message past the delivery limit) comes
@@ -246,6 +295,7 @@ class Worker:
                     batch = await self._inbox.take()
                     if batch:
                         await self._pipeline.handle(batch)
+                        self._progressed = time.monotonic()
                 with contextlib.suppress(BrokerError):
                     await self._broker.cancel()  # after this no delivery comes
                 while len(self._inbox):
@@ -256,15 +306,15 @@ class Worker:
             log.warning("shutdown timeout: messages left unacked for redelivery")
         finally:
             self._shutdown_timer = None
-            expiry.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await expiry
+            await _cancelled(expiry)
         log.info("stopped")
 
     async def _deliver(self, message: MessageLike) -> None:
+        self._progressed = time.monotonic()
         self._inbox.put(Delivery(message, datetime.now(UTC)))
 
     async def _deliver_transit(self, message: MessageLike) -> None:
+        self._progressed = time.monotonic()
         self._inbox.put(Delivery(message, datetime.now(UTC), transit=True))
 
     async def _until_up(self, name: str, connect: Callable[[], Awaitable[None]]) -> bool:
@@ -289,6 +339,13 @@ class Worker:
             else:
                 return True
         return False
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    """Cancel `task` and wait until it has ended."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def consume(settings: Settings) -> None:

@@ -30,7 +30,7 @@ AMQP_ENV = "TASK_HISTORY_TEST_AMQP_URL"
 LOCAL_AMQP = "amqp://guest:guest@localhost:5672/"
 TESTS = Path(__file__).resolve().parent
 # Each suite's folder is also its marker: `pytest -m unit` runs without any server.
-SUITES = ("unit", "integration", "clients", "reliability")
+SUITES = ("unit", "integration", "clients", "reliability", "browser")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

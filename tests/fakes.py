@@ -113,7 +113,7 @@ class InMemoryStore:
         """Always migrated."""
         self._maybe_fail()
 
-    async def ping(self) -> None:
+    async def ping(self, *, within: float = 2) -> None:  # noqa: ARG002  # answers at once
         """Answer, unless an error is queued."""
         self._maybe_fail()
 
@@ -202,6 +202,11 @@ class InMemoryBroker:
     declared: bool = False
     handler: Callable[[MessageLike], Awaitable[None]] | None = None
     transit: Callable[[MessageLike], Awaitable[None]] | None = None
+    # Messages the queue holds, as a passive declare reports them; None plays a broker that
+    # does not answer (a frozen connection, a node cut off from the queue's leader).
+    ready_messages: int | None = 0
+    # Errors the next probes of the queue raise, one each.
+    probe_failures: list[BaseException] = field(default_factory=list)
 
     async def connect(self) -> None:
         """Connect."""
@@ -225,6 +230,14 @@ class InMemoryBroker:
         """Deliver what the test pushes to `handler`, and to `transit` as dead-queue messages."""
         self.handler = handler
         self.transit = transit
+
+    async def waiting(self) -> int:
+        """`ready_messages`; while it is None, no answer (the caller's timeout ends the wait)."""
+        if self.probe_failures:
+            raise self.probe_failures.pop(0)
+        if self.ready_messages is None:
+            await asyncio.Event().wait()  # never set: a broker that does not answer
+        return self.ready_messages or 0
 
     async def cancel(self) -> None:
         """Stop deliveries."""

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno as errno_codes
+import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
@@ -13,8 +16,14 @@ import aio_pika.exceptions
 import aiormq.abc
 import aiormq.exceptions
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+from yarl import URL
 
-from consumer.broker.failover import CONNECT_TIMEOUT, amqp_urls, failover_connection_class
+from consumer.broker.failover import (
+    CONNECT_TIMEOUT,
+    amqp_urls,
+    failover_connection_class,
+    with_heartbeat,
+)
 from consumer.broker.headers import BROKER_HEADERS, MessageLike
 from consumer.errors import BrokerError, BrokerUnavailableError, UnroutableError
 from consumer.redaction import redact
@@ -23,9 +32,33 @@ from consumer.redaction import redact
 CLOSE_GRACE = 10
 
 
+@dataclass(frozen=True, slots=True)
+class _Address:
+    """What an error message may name of the URL being connected to: never the password."""
+
+    host: str
+    port: int
+    vhost: str
+    user: str | None
+
+
+def _address_of(url: str) -> _Address:
+    """The host, port, vhost and user of an AMQP URL, defaulted as the client defaults them."""
+    parsed = URL(url)
+    port = parsed.port or (5671 if parsed.scheme == "amqps" else 5672)
+    # As the client reads it: yarl leaves an encoded slash in a path encoded.
+    vhost = parsed.path[1:].replace("%2F", "/") if parsed.path not in ("", "/") else "/"
+    return _Address(host=parsed.host or "", port=port, vhost=vhost, user=parsed.user or None)
+
+
 @contextmanager
-def translated_errors() -> Iterator[None]:
-    """Turn client and socket errors into the project's, with no secret in the message."""
+def translated_errors(*, url: str | None = None) -> Iterator[None]:
+    """Turn client and socket errors into the project's, with no secret in the message.
+
+    `url`: the one broker address being connected to, if any; a failure to connect or log in
+    names its host, port, vhost or user.
+    """
+    address = _address_of(url) if url is not None else None
     try:
         yield
     except aiormq.exceptions.PublishError as exc:  # basic.return of a mandatory message
@@ -51,7 +84,7 @@ def translated_errors() -> Iterator[None]:
             f"{redact(str(exc))}"
         ) from exc
     except aio_pika.exceptions.ProbableAuthenticationError as exc:
-        raise BrokerError(f"the broker refused the credentials: {redact(str(exc))}") from exc
+        raise BrokerError(_refused_credentials(exc, address)) from exc
     except (
         OSError,
         TimeoutError,
@@ -60,9 +93,60 @@ def translated_errors() -> Iterator[None]:
         aio_pika.exceptions.ChannelClosed,
     ) as exc:
         detail = redact(str(exc)) or type(exc).__name__
-        raise BrokerUnavailableError(f"broker unavailable: {detail}") from exc
+        raise BrokerUnavailableError(
+            f"broker unavailable: {_unreachable(exc, address) or detail}"
+        ) from exc
     except aio_pika.exceptions.AMQPError as exc:
-        raise BrokerError(redact(str(exc)) or type(exc).__name__) from exc
+        raise BrokerError(
+            _refused_vhost(exc, address) or redact(str(exc)) or type(exc).__name__
+        ) from exc
+
+
+def _refused_credentials(exc: BaseException, address: _Address | None) -> str:
+    """One line for a login the broker refused: whose, and where to look."""
+    who = f" of user {address.user!r}" if address is not None and address.user else ""
+    return (
+        f"the broker refused the credentials{who}: check the user name and password in the"
+        f" AMQP URL ({redact(str(exc))})"
+    )
+
+
+def _refused_vhost(exc: BaseException, address: _Address | None) -> str | None:
+    """One line for a vhost the broker would not open; None for any other failure."""
+    if not isinstance(exc, aiormq.exceptions.InvalidFrameError) or "Connection.OpenOk" not in str(
+        exc
+    ):
+        return None
+    # The broker answered "open this vhost" by closing the connection. The client drops the
+    # reason it gave, which is one of these two.
+    vhost = f"vhost {address.vhost!r}" if address is not None else "the vhost"
+    user = f" {address.user!r}" if address is not None and address.user else ""
+    return (
+        f"the broker refused to open {vhost} named in the AMQP URL: it doesn't exist, or the"
+        f" user{user} may not use it (rabbitmqctl list_vhosts, rabbitmqctl list_permissions"
+        " -p VHOST)"
+    )
+
+
+def _unreachable(exc: BaseException, address: _Address | None) -> str | None:
+    """What to check when no broker answered at the URL's address; None for other failures."""
+    if address is None:
+        return None
+    where = f"{address.host}:{address.port}"
+    errno = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+    if (errno is not None and errno < 0) or isinstance(exc, socket.gaierror):  # a resolver's
+        return (
+            f"no host {address.host!r} is known (name resolution failed):"
+            " check the host in the AMQP URL"
+        )
+    if errno == errno_codes.ECONNREFUSED or isinstance(exc, ConnectionRefusedError):
+        return (
+            f"nothing accepts connections at {where}: check the host and port in the AMQP URL,"
+            " and that RabbitMQ runs there"
+        )
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return f"no answer from {where} in time: check the host and port in the AMQP URL"
+    return None
 
 
 def _reply(exc: BaseException, code: str) -> str:
@@ -123,20 +207,21 @@ async def close_connection(connection: aio_pika.abc.AbstractConnection, *, grace
 
 
 async def connect_confirming(
-    url: str,
+    url: str, *, heartbeat: int | None = None
 ) -> tuple[AbstractRobustConnection, AbstractRobustChannel]:
     """A robust connection and a channel with publisher confirms, returns raised as errors.
 
     `url` may list several brokers, separated by commas: they are tried in order, and after a
-    lost connection each reconnect attempt tries the next one (consumer.broker.failover). If
+    lost connection each reconnect attempt tries the next one (consumer.broker.failover).
+    `heartbeat` sets the heartbeat of the URLs that don't set their own. If
     the channel can't be opened the connection is closed before the error is raised: a robust
     connection left open keeps reconnecting on its own, for as long as the process runs.
     """
-    urls = amqp_urls(url)
+    urls = [with_heartbeat(address, heartbeat) for address in amqp_urls(url)]
     unavailable: list[BrokerUnavailableError] = []
     for at, candidate in enumerate(urls):
         try:
-            with translated_errors():
+            with translated_errors(url=candidate):
                 connection = await aio_pika.connect_robust(
                     candidate,
                     timeout=CONNECT_TIMEOUT,
@@ -148,7 +233,7 @@ async def connect_confirming(
             unavailable.append(exc)
             continue
         try:
-            with translated_errors():
+            with translated_errors(url=candidate):
                 channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         except BaseException:
             await close_connection(connection, grace=CLOSE_GRACE)

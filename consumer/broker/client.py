@@ -38,9 +38,14 @@ log = structlog.get_logger("consumer")
 class Broker(AsyncResource):
     """A robust connection with one confirming channel: consume, dead-letter, retry, ack."""
 
-    def __init__(self, url: str, *, topology: Topology) -> None:
-        """Prepare a broker client for `url`; `connect()` (or `async with`) connects."""
+    def __init__(self, url: str, *, topology: Topology, heartbeat: int | None = None) -> None:
+        """Prepare a broker client for `url`; `connect()` (or `async with`) connects.
+
+        `heartbeat`: seconds between heartbeats, unless the URL sets its own; None, the client's
+        default (60).
+        """
         self._url = url
+        self._heartbeat = heartbeat
         self.topology = topology
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
@@ -54,7 +59,9 @@ class Broker(AsyncResource):
 
     async def connect(self) -> None:
         """Open the connection and a channel with publisher confirms."""
-        self._connection, self._channel = await connect_confirming(self._url)
+        self._connection, self._channel = await connect_confirming(
+            self._url, heartbeat=self._heartbeat
+        )
         # The client reconnects by itself; these say so in the log, one line each way.
         self._connection.close_callbacks.add(self._on_lost)
         self._connection.reconnect_callbacks.add(self._on_restored)
@@ -140,7 +147,7 @@ class Broker(AsyncResource):
         log.warning(
             "the dead-letter exchange is not internal, so a publish to it by mistake is taken"
             " as a dead letter; to make it internal: stop the consumers, delete the exchange,"
-            " run `task-history migrate` (README.md, RabbitMQ topology)",
+            " run `task-history migrate` (docs/operating.md, 'RabbitMQ topology')",
             exchange=name,
         )
 
@@ -149,22 +156,37 @@ class Broker(AsyncResource):
 
         Its arguments depend on the broker's version: one declared before an upgrade from 3.x
         to 4.x has none, and declaring it again with -1 would fail. An existing queue is used
-        as it is (on 4.x, give it the limit with a policy: see README's topology section).
+        as it is (on 4.x, give it the limit with a policy: docs/operating.md, "RabbitMQ
+        topology").
         """
         assert self._connection is not None  # noqa: S101  # declare() runs connected
-        probe = await self._connection.channel()  # a failed passive declare closes its channel
-        try:
-            await probe.declare_queue(self.topology.dead_letter_queue, passive=True)
-        except aio_pika.exceptions.ChannelNotFoundEntity:
-            return await self.channel.declare_queue(
-                self.topology.dead_letter_queue,
-                durable=True,
-                arguments=self.topology.dead_letter_queue_arguments(
-                    broker_version=self.broker_version
-                ),
-            )
-        await probe.close()
-        return await self.channel.declare_queue(self.topology.dead_letter_queue, passive=True)
+        name = self.topology.dead_letter_queue
+        async with probe_channel(self._connection) as probe:
+            try:
+                await probe.queue_declare(name, passive=True)
+            except aio_pika.exceptions.ChannelNotFoundEntity:
+                return await self.channel.declare_queue(
+                    name,
+                    durable=True,
+                    arguments=self.topology.dead_letter_queue_arguments(
+                        broker_version=self.broker_version
+                    ),
+                )
+        return await self.channel.declare_queue(name, passive=True)
+
+    async def waiting(self) -> int:
+        """How many messages wait in the events queue, ready to be delivered (not the unacked).
+
+        A passive declare on a throwaway channel: the consuming channel is never at risk. On a
+        broker node cut off from the queue's leader, or over a frozen connection, it does not
+        answer: the caller bounds the wait.
+        """
+        if self._connection is None:
+            raise NotConnectedError("the broker is not connected")
+        async with probe_channel(self._connection) as probe:
+            with translated_errors():
+                declared = await probe.queue_declare(self.topology.queue, passive=True)
+        return int(declared.message_count or 0)
 
     async def delete(self) -> None:
         """Delete the exchanges and queues, messages and all (tests and teardown only)."""

@@ -27,6 +27,18 @@ def amqp_urls(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
+def with_heartbeat(url: str, seconds: int | None) -> str:
+    """`url` asking for a heartbeat every `seconds` s, unless it asks for one already.
+
+    A dead connection is noticed when nothing came for about three heartbeats: aiormq's
+    default of 60 s takes three minutes, during which a frozen connection looks alive.
+    """
+    parsed = URL(url)
+    if seconds is None or "heartbeat" in parsed.query:
+        return url
+    return str(parsed.update_query(heartbeat=seconds))
+
+
 def failover_connection_class() -> type[Any]:
     """The robust connection class that moves to the next address at each reconnect attempt.
 
@@ -37,10 +49,11 @@ def failover_connection_class() -> type[Any]:
     class FailoverConnection(RobustConnection):
         """A robust connection over several addresses, given as `failover_urls` and `failover_at`.
 
-        aio-pika clears `transport` when a connection is lost and again as each reconnect
-        attempt starts, then reads `url` for that attempt. A clearing that follows another
-        clearing is an attempt after a loss or after a failed attempt: the next address goes
-        into `url` for it. The first connect is left alone (connect_confirming orders it).
+        aio-pika clears `transport` as each reconnect attempt starts, then reads `url` for
+        that attempt. A clearing that replaces a lost connection, or nothing (an attempt that
+        failed), starts an attempt after a failure: the next address goes into `url` for it,
+        so the address that just failed is not tried again first. The first connect is left
+        alone (connect_confirming orders it), and so is a close of a live connection.
         """
 
         def __init__(
@@ -66,7 +79,9 @@ def failover_connection_class() -> type[Any]:
             previous = self.__dict__.get("_failover_transport")
             if value is not None:
                 self._ever_connected = True
-            elif previous is None and self.__dict__.get("_ever_connected"):
+            elif self.__dict__.get("_ever_connected") and (
+                previous is None or previous.connection.is_closed
+            ):
                 self._failover_at = (self._failover_at + 1) % len(self._failover_urls)
                 self.url = self._failover_urls[self._failover_at]
             self.__dict__["_failover_transport"] = value

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import click
 
-from consumer.cli.context import run_async, settings_from
+from consumer.cli.context import Group, run_async, settings_from
 from consumer.cli.options import (
     dry_run_option,
     limit_option,
@@ -29,7 +29,7 @@ T = TypeVar("T")
 TABLE = "task_build_history_dead_letters"
 
 
-@click.group()
+@click.group(cls=Group)
 def dlq() -> None:
     """Count, show, replay, purge and export the dead letters.
 
@@ -37,7 +37,7 @@ def dlq() -> None:
     consumer could not store, why it failed, and the message as it was received. Every command
     filters in the database, at any number of letters, and several may run at once: a replay
     deletes a row only once the broker has confirmed its copy, so a killed one loses nothing.
-    See the README, section "Dead letters: an operator's guide".
+    See docs/operating.md, "Dead letters".
     """
 
 
@@ -57,7 +57,9 @@ def _on_store(ctx: click.Context, work: Callable[[Store], Awaitable[T]]) -> T:
 @dlq.command(name="list")
 @selection_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
-@non_negative_option("--sample", default=5, description="How many of the newest to show.")
+@non_negative_option(
+    "--sample", default=5, most=10_000, description="How many of the newest to show."
+)
 @click.pass_context
 def dlq_list(ctx: click.Context, *, selection: Selection, as_json: bool, sample: int) -> None:
     """Count the dead letters by error code and task, and show the newest few."""
@@ -110,6 +112,7 @@ def dlq_show(ctx: click.Context, key: str) -> None:
 @non_negative_option(
     "--max-replays",
     default=3,
+    most=1_000_000,
     description="Leave (and report) a letter already replayed this many times.",
 )
 @dry_run_option

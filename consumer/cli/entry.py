@@ -21,6 +21,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = cli.main(args=argv, prog_name=PROG, standalone_mode=False, obj=invocation)
     except Exception as exc:  # the last line of defence: whatever failed, one line on stderr
+        if _asks_for_help(exc) and isinstance(exc, click.UsageError) and exc.ctx is not None:
+            # A group without a command (`task-history`, `task-history dlq`): its help.
+            click.echo(exc.ctx.get_help())
+            return 0
         # The traceback goes to the debug log. Logging is set up with the settings: before
         # that, structlog's defaults would print it to stdout at any level, so it is not logged.
         if invocation.settings is not None:
@@ -30,6 +34,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     # standalone_mode=False returns the exit code of --help/--version, else the command's None.
     return result if isinstance(result, int) else 0
+
+
+def _asks_for_help(exc: Exception) -> bool:
+    """Whether `exc` is click's way (8.2 and later) of saying a group was given no command."""
+    # Click 8.1 prints the help itself and exits 0; it has no such class.
+    no_command = getattr(click.exceptions, "NoArgsIsHelpError", None)
+    return no_command is not None and isinstance(exc, no_command)
 
 
 def _summary(exc: Exception) -> tuple[str, int]:

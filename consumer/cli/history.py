@@ -3,29 +3,45 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 from uuid import UUID
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from consumer.cli.context import run_async, settings_from
-from consumer.cli.options import cursor_option, filter_options, history_query
+from consumer.cli.context import Command, run_async, settings_from
+from consumer.cli.hints import Absence, absence_of, unknown_task_hint
+from consumer.cli.options import MOST, cursor_option, filter_options, history_query
 from consumer.cli.output import export_to, output_option, write_lines
 from consumer.entries import HistoryEntry
 from consumer.pages import Cursor, HistoryQuery, Page
 from consumer.signals import stop_on_signals
 
+if TYPE_CHECKING:
+    from consumer.settings import Settings
+    from consumer.store import Store
 
-@click.command()
+
+def _filtered(query: HistoryQuery) -> bool:
+    """Whether a read narrows the history with filters (type, time, a page cursor)."""
+    return bool(query.context_types or query.since or query.until or query.after)
+
+
+@click.command(cls=Command)
 @click.argument("task_id", type=click.UUID, required=False)
 @click.option("--workspace", "workspace_id", type=click.UUID, help="Entries of this workspace.")
 @click.option("--session", "session_id", type=click.UUID, help="Entries of this session.")
 @click.option("--json", "as_json", is_flag=True, help="JSON, one object per line.")
 @click.option("--array", is_flag=True, help="With --json: one JSON array instead of lines.")
-@click.option("--limit", type=click.IntRange(min=1), help="At most this many entries (a page).")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, MOST),
+    metavar="N",
+    help="At most this many entries (a page).",
+)
 @click.option(
     "--after",
     metavar="CURSOR",
@@ -68,17 +84,38 @@ def show(  # noqa: PLR0913  # one parameter per flag
     )
     settings = settings_from(ctx)
 
-    async def run() -> Page:
+    async def run() -> tuple[Page, Absence | None]:
         async with Store(settings.database_url, max_connections=1) as store:
-            return await store.find_page(query)
+            page = await store.find_page(query)
+            absent = None
+            if not page.entries and task_id is not None:
+                absent = await absence_of(store, task_id)
+            return page, absent
 
-    page = run_async(run)
+    page, absent = run_async(run)
     if as_json:
         _print_json(page.entries, array=array)
-    else:
+    elif page.entries:
         _print_table(_subject(query), page.entries, newest_first=query.newest_first)
+    if not page.entries:
+        _print_nothing(query, absent, settings, err=as_json)
     if page.next is not None:
         click.echo(f"next page: --after {page.next.encode()}", err=as_json)
+
+
+def _print_nothing(
+    query: HistoryQuery, absent: Absence | None, settings: Settings, *, err: bool
+) -> None:
+    """Why a read found nothing: the task doesn't exist, the filters match nothing, or none."""
+    if absent is not None and query.task_id is not None:
+        for line in unknown_task_hint(query.task_id, absent, settings):
+            click.echo(line, err=err)
+    elif not err:  # --json: nothing is an empty output, not a sentence
+        click.echo(
+            "no entries match these filters"
+            if _filtered(query)
+            else f"{_subject(query)} has no history"
+        )
 
 
 def _print_json(entries: Sequence[HistoryEntry], *, array: bool) -> None:
@@ -106,11 +143,9 @@ def _subject(query: HistoryQuery) -> str:
 
 def _print_table(subject: str, entries: Sequence[HistoryEntry], *, newest_first: bool) -> None:
     console = Console(soft_wrap=False)
-    if not entries:
-        console.print(f"{subject} has no history", highlight=False)
-        return
     order = "newest first" if newest_first else "oldest first"
-    console.print(f"{subject}: {len(entries)} entries, {order}", highlight=False)
+    count = f"{len(entries)} {'entry' if len(entries) == 1 else 'entries'}"
+    console.print(f"{subject}: {count}, {order}", highlight=False)
     table = Table()
     table.add_column("created at (UTC)", no_wrap=True)
     table.add_column("type", no_wrap=True)
@@ -120,19 +155,36 @@ def _print_table(subject: str, entries: Sequence[HistoryEntry], *, newest_first:
     console.print(table)
 
 
-@click.command()
-@click.option("--task", "task_id", type=click.UUID, help="One task's entries (default: all).")
+@click.command(cls=Command)
+@click.argument("task_id", type=click.UUID, required=False)
+@click.option("--task", "task_alias", type=click.UUID, hidden=True, help="The same as TASK_ID.")
 @click.option("--workspace", "workspace_id", type=click.UUID, help="Entries of this workspace.")
 @click.option("--session", "session_id", type=click.UUID, help="Entries of this session.")
-@click.option("--limit", type=click.IntRange(min=1), help="At most this many entries.")
+@click.option(
+    "--limit", type=click.IntRange(1, MOST), metavar="N", help="At most this many entries."
+)
 @filter_options
 @output_option
 @click.pass_context
-def export(ctx: click.Context, /, *, output: str, **selection: Any) -> None:  # noqa: ANN401  # flags
-    """Write entries as JSON Lines, the nine fields of each, streamed from the database."""
+def export(
+    ctx: click.Context,
+    /,
+    task_id: UUID | None,
+    *,
+    task_alias: UUID | None,
+    output: str,
+    **selection: Any,  # noqa: ANN401  # flags
+) -> None:
+    """Write entries as JSON Lines, each with the nine fields of an entry, oldest first.
+
+    One task's entries with TASK_ID (or a workspace's, a session's), else every entry; streamed
+    from the database, however many there are.
+    """
     from consumer.store import Store  # noqa: PLC0415  # loads asyncpg: at run time only
 
-    query = history_query(**selection)
+    if task_id is not None and task_alias is not None and task_id != task_alias:
+        raise click.UsageError("TASK_ID and --task name two tasks: give one")
+    query = history_query(task_id=task_id or task_alias, **selection)
     settings = settings_from(ctx)
 
     def write(sink: TextIO) -> int:
@@ -150,7 +202,7 @@ def export(ctx: click.Context, /, *, output: str, **selection: Any) -> None:  # 
     export_to(output, write, noun="entries")
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("task_id", type=click.UUID)
 @click.option("--from-start", is_flag=True, help="Print the task's current history first.")
 @click.option("--json", "as_json", is_flag=True, help="JSON, one object per line.")
@@ -164,16 +216,24 @@ def tail(ctx: click.Context, task_id: UUID, *, from_start: bool, as_json: bool) 
 
     settings = settings_from(ctx)
 
+    waiting = _Waiting(f"waiting for entries of task {task_id} (Ctrl-C to stop)")
+
     async def follow(store: Store) -> None:
         entries = store.follow(task_id, from_start=from_start)
         try:
             async for entry in entries:
-                click.echo(entry.model_dump_json() if as_json else _line_of(entry))
+                waiting.end()
+                click.echo(entry.model_dump_json() if as_json else line_of(entry))
         finally:
             await entries.aclose()
 
     async def run() -> None:
-        async with Store(settings.database_url, max_connections=1) as store:
+        async with Store(settings.database_url, max_connections=2) as store:
+            await store.check_notifications()  # before saying it waits: nothing would wake it
+            absent = await absence_of(store, task_id)
+            if absent is not None:
+                click.echo(unknown_task_hint(task_id, absent, settings)[0], err=True)
+            waiting.start()
             following = asyncio.create_task(follow(store))
             with stop_on_signals(lambda: _cancel(following)):
                 await asyncio.wait([following])
@@ -181,6 +241,28 @@ def tail(ctx: click.Context, task_id: UUID, *, from_start: bool, as_json: bool) 
                 following.result()  # raises what ended it, if not a signal
 
     run_async(run)
+
+
+class _Waiting:
+    """A line on stderr while nothing has arrived; on a terminal it goes when something does."""
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._shown = False
+
+    def start(self) -> None:
+        """Show the line."""
+        if sys.stderr.isatty():
+            click.echo(self._text, err=True, nl=False)
+            self._shown = True
+        else:  # a log or a pipe: a line of its own, kept
+            click.echo(self._text, err=True)
+
+    def end(self) -> None:
+        """Erase the line, if it is on a terminal and still there."""
+        if self._shown:
+            click.echo("\r\x1b[K", err=True, nl=False)
+            self._shown = False
 
 
 def _cancel(task: asyncio.Task[None]) -> None:
@@ -192,7 +274,7 @@ def _created(entry: HistoryEntry) -> str:
     return entry.created_at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
-def _line_of(entry: HistoryEntry) -> str:
+def line_of(entry: HistoryEntry) -> str:
     """One entry on one line: time, type, content (a line break in it shown as a backslash-n)."""
     content = entry.content.replace("\\", "\\\\").replace("\n", "\\n")
     return f"{_created(entry)}  {entry.context_type.value:<14}  {content}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -19,15 +20,40 @@ from consumer.pages import Cursor, HistoryQuery
 
 Command = Callable[..., None]
 
+# The most a count option takes: far beyond any history, well inside what PostgreSQL takes.
+MOST = 1_000_000_000
+
+
+class NumberRange(click.FloatRange):
+    """A number in a range, as click.FloatRange, that also refuses NaN (no range holds it)."""
+
+    name = "float range"
+
+    def convert(
+        self,
+        value: Any,  # noqa: ANN401  # click's signature: text, or a number already
+        param: click.Parameter | None,
+        ctx: click.Context | None,
+    ) -> Any:  # noqa: ANN401  # click's signature
+        """The number, or a usage error naming the range."""
+        number = super().convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail(f"{value} is not in the range {self._describe_range()}.", param, ctx)
+        return number
+
 
 def cursor_option(_ctx: click.Context, param: click.Parameter, value: str | None) -> Cursor | None:
     """Click callback: the page cursor a read printed, decoded."""
     if value is None:
         return None
     try:
-        return Cursor.decode(value)
-    except InvalidCursorError as exc:
-        raise click.BadParameter(str(exc), param=param) from None
+        cursor = Cursor.decode(value)
+        cursor.created_at.astimezone(UTC)  # a time PostgreSQL can be given
+    except (InvalidCursorError, OverflowError):
+        raise click.BadParameter(str(InvalidCursorError()), param=param) from None
+    if not 0 <= cursor.seq < 2**63:  # a bigint column
+        raise click.BadParameter(str(InvalidCursorError()), param=param)
+    return cursor
 
 
 def _moment_option(
@@ -36,9 +62,14 @@ def _moment_option(
     if value is None:
         return None
     try:
-        return parse_moment(value, now=datetime.now(UTC))
+        # In UTC, as the database compares it: an offset can't carry it out of years 1-9999.
+        return parse_moment(value, now=datetime.now(UTC)).astimezone(UTC)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param=param) from None
+    except OverflowError:
+        raise click.BadParameter(
+            f"{value!r} is out of range: times go from year 1 to 9999", param=param
+        ) from None
 
 
 def json_object_option(
@@ -57,11 +88,15 @@ def json_object_option(
 
 
 def non_negative_option(
-    name: str, *, default: int, description: str
+    name: str, *, default: int, most: int, description: str
 ) -> Callable[[Command], Command]:
-    """An option taking a whole number from 0, with its default shown in the help."""
+    """An option taking a whole number from 0 to `most`, with its default shown in the help."""
     return click.option(
-        name, type=click.IntRange(min=0), default=default, show_default=True, help=description
+        name,
+        type=click.IntRange(min=0, max=most),
+        default=default,
+        show_default=True,
+        help=description,
     )
 
 
@@ -221,7 +256,9 @@ def selection_options(command: Command) -> Command:
 
 def limit_option(what: str) -> Callable[[Command], Command]:
     """--limit N: at most N of `what`."""
-    return click.option("--limit", type=click.IntRange(min=1), help=f"At most this many {what}.")
+    return click.option(
+        "--limit", type=click.IntRange(1, MOST), metavar="N", help=f"At most this many {what}."
+    )
 
 
 def dry_run_option(command: Command) -> Command:

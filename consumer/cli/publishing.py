@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -11,18 +12,24 @@ from uuid import UUID
 import click
 
 from consumer import schema as schema_module
-from consumer.cli.context import run_async, settings_from
+from consumer.cli.context import Command, run_async, settings_from
+from consumer.cli.hints import absence_of, unknown_task_hint
 from consumer.cli.options import json_object_option
 from consumer.cli.progress import counting
 from consumer.entries import ContextType
-from consumer.errors import InvalidEventError
+from consumer.errors import InvalidEventError, TaskHistoryError
 from consumer.settings import Settings
 
 if TYPE_CHECKING:
+    from consumer.entries import HistoryEntry
     from consumer.publisher import OutgoingEvent
+    from consumer.store import Store
+
+# How long `publish --wait` waits for the consumer to store the event.
+WAIT_SECONDS = 30
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--task", "task_id", type=click.UUID, help="The task the event belongs to.")
 @click.option(
     "--type",
@@ -40,26 +47,41 @@ if TYPE_CHECKING:
     type=click.File("rb"),
     help="Events from a JSON Lines file, one per line; - reads stdin.",
 )
+@click.option(
+    "--create-task",
+    is_flag=True,
+    help="Create the task in the database first, if it doesn't exist (events for a task"
+    " that doesn't exist are not stored).",
+)
+@click.option(
+    "--wait",
+    is_flag=True,
+    help=f"Wait (up to {WAIT_SECONDS} s) until the consumer has stored the event; print it.",
+)
 @click.pass_context
 def publish(
     ctx: click.Context,
     /,
     *,
     source: BinaryIO | None,
+    create_task: bool,
+    wait: bool,
     **fields: Any,  # noqa: ANN401  # the flags
 ) -> None:
     """Publish events to the history exchange, validated and confirmed.
 
     One event from --task, --type and --content (and optionally --metadata, --workspace,
-    --session): prints its id. Or many from --file: a bad line is reported on stderr as
-    `line N: reason` and skipped, the rest are sent, and a last line says `sent N, refused M`;
-    the exit status is 1 when any line was refused.
+    --session): prints its id; with --wait, then the entry once stored. Or many from --file: a
+    bad line is reported on stderr as `line N: reason` and skipped, the rest are sent, and a
+    last line says `sent N, refused M`; the exit status is 1 when any line was refused.
+
+    The consumer stores events only for tasks that exist: --create-task creates the task.
     """
     from consumer.publisher import HistoryPublisher, prepare_event  # noqa: PLC0415  # aio-pika
 
     given = {name: value for name, value in fields.items() if value is not None}
     if source is not None:
-        if given:
+        if given or create_task or wait:
             raise click.UsageError("--file goes alone, without --task, --type, --content, ...")
         sent, refused = _publish_file(settings_from(ctx), source)
         click.echo(f"sent {sent}, refused {refused}")
@@ -74,12 +96,63 @@ def publish(
     except InvalidEventError as exc:
         raise click.UsageError(f"invalid event: {exc.detail}") from None
     settings = settings_from(ctx)
+    if not (create_task or wait):
 
-    async def run() -> UUID:
-        async with HistoryPublisher(settings.amqp_url, exchange=settings.exchange) as publisher:
-            return await publisher.publish(outgoing)
+        async def run() -> UUID:
+            async with HistoryPublisher(settings.amqp_url, exchange=settings.exchange) as sender:
+                return await sender.publish(outgoing)
 
-    click.echo(run_async(run))
+        click.echo(run_async(run))
+        return
+    task_id: UUID = given["task_id"]
+    run_async(
+        lambda: _publish_and_wait(
+            settings, outgoing, task_id=task_id, create_task=create_task, wait=wait
+        )
+    )
+
+
+async def _publish_and_wait(
+    settings: Settings, outgoing: OutgoingEvent, *, task_id: UUID, create_task: bool, wait: bool
+) -> None:
+    """Publish one event, creating its task first and/or waiting until it is stored."""
+    from consumer.cli.history import line_of  # noqa: PLC0415  # loads rich: at run time
+    from consumer.publisher import HistoryPublisher  # noqa: PLC0415  # aio-pika
+    from consumer.store import Store  # noqa: PLC0415  # asyncpg
+
+    async with (
+        Store(settings.database_url, max_connections=2) as store,
+        HistoryPublisher(settings.amqp_url, exchange=settings.exchange) as publisher,
+    ):
+        if create_task:
+            await store.create_task(task_id)
+        elif (absent := await absence_of(store, task_id)) is not None:
+            for line in unknown_task_hint(task_id, absent, settings)[:2]:
+                click.echo(line, err=True)
+        event_id = await publisher.publish(outgoing)
+        click.echo(event_id)
+        if not wait:
+            return
+        try:
+            entry = await asyncio.wait_for(_stored(store, task_id, event_id), WAIT_SECONDS)
+        except TimeoutError:
+            raise TaskHistoryError(
+                f"event {event_id} was published but not stored within {WAIT_SECONDS} s: is"
+                " `task-history consume` running, on this broker and this database?"
+            ) from None
+        click.echo(f"stored: {line_of(entry)}")
+
+
+async def _stored(store: Store, task_id: UUID, event_id: UUID) -> HistoryEntry:
+    """The entry `event_id` once it is stored (at once if it already is)."""
+    entries = store.follow(task_id, from_start=True)
+    try:
+        async for entry in entries:
+            if entry.id == event_id:
+                return entry
+    finally:
+        await entries.aclose()
+    raise AssertionError("following a task never ends")  # pragma: no cover
 
 
 _REQUIRED = (("task", "task_id"), ("type", "context_type"), ("content", "content"))
@@ -120,7 +193,7 @@ def _publish_file(settings: Settings, source: BinaryIO) -> tuple[int, int]:
     return sent, refused
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--typescript", is_flag=True, help="TypeScript types instead of the JSON Schema.")
 def schema(*, typescript: bool) -> None:
     """Print the event's JSON Schema, or the TypeScript types of events and entries."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import urllib.error
 import urllib.request
 
@@ -10,12 +11,13 @@ import click
 import structlog
 
 from consumer import schedule as expiry_schedule
-from consumer.cli.context import run_async, settings_from
+from consumer.cli.context import Command, run_async, settings_from
+from consumer.cli.options import MOST, NumberRange
 from consumer.errors import NotConnectedError, TaskHistoryError
 from consumer.signals import stop_on_signals
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--skip-broker", is_flag=True, help="Migrate the database only; declare nothing.")
 @click.pass_context
 def migrate(ctx: click.Context, *, skip_broker: bool) -> None:
@@ -34,7 +36,8 @@ def migrate(ctx: click.Context, *, skip_broker: bool) -> None:
         click.echo(f"applied {name}")
     if not applied:
         click.echo("database is up to date")
-    structlog.get_logger().info("migrated", applied=applied)
+    if not sys.stderr.isatty():  # a log (a container's, a CI's) keeps it; a terminal has it
+        structlog.get_logger().info("migrated", applied=applied)
     if not skip_broker:
 
         async def declare() -> None:
@@ -45,7 +48,7 @@ def migrate(ctx: click.Context, *, skip_broker: bool) -> None:
         click.echo(f"declared exchange {settings.exchange} and queue {settings.queue}")
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--batch-size", type=click.IntRange(1, 10_000), help="[TASK_HISTORY_BATCH_SIZE]")
 @click.option(
     "--batch-wait-ms", type=click.IntRange(0, 60_000), help="[TASK_HISTORY_BATCH_WAIT_MS]"
@@ -66,10 +69,10 @@ def consume(ctx: click.Context, /, **options: int | None) -> None:
         raise
 
 
-@click.command()
+@click.command(cls=Command)
 @click.pass_context
 def expire(ctx: click.Context) -> None:
-    """Delete expired entries now and print how many went."""
+    """Delete expired entries now and print how many went ("deleted 12 expired entries")."""
     from consumer.store import Store  # noqa: PLC0415  # loads asyncpg: at run time only
 
     settings = settings_from(ctx)
@@ -78,10 +81,11 @@ def expire(ctx: click.Context) -> None:
         async with Store(settings.database_url, max_connections=1) as store:
             return await store.expire(batch_size=settings.expire_batch_size)
 
-    click.echo(run_async(run))
+    deleted = run_async(run)
+    click.echo(f"deleted {deleted} expired {'entry' if deleted == 1 else 'entries'}")
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option(
     "--cron",
     "schedule",
@@ -117,7 +121,7 @@ def schedule(ctx: click.Context, *, schedule: str, unschedule: bool) -> None:
     )
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--ready", is_flag=True, help="Ask /readyz (consuming) instead of /healthz (alive).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Where the consumer runs.")
 @click.pass_context
@@ -139,16 +143,24 @@ def health(ctx: click.Context, *, ready: bool, host: str) -> None:
         raise TaskHistoryError(f"{url} does not answer: {exc}") from None
 
 
-@click.command()
-@click.option("--agents", type=click.IntRange(1, 100), default=3, show_default=True)
+@click.command(cls=Command)
+@click.option(
+    "--agents",
+    type=click.IntRange(1, 100),
+    default=3,
+    show_default=True,
+    help="How many agents publish at once, each through its own tasks.",
+)
 @click.option(
     "--rate",
-    type=click.FloatRange(0.01, 1000),
+    type=NumberRange(0.01, 1000),
     default=2.0,
     show_default=True,
     help="Events per second per agent, on average.",
 )
-@click.option("--count", type=click.IntRange(min=1), help="Stop after this many events.")
+@click.option(
+    "--count", type=click.IntRange(1, MOST), metavar="N", help="Stop after this many events."
+)
 @click.pass_context
 def demo(ctx: click.Context, *, agents: int, rate: float, count: int | None) -> None:
     """Publish a realistic stream from simulated agents until SIGTERM/SIGINT (or --count)."""

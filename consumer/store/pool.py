@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import inspect
 import json
+import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -55,6 +57,10 @@ def translated() -> Iterator[None]:
         # A multi-host URL with target_session_attrs where no host is (yet) what it asks
         # for, such as a failover with no primary promoted yet: an outage, waited out.
         asyncpg.TargetServerAttributeNotMatched,
+        # A connection the server dropped mid-query (a primary shutting down) can leave the
+        # driver's protocol half-way: returning it to the pool then raises this. The pool
+        # drops that connection, and the next attempt gets a new one.
+        asyncpg.InternalClientError,
         asyncpg.PostgresConnectionError,
         asyncpg.exceptions.OperatorInterventionError,
         asyncpg.TooManyConnectionsError,
@@ -95,6 +101,72 @@ def check_dsn(dsn: str) -> None:
             raise ValueError(f"is not a PostgreSQL URL the driver accepts (port {address[1]})")
 
 
+def _place(dsn: str) -> tuple[list[str], str | None, str | None]:
+    """Where `dsn` connects: its addresses (host:port or socket), user and database."""
+    try:
+        addresses, parameters = _parse_connect_dsn_and_args(dsn=dsn, **_NO_OTHER_ARGUMENTS)
+    except (ValueError, OSError, asyncpg.ClientConfigurationError):
+        return [], None, None
+    places = [
+        f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
+        for address in addresses
+    ]
+    return places, parameters.user, parameters.database
+
+
+@contextmanager
+def explained(dsn: str) -> Iterator[None]:
+    """Connection failures as one line saying what to check: the database, role, host, port.
+
+    Only the server's address, user and database are named, never the password.
+    """
+    try:
+        yield
+    except asyncpg.InvalidCatalogNameError as exc:
+        places, _, database = _place(dsn)
+        raise StoreError(
+            f"database {database!r} does not exist on {', '.join(places) or 'the server'}:"
+            f" check the database name in the database URL, or create it (createdb {database})"
+        ) from exc
+    except (
+        asyncpg.InvalidAuthorizationSpecificationError,
+        asyncpg.InsufficientPrivilegeError,
+    ) as exc:
+        _, user, database = _place(dsn)
+        raise StoreError(
+            f"the database server refused role {user!r} for database {database!r}:"
+            f" {redact(exc.message)}; check the user and password in the database URL"
+        ) from exc
+    except OSError as exc:
+        places, _, _ = _place(dsn)
+        where = ", ".join(places) or "the URL's address"
+        if isinstance(exc, socket.gaierror):
+            reason = f"a host of {where} is not known (name resolution failed): check the hosts"
+        elif (isinstance(exc, ConnectionRefusedError) or exc.errno == errno.ECONNREFUSED) and (
+            len(places) > 1
+        ):
+            # The driver raises the refusal of one host even when another answered but was
+            # not what target_session_attrs asks for (a standby, before a promotion).
+            reason = (
+                f"no server at {where} took the connection (one refused it; the others, if"
+                " any answered, are not what the URL asks for, such as a standby waiting to"
+                " be promoted): check the hosts and ports in the database URL"
+            )
+        elif isinstance(exc, ConnectionRefusedError) or exc.errno == errno.ECONNREFUSED:
+            reason = (
+                f"nothing accepts connections at {where}: check the host and port in the"
+                " database URL, and that PostgreSQL runs there"
+            )
+        else:
+            raise
+        if len(places) == 1 and isinstance(exc, socket.gaierror):
+            reason = (
+                f"no host {places[0].rpartition(':')[0]!r} is known (name resolution failed):"
+                " check the host in the database URL"
+            )
+        raise DatabaseUnavailableError(f"database unavailable: {reason}") from exc
+
+
 async def _init_connection(connection: asyncpg.Connection) -> None:
     # jsonb in and out as Python objects rather than text.
     await connection.set_type_codec(
@@ -106,16 +178,24 @@ class StoreBase(AsyncResource):
     """A pool of connections to the history database: open, close, drop, and run a query."""
 
     def __init__(
-        self, dsn: str, *, max_connections: int = 4, command_timeout: float | None = None
+        self,
+        dsn: str,
+        *,
+        max_connections: int = 4,
+        command_timeout: float | None = None,
+        read_only: bool = False,
     ) -> None:
         """Prepare a store for `dsn`; `open()` (or `async with`) connects.
 
         `command_timeout` bounds each statement in seconds: a server that stops answering
         without closing the connection (a partition) becomes an error instead of a stall.
+        `read_only` makes every transaction of its connections read-only, whatever the role may
+        do: the server refuses any write (the HTTP API's store).
         """
         self._dsn = dsn
         self._max_connections = max_connections
         self._command_timeout = command_timeout
+        self._server_settings = {"default_transaction_read_only": "on"} if read_only else None
         self._pool: asyncpg.Pool | None = None
         # Set by terminate() and kept until the next open(), close() included: the consumer
         # drops its connections at the shutdown deadline and retries what is in flight until
@@ -124,7 +204,7 @@ class StoreBase(AsyncResource):
 
     async def open(self) -> None:
         """Connect the pool."""
-        with translated():
+        with translated(), explained(self._dsn):
             self._pool = await asyncpg.create_pool(
                 self._dsn,
                 min_size=1,
@@ -132,6 +212,7 @@ class StoreBase(AsyncResource):
                 init=_init_connection,
                 command_timeout=self._command_timeout,
                 timeout=self._command_timeout or 60,
+                server_settings=self._server_settings,
             )
         self._dropped = False
 

@@ -291,3 +291,8 @@ def dead_letter_arguments(selection: Selection) -> tuple[object, ...]:
         selection.failed_before,
         selection.failed_after,
     )
+
+
+# The HTTP API's live stream (consumer.api): a task's entries that arrived after a sequence
+# number, in arrival order (where a stream resumes from its Last-Event-ID).
+ARRIVALS_OF_TASK_AFTER = READ_SELECT + " AND task_id = $1 AND seq > $2 ORDER BY seq"

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Collection
+import contextlib
+import json
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection
+from contextlib import asynccontextmanager
 from datetime import datetime
 from uuid import UUID
 
 import asyncpg
 
 from consumer.entries import HistoryEntry
-from consumer.errors import DatabaseUnavailableError, NotMigratedError
+from consumer.errors import DatabaseUnavailableError, NotMigratedError, StoreError
 from consumer.pages import Cursor, HistoryQuery, Page
 from consumer.store import queries
-from consumer.store.pool import StoreBase
+from consumer.store.pool import StoreBase, translated
 from consumer.store.queries import read_arguments, read_sql
 
 
@@ -138,6 +141,74 @@ class ReadStore(StoreBase):
                 connection.remove_termination_listener(on_lost)
                 if not connection.is_closed():
                     await connection.remove_listener(queries.NOTIFY_CHANNEL, on_notify)
+
+    async def check_notifications(self) -> None:
+        """Raise NotMigratedError unless sql/0002_notify.sql is applied (what wakes a tail)."""
+        async with self._connection() as connection:
+            await _require_notifications(connection)
+
+    async def arrivals(
+        self, task_id: UUID, *, after_seq: int | None = None
+    ) -> list[tuple[HistoryEntry, Cursor]]:
+        """A task's entries in arrival order, each with its cursor; only those after `after_seq`.
+
+        A task holds at most the cap (100 by default), so this is one small read.
+        """
+        if after_seq is None:
+            records = await self._fetch(queries.FOLLOW_TASK, task_id)
+        else:
+            records = await self._fetch(queries.ARRIVALS_OF_TASK_AFTER, task_id, after_seq)
+        return [
+            (entry, Cursor(entry.created_at, seq))
+            for entry, seq in (_entry_and_seq(record) for record in records)
+        ]
+
+    @asynccontextmanager
+    async def notifications(
+        self, on_task: Callable[[UUID], None], *, on_lost: Callable[[], None]
+    ) -> AsyncIterator[Callable[[float], Awaitable[None]]]:
+        """While the block runs, one connection LISTENs: `on_task(task_id)` on each notification.
+
+        The block gets `ping(within)`: a trivial query on that connection, DatabaseUnavailableError
+        (and the connection dropped) unless it answers within `within` s.
+
+        `on_lost()` is called if that connection dies; the block should then end, and a new one
+        listen again. The connection is one of the pool's, held for the whole block.
+        """
+
+        def on_notify(_connection: object, _pid: int, _channel: str, payload: str) -> None:
+            try:
+                task_id = UUID(json.loads(payload)["task_id"])
+            except (ValueError, KeyError, TypeError):
+                return  # not a notification of sql/0002_notify.sql
+            on_task(task_id)
+
+        def lost(_connection: object) -> None:
+            on_lost()
+
+        async with self._connection() as connection:
+
+            async def ping(within: float) -> None:
+                try:
+                    with translated():
+                        await connection.fetchval(queries.PING, timeout=within)
+                except StoreError:
+                    # A connection that does not answer is dropped, not waited on: releasing
+                    # it to the pool would wait on it too.
+                    connection.terminate()
+                    raise
+
+            await _require_notifications(connection)
+            with translated():
+                await connection.add_listener(queries.NOTIFY_CHANNEL, on_notify)
+            connection.add_termination_listener(lost)
+            try:
+                yield ping
+            finally:
+                connection.remove_termination_listener(lost)
+                if not connection.is_closed():
+                    with contextlib.suppress(Exception):  # the block's own error goes first
+                        await connection.remove_listener(queries.NOTIFY_CHANNEL, on_notify)
 
     async def received_by_tasks(self, task_ids: Collection[UUID]) -> dict[UUID, int]:
         """How many entries each task has been given, those the cap removed included."""

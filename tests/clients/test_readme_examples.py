@@ -1,8 +1,8 @@
-"""The README's publishing examples, run as they are: Node's amqplib and HistoryPublisher.
+"""The publishing guide's examples, run as they are: Node's amqplib and HistoryPublisher.
 
-Each is taken from README.md (the first ```js / ```python block under its heading), written to
-a file and run against the real broker with a consumer running: the event is stored. Then the
-ways a publish fails: each must end the program with exit 1 and one line on stderr.
+Each is taken from docs/publishing.md (the first ```js / ```python block under its heading),
+written to a file and run against the real broker with a consumer running: the event is stored.
+Then the ways a publish fails: each must end the program with exit 1 and one line on stderr.
 """
 
 from __future__ import annotations
@@ -26,34 +26,34 @@ from tests.harness import running, wait_for
 from tests.helpers import new_task
 from tests.vhosts import empty_vhost, vhost_of
 
-README = Path(__file__).resolve().parents[2] / "README.md"
-PYTHON_HEADING = "### From Python: `HistoryPublisher`"
-NODE_HEADING = "### From other languages: plain AMQP 0-9-1"
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "publishing.md"
+PYTHON_HEADING = "## From Python: `HistoryPublisher`"
+NODE_HEADING = "## From other languages: plain AMQP 0-9-1"
 RUN_SECONDS = 60
 
 
-def readme_example(heading: str, language: str) -> str:
-    """The first ```language block of the README section under `heading`; fails if none."""
-    lines = README.read_text(encoding="utf-8").splitlines()
+def guide_example(heading: str, language: str) -> str:
+    """The first ```language block of the guide's section under `heading`; fails if none."""
+    lines = GUIDE.read_text(encoding="utf-8").splitlines()
     if heading not in lines:
-        pytest.fail(f"README.md has no heading {heading!r}: where did the example go?")
+        pytest.fail(f"docs/publishing.md has no heading {heading!r}: where did the example go?")
     start = lines.index(heading) + 1
     section: list[str] = []
     for line in lines[start:]:
-        if re.match(r"#{1,3} ", line):  # the next heading of this level or above
+        if re.match(r"#{1,2} ", line):  # the next heading of this level or above
             break
         section.append(line)
     try:
         opening = section.index(f"```{language}")
         closing = section.index("```", opening + 1)
     except ValueError:
-        pytest.fail(f"README.md has no ```{language} block under {heading!r}")
+        pytest.fail(f"docs/publishing.md has no ```{language} block under {heading!r}")
     return "\n".join(section[opening + 1 : closing]) + "\n"
 
 
 @dataclass(frozen=True)
 class Example:
-    """One README example, ready to run."""
+    """One example of the publishing guide, ready to run."""
 
     language: str
     command: list[str]
@@ -82,24 +82,24 @@ class Example:
         except TimeoutError:
             process.kill()
             await process.wait()
-            pytest.fail(f"the README's {self.language} example still ran after {RUN_SECONDS} s")
+            pytest.fail(f"the guide's {self.language} example still ran after {RUN_SECONDS} s")
         assert process.returncode is not None
         return process.returncode, out.decode(), err.decode()
 
 
 @pytest.fixture(params=["node", "python"])
 def example(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Example]:
-    """The README's Node example (an ES module, finding tests/node's amqplib), or its Python one."""
+    """The guide's Node example (an ES module, finding tests/node's amqplib), or its Python one."""
     if request.param == "python":
         script = tmp_path / "publish.py"
-        script.write_text(readme_example(PYTHON_HEADING, "python"), encoding="utf-8")
+        script.write_text(guide_example(PYTHON_HEADING, "python"), encoding="utf-8")
         yield Example("Python", [sys.executable, str(script)], tmp_path)
         return
     node_dir: Path = request.getfixturevalue("node_dir")
     # An ES module finds packages in the node_modules beside it or above it, wherever it runs.
     (tmp_path / "node_modules").symlink_to(node_dir / "node_modules", target_is_directory=True)
     script = tmp_path / "publish.mjs"
-    script.write_text(readme_example(NODE_HEADING, "js"), encoding="utf-8")
+    script.write_text(guide_example(NODE_HEADING, "js"), encoding="utf-8")
     yield Example("Node", ["node", str(script)], node_dir)
 
 

@@ -2,7 +2,8 @@
 
 A fresh cluster preloading pg_cron plays the `postgres` service: it runs the compose file's
 `postgres-roles` init script, then the `migrate` and `schedule` services' commands as the
-superuser, and a consumer logs in as the login role the init script made.
+superuser; a consumer logs in as the consumer login the init script made, and the `api`
+service's reader login reads what it stored and may change nothing.
 """
 
 from __future__ import annotations
@@ -88,3 +89,15 @@ class TestBootstrap:
             await sql.close()
         async with Store(login, max_connections=1) as store:
             assert await store.expiry_job() == "task_build_history_expire:task_history"
+        reader = on_server(
+            services["api"]["environment"]["TASK_HISTORY_DATABASE_URL"], compose_server
+        )
+        assert urlsplit(reader).username == "history_reader"
+        async with Store(reader, max_connections=1) as store:
+            assert len(await store.find_by_task(task)) == 10
+        as_reader = await asyncpg.connect(reader)
+        try:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await as_reader.execute("DELETE FROM task_build_history")
+        finally:
+            await as_reader.close()

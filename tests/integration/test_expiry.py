@@ -153,4 +153,4 @@ class TestExpireCommand:
 
         on_database(database_url, seed)
         assert main(["--database-url", database_url, "expire"]) == 0
-        assert capsys.readouterr().out == "3\n"
+        assert capsys.readouterr().out == "deleted 3 expired entries\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -12,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 import asyncpg
 import pytest
+import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.cli import main
@@ -203,6 +205,102 @@ class TestHealth:
             assert (await get(settings, "/healthz"))[0] == 200
             await proxy.start()
             await wait_for(lambda: get(settings, "/readyz"), lambda r: r[0] == 200, what="ready")
+        await proxy.cut()
+
+    async def test_not_ready_while_the_broker_connection_is_frozen(
+        self, settings: Settings, amqp_url: str, topology: Topology, sql: asyncpg.Connection
+    ) -> None:
+        """A connection that stops carrying bytes is not ready within 15 s, and ready after.
+
+        One line is logged each way, and what was published meanwhile is stored after.
+        """
+        proxy, through_proxy = await proxied(settings, "amqp_url")
+        settings = with_metrics(through_proxy)
+        task = await new_task(sql)
+        with structlog.testing.capture_logs() as logs:
+            async with serving(settings), Bus(amqp_url, topology) as bus:
+                await wait_for(
+                    lambda: get(settings, "/readyz"), lambda r: r[0] == 200, what="ready"
+                )
+                proxy.freeze()
+                frozen = time.monotonic()
+                for n in range(20):
+                    await bus.publish(event(task, f"while frozen {n}"))
+                _, body = await wait_for(
+                    lambda: get(settings, "/readyz"),
+                    lambda r: r[0] == 503,
+                    what="not ready",
+                    timeout=15,
+                )
+                assert time.monotonic() - frozen <= 15
+                assert "the broker did not answer" in body
+                proxy.thaw()
+                await wait_for(
+                    lambda: get(settings, "/readyz"), lambda r: r[0] == 200, what="ready again"
+                )
+                await wait_for(
+                    lambda: sql.fetchval("SELECT count(*) FROM task_build_history"),
+                    lambda n: n == 20,
+                    what="the events published meanwhile",
+                )
+        await proxy.cut()
+        changes = [line for line in logs if line["event"] in {"not ready", "ready again"}]
+        assert [line["event"] for line in changes] == ["not ready", "ready again"]
+        assert changes[0]["reason"].startswith("the broker did not answer")
+
+    async def test_not_ready_while_messages_wait_and_nothing_is_delivered(
+        self, settings: Settings, amqp_url: str, topology: Topology, sql: asyncpg.Connection
+    ) -> None:
+        """Writes stuck behind a lock fill the prefetch: a stall, reported until writes resume."""
+        settings = with_metrics(settings, batch_size=10, stall_seconds=2)
+        task = await new_task(sql)
+        async with serving(settings), Bus(amqp_url, topology) as bus:
+            await wait_for(lambda: get(settings, "/readyz"), lambda r: r[0] == 200, what="ready")
+            lock = sql.transaction()
+            await lock.start()
+            await sql.execute("LOCK TABLE task_build_history IN ACCESS EXCLUSIVE MODE")
+            await bus.publish_many(event(task, f"event {n}") for n in range(100))
+            _, body = await wait_for(
+                lambda: get(settings, "/readyz"), lambda r: r[0] == 503, what="a stall"
+            )
+            assert "messages wait in the queue, and none was delivered for 2 s" in body
+            await lock.rollback()
+            await wait_for(lambda: get(settings, "/readyz"), lambda r: r[0] == 200, what="ready")
+            await wait_for(
+                lambda: sql.fetchval("SELECT count(*) FROM task_build_history"),
+                lambda n: n == 100,
+                what="every event stored",
+            )
+
+    async def test_a_frozen_connection_is_dropped_after_missed_heartbeats(
+        self, settings: Settings, amqp_url: str, topology: Topology, sql: asyncpg.Connection
+    ) -> None:
+        """With no frame for about three heartbeats the connection is dropped and made again."""
+        proxy, through_proxy = await proxied(settings, "amqp_url", amqp_heartbeat_seconds=1)
+        settings = with_metrics(through_proxy)
+        task = await new_task(sql)
+        with structlog.testing.capture_logs() as logs:
+            async with serving(settings), Bus(amqp_url, topology) as bus:
+                await wait_for(
+                    lambda: get(settings, "/readyz"), lambda r: r[0] == 200, what="ready"
+                )
+                proxy.freeze()
+                await wait_for(
+                    lambda: asyncio.sleep(0, [line["event"] for line in logs]),
+                    lambda events: "broker connection lost; reconnecting" in events,
+                    what="the connection dropped",
+                    timeout=20,
+                )
+                await bus.publish(event(task, "after the drop"))
+                proxy.thaw()
+                await wait_for(
+                    lambda: get(settings, "/readyz"), lambda r: r[0] == 200, what="ready again"
+                )
+                await wait_for(
+                    lambda: sql.fetchval("SELECT count(*) FROM task_build_history"),
+                    lambda n: n == 1,
+                    what="the event published meanwhile",
+                )
         await proxy.cut()
 
     async def test_alive_but_not_ready_while_waiting_for_the_database(

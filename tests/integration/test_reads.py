@@ -148,7 +148,9 @@ class TestShowCommand:
         assert len(json.loads(capsys.readouterr().out)) == 2
 
     def test_unknown_task(self, database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-        """A task with no history says so and exits 0."""
+        """A task that doesn't exist says so, with how to create it, and exits 0."""
         task = uuid.uuid4()
         assert main(["--database-url", database_url, "show", str(task)]) == 0
-        assert "has no history" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert f"no task {task} exists" in out
+        assert "TASK_HISTORY_CREATE_MISSING_TASKS=true" in out

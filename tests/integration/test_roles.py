@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -13,7 +16,7 @@ import pytest
 from consumer.settings import Settings
 from consumer.store import Store
 from consumer.topology import Topology
-from tests.harness import Bus, event, running, wait_for
+from tests.harness import Bus, event, run_command, running, start_command, wait_for
 from tests.helpers import admin, insert_rows, new_task
 
 
@@ -132,6 +135,80 @@ class TestConsumerRoleIsEnough:
                 await connection.execute("SELECT task_build_history_expire_batch_v1(10)")
         finally:
             await connection.close()
+
+
+def reader_environment(url: str) -> dict[str, str]:
+    """This process's environment, TASK_HISTORY_* variables left out, reading the database `url`."""
+    plain = {k: v for k, v in os.environ.items() if not k.startswith("TASK_HISTORY_")}
+    return plain | {"TASK_HISTORY_DATABASE_URL": url}
+
+
+async def tail_until_waiting(task: uuid.UUID, url: str) -> tuple[int, str]:
+    """`tail TASK` as the role of `url`, stopped by SIGINT once it waits; (exit code, stderr)."""
+    process = await start_command("tail", str(task), environment=reader_environment(url))
+    try:
+        assert process.stderr is not None
+        lines: list[str] = []
+        while not lines or (lines[-1] and not lines[-1].startswith("waiting for entries")):
+            # Generous: a bound for a loaded machine, not the expected delay.
+            lines.append((await asyncio.wait_for(process.stderr.readline(), 60)).decode())
+        if lines[-1]:  # waiting; else it ended on its own, and communicate says how
+            process.send_signal(signal.SIGINT)
+        _, rest = await asyncio.wait_for(process.communicate(), 60)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return process.returncode, "".join(lines) + rest.decode()
+
+
+class TestReaderRoleIsEnough:
+    """A member of task_history_reader runs `show` and `tail`, of a task with no history too."""
+
+    async def test_show_of_a_task_with_no_history(
+        self, sql: asyncpg.Connection, reader_url: str
+    ) -> None:
+        """An existing task with no entries has no history; a missing one gets the hint."""
+        task, missing = await new_task(sql), uuid.uuid4()
+        code, out, err = await run_command(
+            "show", str(task), environment=reader_environment(reader_url)
+        )
+        assert code == 0, err
+        assert out == f"task {task} has no history\n"
+        code, out, err = await run_command(
+            "show", str(missing), environment=reader_environment(reader_url)
+        )
+        assert code == 0, err
+        assert f"no task {missing} exists" in out
+        assert "TASK_HISTORY_CREATE_MISSING_TASKS=true" in out
+
+    async def test_tail_waits(self, sql: asyncpg.Connection, reader_url: str) -> None:
+        """`tail` of an existing task waits; of a missing one says so first, then waits; exit 0."""
+        task, missing = await new_task(sql), uuid.uuid4()
+        code, err = await tail_until_waiting(task, reader_url)
+        assert code == 0, err
+        assert err == f"waiting for entries of task {task} (Ctrl-C to stop)\n"
+        code, err = await tail_until_waiting(missing, reader_url)
+        assert code == 0, err
+        hint, waiting = err.splitlines()
+        assert hint.startswith(f"no task {missing} exists: ")
+        assert waiting == f"waiting for entries of task {missing} (Ctrl-C to stop)"
+
+    async def test_tasks_refused_then_no_hint(
+        self, sql: asyncpg.Connection, reader_url: str
+    ) -> None:
+        """A reader granted no read of `tasks` still runs `show` and `tail`, without the hint."""
+        await sql.execute("REVOKE SELECT (id) ON tasks FROM task_history_reader")
+        task = uuid.uuid4()
+        code, out, err = await run_command(
+            "show", str(task), environment=reader_environment(reader_url)
+        )
+        assert code == 0, err
+        assert out == f"task {task} has no history\n"
+        code, err = await tail_until_waiting(task, reader_url)
+        assert code == 0, err
+        assert err == f"waiting for entries of task {task} (Ctrl-C to stop)\n"
 
 
 FORBIDDEN = [

@@ -131,7 +131,8 @@ class TestTailCommand:
                 await process.wait()
         assert process.returncode == 0, err.decode()
         assert out == b""
-        assert err == b""
+        # Off a terminal the line that says what it waits for stays: nothing else on stderr.
+        assert err.decode() == f"waiting for entries of task {task} (Ctrl-C to stop)\n"
 
     def test_without_the_notify_migration_it_says_so(
         self, database_url: str, capsys: pytest.CaptureFixture[str]

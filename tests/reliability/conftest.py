@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -30,6 +31,10 @@ class Figures:
     lost: int = 0
     duplicated: int = 0
     dead_lettered_wrongly: int = 0
+    # The longest time without a new stored row from the fault until all was stored, if measured.
+    stall_seconds: float | None = None
+    # Seconds the test took, as the `figures` fixture saw it (most of setup and teardown too).
+    seconds: float = 0.0
     note: str = ""
 
 
@@ -53,7 +58,9 @@ async def check_stored(
 def figures(request: pytest.FixtureRequest) -> Iterator[Figures]:
     """This test's figures, recorded for the summary once it has run."""
     recorded = Figures(test=request.node.name)
+    started = time.monotonic()
     yield recorded
+    recorded.seconds = round(time.monotonic() - started, 1)
     _recorded.append(recorded)
 
 
@@ -62,13 +69,13 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if not _recorded:
         return
     terminalreporter.section("reliability figures")
-    columns = ["faults", "events", "lost", "dupl.", "wrong DL"]
+    columns = ["faults", "events", "lost", "dupl.", "wrong DL", "stall s", "test s"]
     terminalreporter.write_line(f"{'test':<58} " + " ".join(f"{c:>8}" for c in columns))
     for row in _recorded:
+        stall = "-" if row.stall_seconds is None else f"{row.stall_seconds:.2f}"
         counts = (row.faults, row.events, row.lost, row.duplicated, row.dead_lettered_wrongly)
-        terminalreporter.write_line(
-            f"{row.test[:58]:<58} " + " ".join(f"{n:>8}" for n in counts) + f"  {row.note}"
-        )
+        cells = [*(f"{n:>8}" for n in counts), f"{stall:>8}", f"{row.seconds:>8.1f}"]
+        terminalreporter.write_line(f"{row.test[:58]:<58} " + " ".join(cells) + f"  {row.note}")
     if path := os.environ.get(REPORT_ENV):
         with open(path, "w", encoding="utf-8") as report:  # noqa: PTH123  # a plain report file
             json.dump([asdict(row) for row in _recorded], report, indent=2)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from consumer.broker.failover import amqp_urls
+from consumer.broker.failover import amqp_urls, with_heartbeat
 from consumer.errors import ConfigurationError
 from consumer.settings import load_settings
 
@@ -42,3 +42,21 @@ class TestTheList:
         """One readable line, naming the setting."""
         with pytest.raises(ConfigurationError, match=f"TASK_HISTORY_AMQP_URL: .*{said}"):
             load_settings(amqp_url=value)
+
+
+class TestHeartbeat:
+    """The consumer asks for a short heartbeat, unless the URL asks for its own."""
+
+    def test_added_to_a_url_without_one(self) -> None:
+        """The heartbeat goes into the query, beside what is there."""
+        assert with_heartbeat("amqp://u:p@h:5672/vh?name=x", 5) == (
+            "amqp://u:p@h:5672/vh?name=x&heartbeat=5"
+        )
+
+    def test_the_urls_own_wins(self) -> None:
+        """A URL's ?heartbeat= is the user's choice, kept as it is."""
+        assert with_heartbeat("amqp://h/?heartbeat=30", 5) == "amqp://h/?heartbeat=30"
+
+    def test_none_leaves_the_clients_default(self) -> None:
+        """Publishers and commands keep the client's default."""
+        assert with_heartbeat("amqp://h/", None) == "amqp://h/"

@@ -73,6 +73,66 @@ class TestUsageErrors:
         assert captured.err.startswith("task-history: error: ")
 
 
+TASK = "00000000-0000-0000-0000-000000000001"
+NOWHERE = "postgresql://postgres@127.0.0.1:1/x"
+
+
+class TestGlobalOptions:
+    """What the processes of test_first_steps don't show of the global options."""
+
+    def test_between_a_command_and_its_argument(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """`show --database-url URL TASK`: the option before the argument is still the one used."""
+        assert main(["show", "--database-url", NOWHERE, TASK]) == 1
+        assert capsys.readouterr().err.startswith(
+            "task-history: error: database unavailable: nothing accepts connections at 127.0.0.1:1"
+        )
+
+    def test_an_overridden_environment_value_is_never_read(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A TASK_HISTORY_DATABASE_URL no command would accept is ignored under the flag."""
+        monkeypatch.setenv("TASK_HISTORY_DATABASE_URL", "mysql://refused/if/used")
+        assert main(["expire", "--database-url", NOWHERE]) == 1
+        assert "database unavailable" in capsys.readouterr().err
+
+    def test_listed_in_a_commands_help(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """A command's --help lists them under a heading of their own."""
+        assert main(["dlq", "list", "--help"]) == 0
+        out = capsys.readouterr().out
+        shared = out.split("Global options (before or after the command):", 1)[1]
+        for option in ("--database-url", "--amqp-url", "--log-format", "--log-level"):
+            assert option in shared
+
+
+class TestNumbersOutOfRange:
+    """Every number a command takes has a range; outside it, a usage error before connecting."""
+
+    @pytest.mark.parametrize(
+        "argv",
+        [
+            # Not the cases test_first_steps.TestNumbersOutOfRange runs as processes.
+            ["show", TASK, "--until", "9999999999999999999999999w"],
+            ["show", TASK, "--since", "0001-01-01T00:00:00+01:00"],
+            ["export", "--since", "99999999d"],
+            ["demo", "--count", "1000000001"],
+            ["demo", "--agents", "101"],
+            ["demo", "--rate", "inf"],
+            ["consume", "--batch-size", "99999999999999999999"],
+            ["consume", "--batch-wait-ms", "-1"],
+            ["consume", "--prefetch", "65536"],
+        ],
+    )
+    def test_exit_2_with_one_line(
+        self, argv: list[str], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Each is one line naming the option, exit 2, and no database is tried."""
+        assert main(["--database-url", NOWHERE, *argv]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert len(captured.err.splitlines()) == 1
+        assert captured.err.startswith("task-history: error: Invalid value for '--")
+
+
 class TestFailures:
     """Runtime failures: one line on stderr, exit 1, no secret."""
 

@@ -67,7 +67,9 @@ class TestBrokerUse:
         """Its channel is refused with NotConnectedError before connect() and after close()."""
         connection = OpenConnection()
 
-        async def connect_confirming(_url: str) -> tuple[OpenConnection, object]:
+        async def connect_confirming(
+            _url: str, **_options: object
+        ) -> tuple[OpenConnection, object]:
             return connection, object()
 
         monkeypatch.setattr("consumer.broker.client.connect_confirming", connect_confirming)

@@ -18,7 +18,8 @@ from consumer.settings import Settings
 from tests.compose import COMPOSE_FILE, DOCKERFILE, interpolate, load_compose
 
 SETTING = re.compile(r"TASK_HISTORY_[A-Z0-9_]+")
-APP_SERVICES = ("migrate", "schedule", "consumer", "demo")
+APP_SERVICES = ("migrate", "schedule", "consumer", "api", "demo")
+OPERATING = COMPOSE_FILE.parent / "docs" / "operating.md"
 
 
 def check_command(argv: list[str]) -> None:
@@ -117,9 +118,9 @@ class TestComposeShape:
         assert depends["rabbitmq"] == {"condition": "service_healthy"}
 
     def test_long_running_services_have_health_checks(self) -> None:
-        """postgres, rabbitmq and consumer check their health; one-shots turn the image's off."""
+        """The servers, consumer and api check their health; one-shots turn the image's off."""
         services = load_compose()["services"]
-        for name in ("postgres", "rabbitmq", "consumer"):
+        for name in ("postgres", "rabbitmq", "consumer", "api"):
             assert services[name]["healthcheck"]["test"]
         for name in ("migrate", "schedule", "demo"):
             assert services[name]["healthcheck"] == {"disable": True}
@@ -186,3 +187,76 @@ class TestDockerfile:
     def test_interpolation_helper(self) -> None:
         """The test's own interpolation follows Compose: defaults, given values, `$$`."""
         assert interpolate("${A:-x}/${B}/$$/${C:-}", {"B": "y"}) == "x/y/$/"
+
+
+def published(service: dict[str, Any]) -> list[tuple[str, range, int]]:
+    """(host address, host ports, container port) of each `[ADDRESS:]HOST[-LAST]:PORT` mapping."""
+    result = []
+    for mapping in service.get("ports", []):
+        *address, host, container = mapping.split(":")
+        first, _, last = host.partition("-")
+        result.append(("".join(address), range(int(first), int(last or first) + 1), int(container)))
+    return result
+
+
+class TestUsableFromTheHost:
+    """Metrics, the API and the servers can be reached from the host, as the guide says."""
+
+    def test_every_consumer_replica_gets_a_metrics_port(self) -> None:
+        """The consumers' metrics port is published on loopback, one host port per replica."""
+        compose = load_compose()
+        consumer = compose["services"]["consumer"]
+        ((address, ports, container),) = published(consumer)
+        assert (address, container) == ("127.0.0.1", 9464)
+        assert ports.start == 9464
+        assert len(ports) >= int(consumer["deploy"]["replicas"])
+        more = load_compose({"CONSUMER_METRICS_PORTS": "19464-19467"})["services"]["consumer"]
+        assert published(more)[0][1] == range(19464, 19468)
+
+    def test_the_api_is_published_on_loopback(self) -> None:
+        """`task-history serve` listens on all of its container's interfaces, 8080 on the host."""
+        api = load_compose()["services"]["api"]
+        everywhere = "0.0.0.0"  # noqa: S104  # inside its container, so that the port reaches it
+        assert api["command"][:3] == ["serve", "--host", everywhere]
+        assert published(api) == [("127.0.0.1", range(8080, 8081), 8080)]
+        assert api["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
+
+    def test_the_api_reads_as_the_reader_role(self) -> None:
+        """The api's PostgreSQL user is a login member of task_history_reader, not the owner."""
+        compose = load_compose({"HISTORY_READER_USER": "board", "HISTORY_READER_PASSWORD": "pw"})
+        url = urlsplit(compose["services"]["api"]["environment"]["TASK_HISTORY_DATABASE_URL"])
+        assert (url.username, url.password) == ("board", "pw")
+        roles = compose["configs"]["postgres-roles"]["content"]
+        assert "CREATE ROLE task_history_reader NOLOGIN;" in roles
+        assert "\"board\" LOGIN PASSWORD 'pw' IN ROLE task_history_reader;" in " ".join(
+            roles.split()
+        )
+
+    def test_the_guide_gives_the_stacks_own_urls(self) -> None:
+        """The exports in docs/operating.md reach the stack's database, users and vhost."""
+        guide = OPERATING.read_text(encoding="utf-8")
+        exports = dict(re.findall(r"^export (TASK_HISTORY_\w+)=(\S+)$", guide, re.MULTILINE))
+        compose = load_compose()
+        environment = compose["services"]["consumer"]["environment"]
+        ports = {
+            name: published(compose["services"][name])[0][1].start
+            for name in ("postgres", "rabbitmq")
+        }
+        for name, server in (("DATABASE_URL", "postgres"), ("AMQP_URL", "rabbitmq")):
+            given = urlsplit(exports[f"TASK_HISTORY_{name}"])
+            inside = urlsplit(environment[f"TASK_HISTORY_{name}"])
+            assert (given.username, given.password, given.path) == (
+                inside.username,
+                inside.password,
+                inside.path,
+            ), name
+            assert (given.hostname, given.port) == ("localhost", ports[server]), name
+
+    def test_the_guide_gives_the_owners_url_for_migrate(self) -> None:
+        """The owner URL docs/operating.md gives for migrate is the migrate service's."""
+        guide = OPERATING.read_text(encoding="utf-8")
+        (given,) = re.findall(r"--database-url (\S+) migrate", guide)
+        inside = load_compose()["services"]["migrate"]["environment"]["TASK_HISTORY_DATABASE_URL"]
+        assert urlsplit(given)._replace(netloc="") == urlsplit(inside)._replace(netloc="")
+        assert urlsplit(given).password == urlsplit(inside).password
+        assert urlsplit(given).username == urlsplit(inside).username

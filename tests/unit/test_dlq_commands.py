@@ -107,6 +107,14 @@ class TestUsageErrors:
             ["dlq", "replay", "--since", "1h", "--until", "2h"],
             ["dlq", "replay", "--task", "not-a-uuid"],
             ["dlq", "list", "--error", "nope"],
+            ["dlq", "list", "--sample", "10001"],
+            ["dlq", "list", "--since", "99999999d"],
+            ["dlq", "list", "--older-than", "9999-12-31T23:30:00-01:00"],
+            ["dlq", "replay", "--limit", "1000000001"],
+            ["dlq", "replay", "--max-replays", "1000001"],
+            ["dlq", "purge", "--all", "--yes", "--limit", "999999999999999999999"],
+            ["dlq", "export", "--limit", "0"],
+            ["dlq", "list", "--log-format", "xml"],
         ],
     )
     def test_exit_2(self, argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -116,6 +124,32 @@ class TestUsageErrors:
         assert captured.out == ""
         assert len(captured.err.splitlines()) == 1
         assert captured.err.startswith("task-history: error: ")
+
+
+class TestTheGroup:
+    """`task-history dlq` alone, and what its help points to."""
+
+    def test_alone_it_prints_its_help(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """No subcommand: the group's help on stdout, exit 0."""
+        assert main(["dlq"]) == 0
+        captured = capsys.readouterr()
+        assert captured.out.startswith("Usage: task-history dlq [OPTIONS] COMMAND [ARGS]...")
+        assert captured.err == ""
+
+    def test_the_help_points_to_the_operating_guide(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The guide it names is the operating guide's section on dead letters."""
+        assert main(["dlq", "--help"]) == 0
+        assert 'docs/operating.md, "Dead letters"' in " ".join(capsys.readouterr().out.split())
+
+    def test_global_options_after_a_subcommand(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """`dlq list --database-url URL` uses that URL: here one nothing answers at."""
+        url = "postgresql://app:hunter2@127.0.0.1:1/db"
+        assert main(["dlq", "list", "--database-url", url]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("task-history: error: database unavailable: nothing accepts")
+        assert "hunter2" not in err
 
 
 @pytest.fixture

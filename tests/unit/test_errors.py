@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import asyncpg
 import pytest
 
 from consumer import errors
@@ -20,6 +21,7 @@ from consumer.errors import (
     PgCronUnavailableError,
     TaskHistoryError,
 )
+from consumer.store.pool import translated
 
 ALL_ERRORS = [
     value
@@ -88,3 +90,21 @@ class TestRetryable:
     def test_bugs_and_bad_settings_are_not(self, error: type[TaskHistoryError]) -> None:
         """A client used while closed, or a setting that is wrong, won't fix itself."""
         assert not error.retryable
+
+
+class TestDriverErrors:
+    """The driver's errors become the project's, once, at the store's boundary."""
+
+    @pytest.mark.parametrize(
+        "driver_error",
+        [
+            asyncpg.TargetServerAttributeNotMatched("none of the hosts is a primary"),
+            asyncpg.InternalClientError("cannot switch to state 15; another operation (2)"),
+            ConnectionRefusedError(111, "Connect call failed"),
+        ],
+    )
+    def test_a_failover_is_an_outage(self, driver_error: Exception) -> None:
+        """No primary yet, or a connection broken mid-query by a stopping primary: retried."""
+        with pytest.raises(DatabaseUnavailableError) as caught, translated():
+            raise driver_error
+        assert caught.value.retryable

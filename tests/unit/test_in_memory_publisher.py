@@ -155,20 +155,20 @@ class TestTheWaitsAcceptIt:
             await publish_and_wait([event(uuid.uuid4(), id=given)], database=history, timeout=0.1)
 
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "publishing.md"
 
 
-class TestTheReadmeExample:
-    """The README's example of InMemoryPublisher runs as written."""
+class TestTheGuideExample:
+    """The publishing guide's example of InMemoryPublisher runs as written."""
 
     async def test_it_passes_against_an_agent_that_reports_a_failure(self) -> None:
         """Its test function, given an agent that publishes one error, passes."""
-        section = README.read_text().split("#### Without servers: `InMemoryPublisher`", 1)[1]
+        section = GUIDE.read_text().split("### Without servers: `InMemoryPublisher`", 1)[1]
         code = section.split("```python\n", 1)[1].split("```", 1)[0]
 
         async def run_agent(task_id: uuid.UUID, *, publisher: InMemoryPublisher) -> None:
             await publisher.publish(event(task_id, "tests failed", context_type="error"))
 
         namespace: dict[str, Any] = {"run_agent": run_agent}
-        exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102  # the README's own code
+        exec(compile(code, "docs/publishing.md", "exec"), namespace)  # noqa: S102  # the guide's code
         await namespace["test_the_agent_reports_a_failure"](uuid.uuid4())

@@ -11,6 +11,7 @@ from pathlib import Path
 import consumer
 
 README = Path(__file__).resolve().parents[2] / "README.md"
+GUIDES = sorted((README.parent / "docs").glob("*.md"))
 TYPESCRIPT = README.parent / "docs" / "types.ts"
 
 
@@ -22,9 +23,9 @@ class TestPublicApi:
         for name in consumer.__all__:
             assert getattr(consumer, name) is not None, name
 
-    def test_the_types_the_readme_names_are_exported(self) -> None:
-        """Every class of the project the README mentions is importable from `consumer`."""
-        text = README.read_text(encoding="utf-8")
+    def test_the_types_the_guides_name_are_exported(self) -> None:
+        """Every class of the project the README or a guide names is importable from `consumer`."""
+        text = "\n".join(page.read_text(encoding="utf-8") for page in [README, *GUIDES])
         mentioned = set(
             re.findall(r"\b[A-Z][A-Za-z]+(?:Error|Query|Entry|Publisher|Event)\b", text)
         )

@@ -1,0 +1,236 @@
+"""Live entries for any number of watchers: one LISTEN connection, one read per task, fanned out.
+
+The same notifications `task-history tail` follows (sql/0002_notify.sql). One connection
+listens for the whole process; a notification for a watched task wakes that task's feed, which
+reads the task's entries once and hands each new one to every watcher of the task. A watcher
+that falls too far behind is ended (its client reconnects with Last-Event-ID and loses
+nothing); when the listening connection is lost, the feeds read again once it is back, so
+nothing committed meanwhile is missed. The listening connection is pinged every keep-alive
+interval: one that no longer answers (a partition, which closes nothing) counts as lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+from uuid import UUID
+
+import structlog
+
+from consumer.entries import HistoryEntry
+from consumer.errors import DatabaseUnavailableError, StoreError
+from consumer.pages import Cursor
+
+log = structlog.get_logger()
+
+Arrival = tuple[HistoryEntry, Cursor]
+# Runs a trivial query on the listening connection; StoreError unless it answers within the s.
+Ping = Callable[[float], Awaitable[None]]
+
+
+class ArrivalSource(Protocol):
+    """What the feeds need of the store (consumer.store.ReadStore has it)."""
+
+    async def arrivals(self, task_id: UUID, *, after_seq: int | None = None) -> list[Arrival]:
+        """A task's entries in arrival order, with their cursors."""
+        ...
+
+    def notifications(
+        self, on_task: Callable[[UUID], None], *, on_lost: Callable[[], None]
+    ) -> AbstractAsyncContextManager[Ping]:
+        """Listen while the block runs; the block gets a ping of the listening connection."""
+        ...
+
+
+class Watcher:
+    """One client's queue of new entries; None in it means: the stream ends here."""
+
+    def __init__(self, *, limit: int) -> None:
+        """A watcher ended once more than `limit` entries wait for its client."""
+        self._queue: asyncio.Queue[Arrival | None] = asyncio.Queue()
+        self._limit = limit
+        self.ended = False
+
+    def offer(self, arrival: Arrival) -> None:
+        """Queue an entry; end the watcher instead if its client is too far behind."""
+        if self.ended:
+            return
+        if self._queue.qsize() >= self._limit:
+            log.warning("stream watcher too slow, ending it", waiting=self._queue.qsize())
+            self.end()
+            return
+        self._queue.put_nowait(arrival)
+
+    def end(self) -> None:
+        """End the stream at once, entries still queued or not: its client resumes from its last."""
+        if not self.ended:
+            self.ended = True
+            self._queue.put_nowait(None)
+
+    async def next(self, *, within: float) -> Arrival | None:
+        """The next entry; None when the stream ended; TimeoutError after `within` s idle."""
+        if self.ended:
+            return None
+        return await asyncio.wait_for(self._queue.get(), within)
+
+
+class _Feed:
+    """One watched task: its watchers, the ids already handed out, and the task reading it."""
+
+    def __init__(self) -> None:
+        self.watchers: set[Watcher] = set()
+        self.seen: set[UUID] = set()
+        self.woken = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.reader: asyncio.Task[None] | None = None
+
+
+class Feeds:
+    """Every live stream of the process, fed from one LISTEN connection."""
+
+    def __init__(
+        self,
+        source: ArrivalSource,
+        *,
+        backlog_limit: int = 1000,
+        retry_max_seconds: float = 30,
+        ping_every: float = 15,
+    ) -> None:
+        """Feeds reading from `source`; a watcher ends with more than `backlog_limit` waiting.
+
+        The listening connection is pinged every `ping_every` s, and lost unless it answers
+        within as long.
+        """
+        self._source = source
+        self._ping_every = ping_every
+        self._backlog_limit = backlog_limit
+        self._retry_max = retry_max_seconds
+        self._feeds: dict[UUID, _Feed] = {}
+        self._listening = asyncio.Event()
+        self._closed = False
+
+    @property
+    def listening(self) -> bool:
+        """Whether notifications are being received now."""
+        return self._listening.is_set()
+
+    @property
+    def watchers(self) -> int:
+        """How many watchers there are, over all tasks."""
+        return sum(len(feed.watchers) for feed in self._feeds.values())
+
+    async def run(self) -> None:
+        """Listen until cancelled; after a lost connection, listen again with backoff."""
+        delay = 0.2
+        while True:
+            lost = asyncio.Event()
+            try:
+                async with self._source.notifications(self._notified, on_lost=lost.set) as ping:
+                    self._listening.set()
+                    delay = 0.2
+                    log.info("listening for new entries")
+                    # Whatever was committed while nobody listened: every feed reads again.
+                    for feed in self._feeds.values():
+                        feed.woken.set()
+                    await self._until_lost(lost, ping)
+            except StoreError as exc:
+                log.warning("cannot listen for new entries", error=str(exc), retry_in=delay)
+            finally:
+                self._listening.clear()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._retry_max)
+
+    async def _until_lost(self, lost: asyncio.Event, ping: Ping) -> None:
+        """Return once the listening connection is lost, or stops answering its pings."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(lost.wait(), self._ping_every)
+            if lost.is_set():
+                return
+            try:
+                await ping(self._ping_every)
+            except StoreError as exc:
+                # A partition closes nothing: without this, notifications would stop unseen.
+                log.warning("the listening connection does not answer", error=str(exc))
+                return
+
+    def close(self) -> None:
+        """End every stream now (the server is stopping); new watchers are refused."""
+        self._closed = True
+        for feed in self._feeds.values():
+            for watcher in feed.watchers:
+                watcher.end()
+
+    @contextlib.asynccontextmanager
+    async def watch(self, task_id: UUID, *, wait: float = 5) -> AsyncIterator[Watcher]:
+        """A watcher of `task_id`'s new entries while the block runs.
+
+        Every entry committed after this returns reaches the watcher (and maybe a few from
+        just before: callers reading a backlog drop those by id). DatabaseUnavailableError if
+        notifications can't be received within `wait` s.
+        """
+        if self._closed:
+            raise DatabaseUnavailableError("the server is shutting down")
+        try:
+            await asyncio.wait_for(self._listening.wait(), wait)
+        except TimeoutError:
+            raise DatabaseUnavailableError(
+                "database unavailable: not receiving notifications of new entries"
+            ) from None
+        watcher = Watcher(limit=self._backlog_limit)
+        feed = self._feeds.get(task_id)
+        if feed is None:
+            feed = self._feeds[task_id] = _Feed()
+            feed.watchers.add(watcher)
+            feed.reader = asyncio.create_task(self._read(task_id, feed))
+        else:
+            feed.watchers.add(watcher)
+        try:
+            try:
+                await asyncio.wait_for(feed.ready.wait(), wait)
+            except TimeoutError:
+                raise DatabaseUnavailableError(
+                    "database unavailable: cannot read the task's entries"
+                ) from None
+            yield watcher
+        finally:
+            feed.watchers.discard(watcher)
+            if not feed.watchers and self._feeds.get(task_id) is feed:
+                del self._feeds[task_id]
+                if feed.reader is not None:
+                    feed.reader.cancel()
+
+    def _notified(self, task_id: UUID) -> None:
+        feed = self._feeds.get(task_id)
+        if feed is not None:
+            feed.woken.set()
+
+    async def _read(self, task_id: UUID, feed: _Feed) -> None:
+        """Hand the task's new entries to its watchers each time a notification wakes the feed."""
+        delay = 0.2
+        first = True
+        while True:
+            try:
+                arrivals = await self._source.arrivals(task_id)
+            except StoreError as exc:
+                log.warning("cannot read new entries", task_id=str(task_id), error=str(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max)
+                continue
+            delay = 0.2
+            fresh = [arrival for arrival in arrivals if arrival[0].id not in feed.seen]
+            # Only ids still stored: one trimmed by the cap or expired never comes back.
+            feed.seen = {entry.id for entry, _ in arrivals}
+            if first:
+                # What was stored before anyone watched is not new: watchers read it themselves.
+                first = False
+                feed.ready.set()
+            else:
+                for watcher in list(feed.watchers):
+                    for arrival in fresh:
+                        watcher.offer(arrival)
+            await feed.woken.wait()
+            feed.woken.clear()

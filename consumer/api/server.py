@@ -1,0 +1,149 @@
+"""Running the API: uvicorn on a socket bound first (so a taken port is one clear error)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import structlog
+import uvicorn
+
+from consumer.api.app import STARTUP_WAIT_SECONDS, create_app
+from consumer.api.state import ApiState
+from consumer.errors import TaskHistoryError
+from consumer.settings import Settings
+from consumer.signals import stop_on_signals
+
+log = structlog.get_logger()
+# After SIGTERM, how long requests still running may take; the streams end at once.
+GRACE_SECONDS = 5
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port; TaskHistoryError in one line if it can't be had."""
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise TaskHistoryError(f"cannot listen on {host}:{port}: unknown host ({exc})") from None
+    listener = socket.socket(family, kind, protocol)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(2048)
+    except OSError as exc:
+        listener.close()
+        reason = "the port is taken" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise TaskHistoryError(f"cannot listen on {host}:{port}: {reason}") from None
+    listener.set_inheritable(True)
+    return listener
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, stopping on the project's signal handling: exit 0, the streams ended at once."""
+
+    def __init__(self, config: uvicorn.Config, *, state: ApiState, signals: bool = True) -> None:
+        super().__init__(config)
+        self._state = state
+        self._signals = signals
+        self.on_started: Callable[[], None] = lambda: None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Open the store, start as uvicorn does, then call `on_started` (unless that failed).
+
+        A database error that waiting will not cure (no such database, a refused role) is
+        raised from here, before uvicorn runs anything: `serve` exits 1 with that one line.
+        """
+        await self._state.open_first(within=STARTUP_WAIT_SECONDS)
+        await super().startup(sockets=sockets)
+        if not self.should_exit:
+            self.on_started()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn's own handlers raise the signal again once stopped: the exit code would be
+        # the signal's, not 0.
+        if not self._signals:
+            yield
+            return
+        with stop_on_signals(self.stop):
+            yield
+
+    def stop(self) -> None:
+        """Stop taking requests, end every stream, and let running requests finish."""
+        if self.should_exit:
+            self.force_exit = True  # a second signal: stop now
+        self.should_exit = True
+        self._state.feeds.close()
+
+
+def _server(
+    settings: Settings, listener: socket.socket, *, signals: bool
+) -> tuple[_Server, str, ApiState]:
+    """The uvicorn server for the API of `settings` on `listener`, its URL and its state."""
+    app = create_app(settings)
+    state: ApiState = app.state.api
+    config = uvicorn.Config(
+        app,
+        log_config=None,  # the project's logging (consumer.logs) takes uvicorn's records
+        access_log=False,  # no request lines: keeps the log and its size down
+        server_header=False,
+        timeout_graceful_shutdown=GRACE_SECONDS,
+        lifespan="on",
+    )
+    server = _Server(config, state=state, signals=signals)
+    host, port = listener.getsockname()[:2]
+    shown_host = f"[{host}]" if ":" in host else host
+    return server, f"http://{shown_host}:{port}", state
+
+
+async def serve(settings: Settings, *, announce: Callable[[str], None]) -> None:
+    """Serve the API until SIGTERM or SIGINT; `announce(url)` once it listens."""
+    listener = bind(settings.api_host, settings.api_port)
+    server, url, _ = _server(settings, listener, signals=True)
+
+    def started() -> None:
+        log.info("serving", url=url, token=settings.api_token is not None)
+        announce(url)
+
+    server.on_started = started
+    try:
+        await server.serve(sockets=[listener])
+    finally:
+        listener.close()
+
+
+@contextlib.asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[str]:
+    """The API served in this event loop while the block runs, for tests and benchmarks.
+
+    Yields its URL once it answers; stops it as SIGTERM would on the way out.
+    """
+    async with serving_with_state(settings) as (url, _state):
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def serving_with_state(settings: Settings) -> AsyncIterator[tuple[str, ApiState]]:
+    """The same as `serving`, yielding the application's state too (its feeds, its store)."""
+    listener = bind(settings.api_host, settings.api_port)
+    server, url, state = _server(settings, listener, signals=False)
+    started = asyncio.Event()
+    server.on_started = started.set
+    running = asyncio.create_task(server.serve(sockets=[listener]))
+    try:
+        waiting = asyncio.create_task(started.wait())
+        await asyncio.wait([running, waiting], return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+        if running.done():
+            running.result()
+            raise TaskHistoryError(f"the server at {url} stopped at once")
+        yield url, state
+    finally:
+        server.stop()
+        await running
+        listener.close()

@@ -1,0 +1,427 @@
+"""A newcomer's first commands, as processes: what they print, on which stream, with which code."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from consumer.settings import Settings
+from tests.cluster import free_port
+from tests.harness import (
+    REPOSITORY,
+    ConsumerProcess,
+    run_command,
+    settings_environment,
+    wait_for,
+)
+from tests.letters import bury, letter
+
+TASK = "6f1c2a1e-7d4b-4c8e-9a0f-1b2c3d4e5f60"
+
+
+def plain_environment() -> dict[str, str]:
+    """This process's environment without any TASK_HISTORY_* variable."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("TASK_HISTORY_")}
+
+
+def with_netloc(url: str, *, netloc: str | None = None, path: str | None = None) -> str:
+    """`url` with another user, password, host or port (`netloc`), or another path."""
+    parts = urlsplit(url)
+    return urlunsplit(
+        parts._replace(
+            netloc=parts.netloc if netloc is None else netloc,
+            path=parts.path if path is None else path,
+        )
+    )
+
+
+def host_of(url: str) -> str:
+    """The host:port of `url`."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port}"
+
+
+def assert_one_error_line(code: int, out: str, err: str, *, exit_code: int) -> str:
+    """The run failed with `exit_code`, nothing on stdout, one error line on stderr; that line."""
+    assert code == exit_code, out + err
+    assert out == ""
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("task-history: error: "), err
+    return err.strip()
+
+
+def log_lines(consumer: ConsumerProcess) -> list[dict[str, Any]]:
+    """The consumer's JSON log lines so far."""
+    return [json.loads(line) for line in consumer.log().splitlines() if line.startswith("{")]
+
+
+async def new_task(sql: asyncpg.Connection) -> uuid.UUID:
+    """A task row created the way the host application does."""
+    task = uuid.uuid4()
+    await sql.execute("INSERT INTO tasks (id) VALUES ($1)", task)
+    return task
+
+
+class TestGroupsWithoutACommand:
+    """A group alone prints its help, as help, not as an error."""
+
+    @pytest.mark.parametrize(
+        ("argv", "heading"),
+        [
+            ((), "Usage: task-history [OPTIONS] COMMAND [ARGS]..."),
+            (("dlq",), "Usage: task-history dlq [OPTIONS] COMMAND [ARGS]..."),
+        ],
+    )
+    async def test_help_on_stdout_exit_0(self, argv: tuple[str, ...], heading: str) -> None:
+        """`task-history` and `task-history dlq`: the usage and command list on stdout, exit 0."""
+        code, out, err = await run_command(*argv, environment=plain_environment())
+        assert code == 0, err
+        assert err == ""
+        assert out.startswith(heading)
+        assert "Commands:" in out
+
+    async def test_other_usage_errors_stay_one_line(self) -> None:
+        """An unknown command is still one line on stderr, exit 2."""
+        code, out, err = await run_command("frobnicate", environment=plain_environment())
+        line = assert_one_error_line(code, out, err, exit_code=2)
+        assert "No such command 'frobnicate'" in line
+
+
+class TestGlobalOptionsAnywhere:
+    """--database-url, --amqp-url, --log-format and --log-level go before or after a command."""
+
+    async def test_after_a_nested_command(self, database_url: str) -> None:
+        """`dlq list --json --database-url URL` reads that database."""
+        code, out, err = await run_command(
+            "dlq", "list", "--json", "--database-url", database_url, environment=plain_environment()
+        )
+        assert code == 0, err
+        assert json.loads(out)["total"] == 0
+
+    async def test_the_flag_wins_over_the_environment(self, database_url: str) -> None:
+        """A flag after the command overrides TASK_HISTORY_DATABASE_URL pointing nowhere."""
+        environment = plain_environment() | {
+            "TASK_HISTORY_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/x"
+        }
+        task = str(uuid.uuid4())
+        code, out, err = await run_command(
+            "show", task, "--json", "--database-url", database_url, environment=environment
+        )
+        assert code == 0, err
+        assert out == ""
+
+    async def test_the_last_one_given_wins(self, database_url: str) -> None:
+        """Given before and after the command, the one after it is used."""
+        nowhere = f"postgresql://postgres@127.0.0.1:{free_port()}/x"
+        code, _, err = await run_command(
+            *("--database-url", nowhere, "dlq", "list", "--database-url", database_url),
+            environment=plain_environment(),
+        )
+        assert code == 0, err
+
+    async def test_a_bad_value_after_the_command(self) -> None:
+        """`dlq list --log-level loud`: one usage line naming the option, exit 2."""
+        code, out, err = await run_command(
+            "dlq", "list", "--log-level", "loud", environment=plain_environment()
+        )
+        line = assert_one_error_line(code, out, err, exit_code=2)
+        assert "'--log-level'" in line
+
+
+class TestNumbersOutOfRange:
+    """A number no command can use is a usage error naming its range, before any connection."""
+
+    @pytest.mark.parametrize(
+        ("argv", "says"),
+        [
+            (("show", TASK, "--limit", "999999999999999999999"), "1<=x<=1000000000"),
+            (("show", TASK, "--since", "99999999d"), "out of range"),
+            (("export", "--limit", "99999999999999"), "1<=x<=1000000000"),
+            (("dlq", "list", "--sample", "99999999999999"), "0<=x<=10000"),
+            (("dlq", "replay", "--max-replays", "99999999999999"), "0<=x<=1000000"),
+            (("demo", "--rate", "nan"), "0.01<=x<=1000"),
+            (("serve", "--port", "65536"), "0<=x<=65535"),
+        ],
+    )
+    async def test_exit_2_one_line(self, argv: tuple[str, ...], says: str) -> None:
+        """Each is one `task-history: error:` line naming the option and its range, exit 2."""
+        # A database that answers nothing: a number that got through would fail otherwise.
+        environment = plain_environment() | {
+            "TASK_HISTORY_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/x"
+        }
+        code, out, err = await run_command(*argv, environment=environment)
+        line = assert_one_error_line(code, out, err, exit_code=2)
+        assert f"Invalid value for '{argv[-2]}'" in line
+        assert says in line
+
+
+class TestBrokerConnectionFailures:
+    """Each way of not reaching the broker is one line saying what to check, and no log."""
+
+    async def publish(self, url: str) -> tuple[int, str, str]:
+        """`publish` one event to the broker at `url`."""
+        return await run_command(
+            *("publish", "--task", TASK, "--type", "agent_turn", "--content", "hello"),
+            *("--amqp-url", url),
+            environment=plain_environment(),
+        )
+
+    async def test_a_vhost_that_does_not_exist(self, amqp_url: str) -> None:
+        """The vhost is named, and the two reasons the broker refuses one."""
+        vhost = f"no-such-vhost-{uuid.uuid4().hex[:8]}"
+        code, out, err = await self.publish(with_netloc(amqp_url, path=f"/{vhost}"))
+        line = assert_one_error_line(code, out, err, exit_code=1)
+        assert f"the broker refused to open vhost '{vhost}' named in the AMQP URL" in line
+        assert "doesn't exist, or the user" in line
+        assert "Connection.Close" not in line
+
+    async def test_refused_credentials(self, amqp_url: str) -> None:
+        """A wrong password: the user is named, the password is not."""
+        parts = urlsplit(amqp_url)
+        netloc = f"{parts.username}:Wrong-S3cret@{host_of(amqp_url)}"
+        code, out, err = await self.publish(with_netloc(amqp_url, netloc=netloc))
+        line = assert_one_error_line(code, out, err, exit_code=1)
+        assert f"the broker refused the credentials of user '{parts.username}'" in line
+        assert "check the user name and password in the AMQP URL" in line
+        assert "Wrong-S3cret" not in line
+
+    async def test_an_unknown_host(self) -> None:
+        """A host no resolver knows is named as such."""
+        code, out, err = await self.publish("amqp://guest:guest@no-such-host.invalid:5672/")
+        line = assert_one_error_line(code, out, err, exit_code=1)
+        assert "no host 'no-such-host.invalid' is known" in line
+
+    async def test_a_closed_port(self) -> None:
+        """Nothing listening: the address and what to check."""
+        port = free_port()
+        code, out, err = await self.publish(f"amqp://guest:guest@127.0.0.1:{port}/")
+        line = assert_one_error_line(code, out, err, exit_code=1)
+        assert f"nothing accepts connections at 127.0.0.1:{port}" in line
+        assert "that RabbitMQ runs there" in line
+
+
+class TestDatabaseConnectionFailures:
+    """Each way of not reaching the database is one line saying what to check."""
+
+    async def show(self, url: str) -> tuple[int, str, str]:
+        """`show` a task of the database at `url`."""
+        return await run_command(
+            "show", TASK, "--database-url", url, environment=plain_environment()
+        )
+
+    async def test_a_database_that_does_not_exist(self, postgres_server_url: str) -> None:
+        """The database and the server are named, and how to create it."""
+        url = with_netloc(postgres_server_url, path="/no_such_database")
+        code, out, err = await self.show(url)
+        line = assert_one_error_line(code, out, err, exit_code=1)
+        assert "database 'no_such_database' does not exist on" in line
+        assert "createdb no_such_database" in line
+
+    async def test_a_role_that_does_not_exist(self, postgres_server_url: str) -> None:
+        """The role the server refused is named, with what to check."""
+        url = with_netloc(
+            postgres_server_url, netloc=f"no_such_role@{host_of(postgres_server_url)}"
+        )
+        code, out, err = await self.show(url)
+        line = assert_one_error_line(code, out, err, exit_code=1)
+        assert "the database server refused role 'no_such_role'" in line
+        assert "check the user and password in the database URL" in line
+
+    async def test_an_unknown_host(self) -> None:
+        """A host no resolver knows is named as such."""
+        code, out, err = await self.show("postgresql://postgres@no-such-host.invalid:5432/x")
+        line = assert_one_error_line(code, out, err, exit_code=1)
+        assert line.startswith("task-history: error: database unavailable: no host")
+        assert "'no-such-host.invalid'" in line
+
+    async def test_a_closed_port(self) -> None:
+        """Nothing listening: the address and what to check."""
+        port = free_port()
+        code, out, err = await self.show(f"postgresql://postgres@127.0.0.1:{port}/x")
+        line = assert_one_error_line(code, out, err, exit_code=1)
+        assert f"nothing accepts connections at 127.0.0.1:{port}" in line
+        assert "that PostgreSQL runs there" in line
+
+
+class TestUnknownTasks:
+    """Events for a task that doesn't exist: `show` says so, and so does the consumer's log."""
+
+    async def test_show_says_the_task_does_not_exist(self, settings: Settings) -> None:
+        """Where such events go, and the ways to create the task or let the consumer do it."""
+        task = str(uuid.uuid4())
+        code, out, err = await run_command("show", task, environment=settings_environment(settings))
+        assert code == 0, err
+        assert f"no task {task} exists" in out
+        assert "TASK_HISTORY_UNKNOWN_TASK_RETRY_SECONDS" in out
+        assert f"INSERT INTO tasks (id) VALUES ('{task}')" in out
+        assert "Store.create_task" in out
+        assert "TASK_HISTORY_CREATE_MISSING_TASKS=true" in out
+
+    async def test_show_counts_its_dead_letters(self, settings: Settings) -> None:
+        """Events already dead-lettered for the missing task: how many, and how to replay them."""
+        task = uuid.uuid4()
+        await bury(settings.database_url, [letter(n, task=task) for n in range(2)])
+        code, out, err = await run_command(
+            "show", str(task), environment=settings_environment(settings)
+        )
+        assert code == 0, err
+        assert "2 of its events are dead letters (unknown_task)" in out
+        assert f"task-history dlq replay --task {task} --error unknown_task" in out
+
+    async def test_with_json_the_hint_goes_to_stderr(self, settings: Settings) -> None:
+        """--json keeps stdout for JSON: nothing there, the hint on stderr."""
+        task = str(uuid.uuid4())
+        code, out, err = await run_command(
+            "show", task, "--json", environment=settings_environment(settings)
+        )
+        assert code == 0, err
+        assert out == ""
+        assert f"no task {task} exists" in err
+
+    async def test_the_consumer_logs_the_hint_once_per_task(
+        self, settings: Settings, tmp_path: Path, sql: asyncpg.Connection
+    ) -> None:
+        """Three events for a missing task, one log line naming it, its wait and the remedies."""
+        waiting = settings.model_copy(update={"unknown_task_retry_seconds": 300})
+        consumer = ConsumerProcess(waiting, tmp_path / "consumer.log")
+        consumer.start()
+        task = str(uuid.uuid4())
+        try:
+            for number in range(3):
+                code, _, err = await run_command(
+                    *("publish", "--task", task, "--type", "agent_turn"),
+                    *("--content", f"step {number}"),
+                    environment=settings_environment(settings),
+                )
+                assert code == 0, err
+
+            async def parked() -> int:
+                """How many events the consumer's batches have parked so far."""
+                batches = [line for line in log_lines(consumer) if line.get("event") == "batch"]
+                return sum(int(line.get("waiting_for_task", 0)) for line in batches)
+
+            await wait_for(parked, lambda seen: seen >= 3, what="three events parked")
+        finally:
+            consumer.kill()
+        hints = [
+            line for line in log_lines(consumer) if "a task that doesn't exist" in line["event"]
+        ]
+        assert len(hints) == 1, consumer.log()
+        assert hints[0]["task_id"] == task
+        assert hints[0]["waits_seconds"] == 300
+        assert "Store.create_task" in hints[0]["create_it"]
+        assert hints[0]["or_set"] == "TASK_HISTORY_CREATE_MISSING_TASKS=true"
+        assert await sql.fetchval("SELECT count(*) FROM task_build_history") == 0
+
+
+class TestPublishCreateTaskAndWait:
+    """`publish --create-task --wait` creates the task, then prints the event once it is stored."""
+
+    async def test_migrate_consume_publish(self, settings: Settings, tmp_path: Path) -> None:
+        """migrate; consume in the background; publish --create-task --wait prints it stored."""
+        environment = settings_environment(settings)
+        code, out, err = await run_command("migrate", environment=environment)
+        assert code == 0, err
+        assert out.splitlines()[-1].startswith("declared exchange")
+        consumer = ConsumerProcess(settings, tmp_path / "consumer.log")
+        consumer.start()
+        try:
+            code, out, err = await run_command(
+                *("publish", "--create-task", "--wait", "--task", TASK),
+                *("--type", "agent_turn", "--content", "hello"),
+                environment=environment,
+            )
+        finally:
+            consumer.kill()
+        assert code == 0, err + consumer.log()
+        event_id, stored = out.splitlines()
+        uuid.UUID(event_id)
+        assert stored.startswith("stored: ")
+        assert stored.endswith("agent_turn      hello")
+        code, out, err = await run_command("show", TASK, environment=environment)
+        assert code == 0, err
+        assert f"task {TASK}: 1 entry, oldest first" in out
+        assert "hello" in out
+
+
+class TestOneVocabulary:
+    """Commands say things the same way: positional ids, counts with units, what they wait for."""
+
+    async def test_export_takes_the_task_id_positionally(
+        self, settings: Settings, sql: asyncpg.Connection
+    ) -> None:
+        """`export TASK_ID` prints what `export --task TASK_ID` prints."""
+        task = await new_task(sql)
+        await sql.execute(
+            "INSERT INTO task_build_history (id, task_id, context_type, content)"
+            " VALUES ($1, $2, 'agent_turn', 'one')",
+            uuid.uuid4(),
+            task,
+        )
+        environment = settings_environment(settings)
+        positional = await run_command("export", str(task), environment=environment)
+        flagged = await run_command("export", "--task", str(task), environment=environment)
+        assert positional == flagged
+        assert positional[0] == 0
+        assert json.loads(positional[1])["content"] == "one"
+
+    async def test_expire_prints_the_count_with_its_unit(self, settings: Settings) -> None:
+        """`expire` says what it deleted."""
+        code, out, err = await run_command("expire", environment=settings_environment(settings))
+        assert code == 0, err
+        assert out == "deleted 0 expired entries\n"
+
+    async def test_filters_that_match_nothing(
+        self, settings: Settings, sql: asyncpg.Connection
+    ) -> None:
+        """A task with entries, none of the type asked for: the filters are what match nothing."""
+        task = await new_task(sql)
+        environment = settings_environment(settings)
+        code, out, _ = await run_command("show", str(task), environment=environment)
+        assert (code, out) == (0, f"task {task} has no history\n")
+        await sql.execute(
+            "INSERT INTO task_build_history (id, task_id, context_type, content)"
+            " VALUES ($1, $2, 'agent_turn', 'one')",
+            uuid.uuid4(),
+            task,
+        )
+        code, out, _ = await run_command(
+            "show", str(task), "--type", "error", environment=environment
+        )
+        assert (code, out) == (0, "no entries match these filters\n")
+
+    def test_migrate_prints_its_result_once_on_a_terminal(self, settings: Settings) -> None:
+        """On a terminal `migrate` says it once: no log line repeating it."""
+        leader, follower = pty.openpty()
+        with subprocess.Popen(
+            [sys.executable, "-m", "consumer", "migrate", "--skip-broker"],
+            cwd=REPOSITORY,
+            env=settings_environment(settings) | {"TERM": "dumb"},
+            stdin=subprocess.DEVNULL,
+            stdout=follower,
+            stderr=follower,
+        ) as process:
+            os.close(follower)
+            chunks = []
+            while True:
+                try:
+                    chunk = os.read(leader, 4096)
+                except OSError:  # the terminal closed with the process
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            assert process.wait(timeout=60) == 0
+        os.close(leader)
+        text = b"".join(chunks).decode(errors="replace")
+        assert text.replace("\r\n", "\n") == "database is up to date\n"
