@@ -184,10 +184,8 @@ class Feeds:
         feed = self._feeds.get(task_id)
         if feed is None:
             feed = self._feeds[task_id] = _Feed()
-            feed.watchers.add(watcher)
             feed.reader = asyncio.create_task(self._read(task_id, feed))
-        else:
-            feed.watchers.add(watcher)
+        feed.watchers.add(watcher)  # before the reader's first step: it runs at the next await
         try:
             try:
                 await asyncio.wait_for(feed.ready.wait(), wait)

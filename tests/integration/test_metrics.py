@@ -75,6 +75,16 @@ async def scrape(settings: Settings) -> dict[tuple[str, tuple[tuple[str, str], .
     }
 
 
+async def ready_again_with(settings: Settings, sql: asyncpg.Connection, *, stored: int) -> None:
+    """Wait until /readyz says ready again and the table holds `stored` entries."""
+    await wait_for(lambda: get(settings, "/readyz"), lambda r: r[0] == 200, what="ready again")
+    await wait_for(
+        lambda: sql.fetchval("SELECT count(*) FROM task_build_history"),
+        lambda n: n == stored,
+        what=f"{stored} entries stored",
+    )
+
+
 def value(
     samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
 ) -> float:
@@ -235,14 +245,7 @@ class TestHealth:
                 assert time.monotonic() - frozen <= 15
                 assert "the broker did not answer" in body
                 proxy.thaw()
-                await wait_for(
-                    lambda: get(settings, "/readyz"), lambda r: r[0] == 200, what="ready again"
-                )
-                await wait_for(
-                    lambda: sql.fetchval("SELECT count(*) FROM task_build_history"),
-                    lambda n: n == 20,
-                    what="the events published meanwhile",
-                )
+                await ready_again_with(settings, sql, stored=20)
         await proxy.cut()
         changes = [line for line in logs if line["event"] in {"not ready", "ready again"}]
         assert [line["event"] for line in changes] == ["not ready", "ready again"]
@@ -293,14 +296,7 @@ class TestHealth:
                 )
                 await bus.publish(event(task, "after the drop"))
                 proxy.thaw()
-                await wait_for(
-                    lambda: get(settings, "/readyz"), lambda r: r[0] == 200, what="ready again"
-                )
-                await wait_for(
-                    lambda: sql.fetchval("SELECT count(*) FROM task_build_history"),
-                    lambda n: n == 1,
-                    what="the event published meanwhile",
-                )
+                await ready_again_with(settings, sql, stored=1)
         await proxy.cut()
 
     async def test_alive_but_not_ready_while_waiting_for_the_database(
