@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -31,6 +32,20 @@ LOCAL_AMQP = "amqp://guest:guest@localhost:5672/"
 TESTS = Path(__file__).resolve().parent
 # Each suite's folder is also its marker: `pytest -m unit` runs without any server.
 SUITES = ("unit", "integration", "clients", "reliability", "browser")
+
+
+def pytest_configure() -> None:
+    """Give the processes the tests start SIGINT and SIGTERM as a terminal's user has them.
+
+    A shell starts a job it puts in the background (`pytest &`, nohup, cron, a CI script) with
+    SIGINT ignored, and an ignored signal stays ignored across exec: every `task-history` the
+    tests start, and then signal, would ignore Ctrl-C. Handled here instead, both signals reach
+    those processes at their defaults, however pytest itself was started.
+    """
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

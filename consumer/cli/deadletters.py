@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
@@ -18,6 +17,7 @@ from consumer.cli.options import (
 )
 from consumer.cli.output import export_to, output_option, write_lines
 from consumer.cli.progress import progress_bar
+from consumer.cli.questions import can_ask, confirmed
 from consumer.deadletters import Census, exported, shown
 
 if TYPE_CHECKING:
@@ -205,7 +205,7 @@ def dlq_purge(  # noqa: PLR0913  # one parameter per flag
         raise click.UsageError("purge needs a filter (--error, --task, --since, --until) or --all")
     if everything and not selection.is_everything:
         raise click.UsageError("--all deletes every dead letter: give it no filter")
-    if not (yes or dry_run or _can_ask()):
+    if not (yes or dry_run or can_ask()):
         raise click.UsageError(
             "purge deletes dead letters: confirm with --yes (no terminal to ask)"
         )
@@ -214,7 +214,7 @@ def dlq_purge(  # noqa: PLR0913  # one parameter per flag
         extent = _on_store(ctx, lambda store: store.dead_letter_extent(selection))
         matching = extent.count if limit is None else min(limit, extent.count)
         # Asked here, outside the event loop: one Ctrl-C is an answer, not a stuck thread.
-        if matching and not _confirmed(f"Delete {matching} dead letters ({selection.describe()})?"):
+        if matching and not confirmed(f"Delete {matching} dead letters ({selection.describe()})?"):
             click.echo("purge cancelled: nothing deleted", err=True)
             ctx.exit(1)
         through = extent.last  # what was counted, not what arrives meanwhile
@@ -234,20 +234,6 @@ def dlq_purge(  # noqa: PLR0913  # one parameter per flag
         _print_sample("would delete", outcome.done)
     verb = "dry run: would delete" if dry_run else "deleted"
     click.echo(f"{verb} {outcome.done.count}; {outcome.left} dead letters left")
-
-
-def _can_ask() -> bool:
-    """Whether there is a terminal to ask on: stdin to read the answer, stderr for the question."""
-    return sys.stdin.isatty() and sys.stderr.isatty()
-
-
-def _confirmed(question: str) -> bool:
-    """Ask on the terminal; Ctrl-C or the end of input is a no."""
-    try:
-        return click.confirm(question, err=True)
-    except click.Abort:
-        click.echo(err=True)  # the prompt's line, ended
-        return False
 
 
 @dlq.command(name="export")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
@@ -18,11 +17,10 @@ from consumer.cli.options import MOST, cursor_option, filter_options, history_qu
 from consumer.cli.output import export_to, output_option, write_lines
 from consumer.entries import HistoryEntry
 from consumer.pages import Cursor, HistoryQuery, Page
-from consumer.signals import stop_on_signals
+from consumer.signals import run_until_stopped
 
 if TYPE_CHECKING:
     from consumer.settings import Settings
-    from consumer.store import Store
 
 
 def _filtered(query: HistoryQuery) -> bool:
@@ -218,15 +216,6 @@ def tail(ctx: click.Context, task_id: UUID, *, from_start: bool, as_json: bool) 
 
     waiting = _Waiting(f"waiting for entries of task {task_id} (Ctrl-C to stop)")
 
-    async def follow(store: Store) -> None:
-        entries = store.follow(task_id, from_start=from_start)
-        try:
-            async for entry in entries:
-                waiting.end()
-                click.echo(entry.model_dump_json() if as_json else line_of(entry))
-        finally:
-            await entries.aclose()
-
     async def run() -> None:
         async with Store(settings.database_url, max_connections=2) as store:
             await store.check_notifications()  # before saying it waits: nothing would wake it
@@ -234,13 +223,16 @@ def tail(ctx: click.Context, task_id: UUID, *, from_start: bool, as_json: bool) 
             if absent is not None:
                 click.echo(unknown_task_hint(task_id, absent, settings)[0], err=True)
             waiting.start()
-            following = asyncio.create_task(follow(store))
-            with stop_on_signals(lambda: _cancel(following)):
-                await asyncio.wait([following])
-            if not following.cancelled():
-                following.result()  # raises what ended it, if not a signal
+            entries = store.follow(task_id, from_start=from_start)
+            try:
+                async for entry in entries:
+                    waiting.end()
+                    click.echo(entry.model_dump_json() if as_json else line_of(entry))
+            finally:
+                await entries.aclose()
 
-    run_async(run)
+    # A signal at any moment, the waiting line shown or not, ends it: exit 0.
+    run_until_stopped(run)
 
 
 class _Waiting:
@@ -263,10 +255,6 @@ class _Waiting:
         if self._shown:
             click.echo("\r\x1b[K", err=True, nl=False)
             self._shown = False
-
-
-def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
 
 
 def _created(entry: HistoryEntry) -> str:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from consumer.cli.context import run_async, settings_from
+from consumer.cli.context import settings_from
+from consumer.signals import run_until_stopped
 
 
 @click.command()
@@ -31,4 +32,4 @@ def serve(ctx: click.Context, *, host: str | None, port: int | None) -> None:
     def announce(url: str) -> None:
         click.echo(f"serving on {url}")
 
-    run_async(lambda: run_server(settings, announce=announce))
+    run_until_stopped(lambda: run_server(settings, announce=announce))
