@@ -23,7 +23,8 @@ from consumer.store import Store
 from consumer.topology import Topology
 from tests.helpers import admin, run_sync, with_database
 from tests.outside import node_packages
-from tests.servers import BrokerTools, broker_tools_for
+from tests.rabbit_cluster import PrivateBroker
+from tests.rabbit_cluster import private_broker as start_private_broker
 
 DATABASE_ENV = "TASK_HISTORY_TEST_DATABASE_URL"
 LOCAL_DATABASE = "postgresql://postgres@localhost:5432/postgres"
@@ -196,9 +197,14 @@ def amqp_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def broker_tools(amqp_url: str) -> BrokerTools:
-    """The broker under test's rabbitmqctl, checked to control that broker (tests/servers.py)."""
-    return broker_tools_for(amqp_url)
+def private_broker() -> Iterator[PrivateBroker]:
+    """A RabbitMQ node of the suite's own, started once when a test first needs it.
+
+    For tests that restart a broker or import users into one: the servers the suite shares
+    with other programs are only ever used, never stopped or reconfigured.
+    """
+    with start_private_broker() as broker:
+        yield broker
 
 
 @pytest.fixture
