@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -64,6 +65,20 @@ class DeadLetter:
     body: bytes
     # Its row's number in the dead-letter table; None until stored.
     id: int | None = None
+
+    @property
+    def key(self) -> bytes:
+        """What identifies this message, however often it was delivered: a SHA-256.
+
+        Of its message_id, first routing key, replay count and body: two deliveries of one
+        message have the same key, whatever they failed of; a replayed copy has another.
+        """
+        digest = hashlib.sha256()
+        for part in (self.message_id or "", self.routing_key, str(self.replay_count)):
+            encoded = part.encode("utf-8", "surrogatepass")
+            digest.update(len(encoded).to_bytes(8, "big") + encoded)
+        digest.update(self.body)
+        return digest.digest()
 
     def summary(self) -> dict[str, Any]:
         """The fields `dlq list` shows, JSON-ready."""
@@ -346,7 +361,7 @@ def dead_letter_columns(letters: Sequence[DeadLetter]) -> tuple[list[Any], ...]:
     """The letters as the dead-letter table's columns, one list each, for one INSERT.
 
     Text loses any NUL character (PostgreSQL's text holds none), a task id that is not a UUID
-    is left out, and headers and properties become JSON text.
+    is left out, headers and properties become JSON text, and each gets its key.
     """
     return (
         [_text(letter.message_id) for letter in letters],
@@ -359,6 +374,7 @@ def dead_letter_columns(letters: Sequence[DeadLetter]) -> tuple[list[Any], ...]:
         [letter.body for letter in letters],
         [json.dumps(jsonable(letter.properties)) for letter in letters],
         [json.dumps(jsonable(letter.headers)) for letter in letters],
+        [letter.key for letter in letters],
     )
 
 
