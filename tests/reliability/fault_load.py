@@ -22,7 +22,8 @@ from datetime import UTC, datetime
 
 import aio_pika
 import asyncpg
-from aio_pika.abc import AbstractExchange
+from aio_pika.abc import AbstractConnection, AbstractExchange
+from aio_pika.connection import make_url
 
 from consumer.entries import ContextType
 from tests.reliability.exactly_once import Sent
@@ -112,13 +113,12 @@ class Load:
         self._exchange = exchange
         self._mix = mix
         self.sent: list[Sent] = []
-        self.reconnects = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Publish until `stop` is set; a lost connection is opened again, messages not redone."""
         while not stop.is_set():
             try:
-                connection = await aio_pika.connect(self._url, timeout=5)
+                connection = await connect(self._url)
             except Exception:  # noqa: BLE001  # the broker is down or restarting: try again
                 await asyncio.sleep(0.5)
                 continue
@@ -131,7 +131,6 @@ class Load:
             finally:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(connection.close(), 5)
-            self.reconnects += not stop.is_set()
 
     async def _publish(self, exchange: AbstractExchange, stop: asyncio.Event) -> None:
         """Publish a tick's messages at a time, confirms overlapping; return when one fails."""
@@ -149,6 +148,22 @@ class Load:
                 return
             due = max(due + TICK, time.monotonic() - 1)  # behind by a second at most
             await asyncio.sleep(max(0.0, due - time.monotonic()))
+
+
+async def connect(url: str) -> AbstractConnection:
+    """A connection to the broker at `url`, or the error; a failed one is closed here.
+
+    aio_pika.connect leaves a connection that failed to the garbage collector, whose clean-up
+    needs a running event loop: collected in another thread, it warns of a coroutine never
+    awaited.
+    """
+    connection = aio_pika.Connection(make_url(url))
+    try:
+        await connection.connect(timeout=5)
+    except BaseException:
+        await connection.close()
+        raise
+    return connection
 
 
 async def _confirmed(exchange: AbstractExchange, message: Outgoing) -> float:

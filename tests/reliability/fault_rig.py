@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import aio_pika
 import aiohttp
 import asyncpg
 
@@ -39,7 +38,7 @@ from tests.pg_replicas import (
 )
 from tests.rabbit_cluster import PrivateBroker
 from tests.reliability import exactly_once
-from tests.reliability.fault_load import Load, create_tasks
+from tests.reliability.fault_load import Load, connect, create_tasks
 
 CONSUMERS = 2
 READY_TIMEOUT = 90.0  # seconds for a consumer to report ready at start
@@ -62,9 +61,6 @@ class Consumer:
     # Exits nobody asked for; what SIGTERM ended with once the consumer had started up.
     crashes: list[str] = field(default_factory=list)
     term_codes: list[int] = field(default_factory=list)
-    # SIGTERMs that came before the consumer logged its first line: the interpreter was still
-    # loading, with no handler yet, and the signal's default action ended it (nothing in hand).
-    terms_while_loading: int = 0
     readiness: list[tuple[float, bool]] = field(default_factory=list)
     _log_size: int = 0
 
@@ -91,9 +87,9 @@ class Consumer:
         loading = self._logged() == self._log_size
         self.process.signal(signal.SIGTERM)
         code = await self.process.exit_code(timeout=TERM_TIMEOUT)
-        if loading and code == -signal.SIGTERM:
-            self.terms_while_loading += 1
-        else:
+        # Before its first log line the interpreter is still loading, with no handler yet:
+        # the signal's default action ends it, with nothing in hand. Not the contract's case.
+        if not (loading and code == -signal.SIGTERM):
             self.term_codes.append(code)
         return code
 
@@ -127,11 +123,6 @@ class Consumer:
         except (TimeoutError, aiohttp.ClientError):
             return False
 
-    def heal(self) -> None:
-        """Make sure it runs and is not frozen (after an interrupted schedule)."""
-        if self.process.process is not None and self.process.process.poll() is None:
-            self.thaw()
-
 
 @dataclass
 class Rig:
@@ -143,7 +134,6 @@ class Rig:
     topology: Topology
     consumers: list[Consumer]
     load: Load
-    failovers: int = 0
 
     # -- server faults ----------------------------------------------------------------------
 
@@ -167,7 +157,6 @@ class Rig:
         await new.promote()
         await set_synchronous(new, synchronous=False)
         self.primary, self.standby = new, old
-        self.failovers += 1
         await rebuild_standby(old, primary=new)
         await until_streaming(new, sync_state="async")
         await set_synchronous(new, synchronous=True)
@@ -190,13 +179,16 @@ class Rig:
             while not stop.is_set():
                 for consumer in self.consumers:
                     consumer.restart_if_exited()
-                    consumer.readiness.append((time.time(), await consumer.ready(session)))
+                moment = time.time()
+                answers = await asyncio.gather(*(c.ready(session) for c in self.consumers))
+                for consumer, ready in zip(self.consumers, answers, strict=True):
+                    consumer.readiness.append((moment, ready))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), SAMPLE_EVERY)
 
     async def depth(self) -> int:
         """Messages ready in the events, retry and dead-letter queues, all told."""
-        connection = await aio_pika.connect(self.broker.url)
+        connection = await connect(self.broker.url)
         try:
             channel = await connection.channel()
             total = 0
@@ -344,8 +336,7 @@ async def fault_rig(broker: PrivateBroker, folder: Path, *, seed: int) -> AsyncI
                 yield Rig(pair.primary, pair.standby, broker, topology, consumers, load)
             finally:  # before the servers stop
                 for consumer in consumers:
-                    consumer.heal()
-                    consumer.process.kill()
+                    consumer.process.kill()  # SIGKILL ends a frozen process too
     finally:
         for consumer in consumers:
             for link in (*consumer.broker_links, *consumer.database_links):

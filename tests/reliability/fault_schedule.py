@@ -93,7 +93,7 @@ class Fault:
 
     def __str__(self) -> str:
         """One line of the printed schedule."""
-        return f"{self.start:7.1f} s  {self.kind:<18} {self.duration:5.1f} s  {self.target}"
+        return f"{self.start:7.1f} s  {self.kind:<18} {self.duration:5.1f} s  {self.target:<28}"
 
 
 @dataclass(frozen=True)
@@ -133,9 +133,22 @@ def plan(number: int, seconds: float) -> list[Fault]:
     return faults
 
 
+HEADING = f"{'planned':>9}  {'fault':<18} {'for':>7}  {'on':<28}"
+
+
 def describe(faults: Sequence[Fault]) -> str:
     """The schedule, one fault a line."""
-    return "\n".join(str(fault) for fault in faults)
+    return "\n".join([HEADING, *(str(fault) for fault in faults)])
+
+
+def describe_run(inflicted: Sequence[Inflicted], *, origin: float) -> str:
+    """The schedule as it ran: each fault beside when it really started (from `origin`)."""
+    lines = [f"{HEADING} | {'ran at':>8} {'for':>7}"]
+    lines += [
+        f"{one.fault} | {one.started - origin:6.1f} s {one.ended - one.started:5.1f} s {one.note}"
+        for one in inflicted
+    ]
+    return "\n".join(lines)
 
 
 def by_kind(faults: Sequence[Fault]) -> str:

@@ -20,10 +20,10 @@ from tests.rabbit_cluster import PrivateBroker
 from tests.reliability import exactly_once as oracle
 from tests.reliability.conftest import Figures
 from tests.reliability.fault_rig import Rig, fault_rig
-from tests.reliability.fault_schedule import Inflicted, by_kind, inflict, plan
+from tests.reliability.fault_schedule import Inflicted, by_kind, describe_run, inflict, plan
 
 MINUTES = float(os.environ.get("TASK_HISTORY_FAULT_MINUTES", "1.25"))
-NUMBER = int(os.environ.get("TASK_HISTORY_FAULT_SEED", "27"))
+NUMBER = int(os.environ.get("TASK_HISTORY_FAULT_SEED", "3"))
 DRAIN_TIMEOUT = 240.0  # seconds for the backlog of the faults to be written once they end
 SHORTEST_STALL = 0.5  # seconds; shorter gaps between writes are the normal pace
 
@@ -103,6 +103,7 @@ class TestFaultSchedule:
             publishing, watching = asyncio.Event(), asyncio.Event()
             load = asyncio.create_task(rig.load.run(publishing))
             watch = asyncio.create_task(rig.watch(watching))
+            origin = time.time()
             try:
                 inflicted = await inflict(faults, rig)
             finally:
@@ -124,9 +125,7 @@ class TestFaultSchedule:
         stalls = longest_stall(rig.load.sent, writes, windows, end=end)
         longest_wait = oracle.longest_wait(rig.load.sent, writes)
         line = summary(inflicted, verdict, stalls, longest_not_ready(rig, windows), longest_wait)
-        ran = "\n".join(
-            f"{one.fault}  ran {one.ended - one.started:5.1f} s {one.note}" for one in inflicted
-        )
+        ran = describe_run(inflicted, origin=origin)
         request.node.user_properties += [("summary", line), ("schedule", ran)]
         figures.faults, figures.events = len(inflicted), verdict.confirmed
         figures.lost, figures.duplicated = len(verdict.lost), verdict.duplicated
