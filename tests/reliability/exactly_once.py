@@ -428,3 +428,72 @@ def figures_by_kind(longest: Mapping[str, float]) -> str:
     """`kind 1.2 s, ...`, longest first."""
     ranked = sorted(longest.items(), key=lambda item: -item[1])
     return ", ".join(f"{kind} {seconds:.1f} s" for kind, seconds in ranked) or "none"
+
+
+# Gaps between writes shorter than this are the normal pace, not stalls.
+SHORTEST_STALL = 0.5
+# How far a stall or a not-ready span may trail the fault behind it: a stall begins at the last
+# write before the fault; /readyz changes at the consumer's next check (every 2 s), sampled
+# every 0.5 s.
+STALL_AFTER = 1.0
+NOT_READY_BEFORE = 3.0
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How long things waited, by the kind of fault behind them."""
+
+    stalls: dict[str, float]
+    not_ready: dict[str, float]
+    longest_wait: float
+
+    @property
+    def longest_stall(self) -> float:
+        """The longest stall of the run."""
+        return max(self.stalls.values(), default=0.0)
+
+
+def timing(
+    sent: Sequence[Sent],
+    writes: Sequence[Write],
+    windows: Sequence[Window],
+    readiness: Mapping[int, Sequence[tuple[float, bool]]],
+    *,
+    end: float,
+) -> Timing:
+    """Stalls from the first fault to `end`, and not-ready spans, by the faults behind them.
+
+    `readiness` holds each consumer's /readyz samples by its index; its spans are put down to
+    the faults that consumer saw: its own, its links', the servers'.
+    """
+    stalled = [
+        (start, stop)
+        for start, stop in stalls(sent, writes, begin=windows[0].started, end=end)
+        if stop - start >= SHORTEST_STALL
+    ]
+    unready: dict[str, float] = {}
+    for index, samples in readiness.items():
+        seen = [w for w in windows if w.consumer in {None, index}]
+        spans = not_ready(samples)
+        for kind, seconds in longest_by_kind(spans, seen, before=NOT_READY_BEFORE).items():
+            unready[kind] = max(unready.get(kind, 0.0), seconds)
+    return Timing(
+        stalls=longest_by_kind(stalled, windows, after=STALL_AFTER),
+        not_ready=unready,
+        longest_wait=longest_wait(sent, writes),
+    )
+
+
+def summary(verdict: Verdict, waited: Timing) -> str:
+    """What became of the messages and how long they waited, in one paragraph."""
+    return (
+        f"{verdict.confirmed} events ({verdict.invalid} invalid; {verdict.unconfirmed} more not"
+        f" confirmed, {verdict.unconfirmed_stored} of them written), lost {len(verdict.lost)},"
+        f" duplicated {verdict.duplicated} (rows {len(verdict.duplicate_rows)}, re-inserted"
+        f" after trim {len(verdict.reinserted_after_trim)}, dead letters"
+        f" {len(verdict.duplicate_dead_letters)}), wrongly dead-lettered"
+        f" {len(verdict.wrongly_dead_lettered)}; longest stall by kind:"
+        f" {figures_by_kind(waited.stalls)}; longest not ready by kind:"
+        f" {figures_by_kind(waited.not_ready)}; longest wait of one event"
+        f" {waited.longest_wait:.1f} s"
+    )
