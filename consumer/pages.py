@@ -92,3 +92,58 @@ class Page:
 
     entries: list[HistoryEntry]
     next: Cursor | None
+
+
+# Rows asked of the database at first, before any size is known, and at most at once.
+_FIRST_FETCH = 16
+_LARGEST_FETCH = 500
+
+
+@dataclass(slots=True)
+class PageFill:
+    """A page filled from JSON-encoded entries up to its `limit` and its byte budget.
+
+    A page stops at `limit` entries or once one more would take it past `max_bytes` (it always
+    holds at least one entry): `next` is then the cursor after its last entry. The rows asked
+    of the database at a time follow the sizes seen so far, so what is read beyond the page is
+    about one entry, not a page: memory is bounded by bytes, not by the count of entries.
+    """
+
+    limit: int
+    max_bytes: int
+    newest_first: bool = False
+    parts: list[bytes] = field(default_factory=list)
+    size: int = 0
+    next: Cursor | None = None
+    full: bool = False
+    cut_by_bytes: bool = False
+    _last: Cursor | None = None
+
+    def to_fetch(self) -> int:
+        """How many rows to ask for next: enough for the budget left, and one to see more."""
+        wanted = self.limit + 1 - len(self.parts)
+        if not self.parts:
+            return min(wanted, _FIRST_FETCH)
+        average = max(1, self.size // len(self.parts))
+        fits = max(1, (self.max_bytes - self.size) // average + 1)
+        return max(1, min(wanted, fits, _LARGEST_FETCH))
+
+    def offer(self, encoded: bytes, *, created_at: datetime, seq: int) -> bool:
+        """Add one entry's JSON; False (and the page is full) if it belongs to the next page."""
+        if self.full:
+            return False
+        over_budget = bool(self.parts) and self.size + len(encoded) > self.max_bytes
+        if len(self.parts) >= self.limit or over_budget:
+            self.full = True
+            self.cut_by_bytes = over_budget and len(self.parts) < self.limit
+            self.next = self._last
+            return False
+        self.parts.append(encoded)
+        self.size += len(encoded)
+        self._last = Cursor(created_at, seq, newest_first=self.newest_first)
+        return True
+
+    def body(self) -> bytes:
+        """The page as the API answers it: `{"entries": [...], "next": CURSOR or null}`."""
+        following = b"null" if self.next is None else b'"' + self.next.encode().encode() + b'"'
+        return b'{"entries":[' + b",".join(self.parts) + b'],"next":' + following + b"}"

@@ -28,7 +28,7 @@ from consumer.deadletters import ERROR_CODES, Selection, shown
 from consumer.entries import ContextType, HistoryEntry
 from consumer.errors import InvalidCursorError, StoreError
 from consumer.moments import parse_moment
-from consumer.pages import Cursor, HistoryQuery
+from consumer.pages import Cursor, HistoryQuery, PageFill
 
 log = structlog.get_logger()
 router = APIRouter()
@@ -124,9 +124,35 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 async def _page(request: Request, query: HistoryQuery) -> Response:
-    page = await application.state_of(request).connected_store().find_page(query)
-    body = HistoryPage(entries=page.entries, next=None if page.next is None else page.next.encode())
-    return Response(body.model_dump_json(), media_type=JSON)
+    """A page as JSON, stopped at `limit` entries or at the byte budget, whichever comes first.
+
+    Each entry is encoded as it is read, and rows are read a few at a time, so a page of
+    large entries costs its budget in memory, not `limit` times the largest entry.
+    """
+    state = application.state_of(request)
+    store = state.connected_store()
+    fill = PageFill(
+        limit=query.limit or DEFAULT_LIMIT,
+        max_bytes=state.settings.api_page_max_bytes,
+        newest_first=query.newest_first,
+    )
+    async with store.page_reader(query) as fetch:
+        while not fill.full:
+            asked = fill.to_fetch()
+            rows = await fetch(asked)
+            for entry, seq in rows:
+                if not fill.offer(_encoded(entry), created_at=entry.created_at, seq=seq):
+                    break
+            if len(rows) < asked:
+                break
+    if fill.cut_by_bytes:
+        state.metrics.page_cut.inc()
+    return Response(fill.body(), media_type=JSON)
+
+
+def _encoded(entry: HistoryEntry) -> bytes:
+    """An entry as the JSON of `show --json`, in UTF-8."""
+    return HistoryEntry.__pydantic_serializer__.to_json(entry)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -261,6 +287,8 @@ async def task_stream(
     # Watching starts before the response does: whatever is stored once the client has the
     # response's headers reaches it.
     watcher = await stack.enter_async_context(state.feeds.watch(task_id))
+    state.metrics.streams.inc()
+    stack.callback(state.metrics.streams.dec)
     # A feed shared with other watchers may still hand out entries the client had before it
     # reconnected: those up to the resume cursor are not sent again.
     resumed_at = -1 if resume is None else resume.seq
@@ -281,6 +309,10 @@ async def task_stream(
                     yield ": keep-alive\n\n"
                 elif arrival[0].id not in sent and arrival[1].seq > resumed_at:
                     yield _event(arrival)
+            if watcher.reason is not None:
+                # A comment: readers (EventSource, the page) ignore it; a person sees why.
+                state.metrics.streams_dropped.inc()
+                yield f": dropped: {watcher.reason}\n\n"
         except StoreError as exc:
             # The headers are sent: the stream just ends, and the client reconnects.
             log.warning("stream ended", task_id=str(task_id), error=str(exc))

@@ -19,6 +19,9 @@ from consumer.store import queries
 from consumer.store.pool import StoreBase, translated
 from consumer.store.queries import read_arguments, read_sql
 
+# What page_reader yields: the next n entries of the page, with their arrival numbers.
+PageRows = Callable[[int], Awaitable[list[tuple[HistoryEntry, int]]]]
+
 
 def _entry_and_seq(record: asyncpg.Record) -> tuple[HistoryEntry, int]:
     values = dict(record.items())
@@ -66,6 +69,26 @@ class ReadStore(StoreBase):
             last, seq = rows[-1]
             following = Cursor(last.created_at, seq, newest_first=query.newest_first)
         return Page(entries=[entry for entry, _ in rows], next=following)
+
+    @asynccontextmanager
+    async def page_reader(self, query: HistoryQuery) -> AsyncIterator[PageRows]:
+        """A page's entries (and the one after it), read as many rows at a time as asked.
+
+        Yields `fetch(n)`: the next n entries with their arrival numbers, fewer at the end.
+        A caller that stops early (a byte budget) has read only what it asked for.
+        """
+        limit = None if query.limit is None else query.limit + 1
+        async with (
+            self._connection() as connection,
+            connection.transaction(readonly=True),
+        ):
+            cursor = await connection.cursor(read_sql(query), *read_arguments(query, limit=limit))
+
+            async def fetch(count: int) -> list[tuple[HistoryEntry, int]]:
+                with translated():
+                    return [_entry_and_seq(record) for record in await cursor.fetch(count)]
+
+            yield fetch
 
     async def stream(
         self, query: HistoryQuery, *, prefetch: int = 1000

@@ -79,9 +79,11 @@ class TestApiSettings:
         assert settings.api_token is None
         assert settings.cors_origins == ()
 
-    def test_an_empty_token_is_no_token_and_a_token_is_kept_secret(self) -> None:
-        """TASK_HISTORY_API_TOKEN= means unset; a token never shows in the settings' repr."""
-        assert load_settings(api_token="").api_token is None
+    def test_an_empty_token_is_an_error_and_a_token_is_kept_secret(self) -> None:
+        """TASK_HISTORY_API_TOKEN= is refused (it would serve everyone); a token stays secret."""
+        with pytest.raises(ConfigurationError, match="TASK_HISTORY_API_TOKEN: is empty"):
+            load_settings(api_token="")
+        assert load_settings().api_token is None
         settings = load_settings(api_token=TOKEN)
         assert settings.api_token is not None
         assert settings.api_token.get_secret_value() == TOKEN
