@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 from uuid import UUID
@@ -64,16 +64,18 @@ class Watcher:
         # Why the stream ended, when it was not the client's doing nor the server's stopping.
         self.reason: str | None = None
 
-    def offer(self, arrival: Arrival, *, size: int) -> None:
-        """Queue an entry of about `size` bytes; end the watcher if its client is too far behind.
+    def offer(self, arrivals: Sequence[tuple[Arrival, int]]) -> None:
+        """Queue one read's entries (with their sizes in bytes); end the watcher if it is behind.
 
-        A client that does not read as fast as entries come holds them in memory: past the
-        limits it is dropped, the entries it has not taken are let go, and it is told why (it
-        resumes with Last-Event-ID and loses nothing).
+        Behind means still holding more than the limits from earlier reads when a new one
+        comes: a client that does not read as fast as entries come keeps them in memory. It is
+        dropped, the entries it has not taken are let go, and it is told why (it resumes with
+        Last-Event-ID and loses nothing). One read's entries are queued whole, however large:
+        they are shared by every watcher of the task, and a reader keeping up takes them all.
         """
-        if self.ended:
+        if self.ended or not arrivals:
             return
-        if self._queue.qsize() >= self._limit or self._waiting_bytes + size > self._limit_bytes:
+        if self._queue.qsize() > self._limit or self._waiting_bytes > self._limit_bytes:
             log.warning(
                 "stream reader too slow, dropping it",
                 waiting=self._queue.qsize(),
@@ -84,9 +86,10 @@ class Watcher:
                 f" {self._limit_bytes} bytes; reconnect with Last-Event-ID to resume"
             )
             return
-        self._queue.put_nowait(arrival)
-        self._waiting_bytes += size
-        self._sizes[arrival[0].id] = size
+        for arrival, size in arrivals:
+            self._queue.put_nowait(arrival)
+            self._waiting_bytes += size
+            self._sizes[arrival[0].id] = size
 
     def end(self, *, reason: str | None = None) -> None:
         """End the stream at once, entries still queued or not: its client resumes from its last.
@@ -126,7 +129,7 @@ class _Feed:
 class Feeds:
     """Every live stream of the process, fed from one LISTEN connection."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913  # keyword-only limits and a hook
         self,
         source: ArrivalSource,
         *,
@@ -134,17 +137,19 @@ class Feeds:
         backlog_bytes: int = 4 * 1024 * 1024,
         retry_max_seconds: float = 30,
         ping_every: float = 15,
+        on_dropped: Callable[[], None] = lambda: None,
     ) -> None:
         """Feeds reading from `source`; a watcher ends when its client falls behind.
 
         Behind means more than `backlog_limit` entries or `backlog_bytes` waiting. The
         listening connection is pinged every `ping_every` s, and lost unless it answers within
-        as long.
+        as long. `on_dropped` is called for each watcher ended that way.
         """
         self._source = source
         self._ping_every = ping_every
         self._backlog_limit = backlog_limit
         self._backlog_bytes = backlog_bytes
+        self._on_dropped = on_dropped
         self._retry_max = retry_max_seconds
         self._feeds: dict[UUID, _Feed] = {}
         self._listening = asyncio.Event()
@@ -265,9 +270,11 @@ class Feeds:
                 first = False
                 feed.ready.set()
             else:
-                sizes = [size_of(entry) for entry, _ in fresh]  # once, for every watcher
+                sized = [(arrival, size_of(arrival[0])) for arrival in fresh]  # once for all
                 for watcher in list(feed.watchers):
-                    for arrival, size in zip(fresh, sizes, strict=True):
-                        watcher.offer(arrival, size=size)
+                    ended = watcher.ended
+                    watcher.offer(sized)
+                    if watcher.ended and not ended:
+                        self._on_dropped()
             await feed.woken.wait()
             feed.woken.clear()

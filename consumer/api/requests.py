@@ -14,7 +14,6 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
-from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = structlog.get_logger("access")
@@ -63,14 +62,13 @@ class ApiMetrics:
 def route_of(scope: Scope) -> str:
     """The route template a request matched (`/tasks/{task_id}/history`), else `other`.
 
-    Templates, not paths: a label per task id would grow without bound.
+    Templates, not paths: a label per task id would grow without bound. The router leaves
+    the route it matched in the request's scope.
     """
-    app = scope.get("app")
-    for route in getattr(getattr(app, "router", None), "routes", ()):
-        if isinstance(route, Route):
-            match, _ = route.matches(scope)
-            if match is Match.FULL:
-                return route.path
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if isinstance(path, str):
+        return path
     return "/static" if scope["path"].startswith("/static/") else "other"
 
 

@@ -311,7 +311,6 @@ async def task_stream(
                     yield _event(arrival)
             if watcher.reason is not None:
                 # A comment: readers (EventSource, the page) ignore it; a person sees why.
-                state.metrics.streams_dropped.inc()
                 yield f": dropped: {watcher.reason}\n\n"
         except StoreError as exc:
             # The headers are sent: the stream just ends, and the client reconnects.

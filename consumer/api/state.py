@@ -30,14 +30,15 @@ class ApiState:
             command_timeout=settings.database_timeout_seconds,
             read_only=True,
         )
+        self.metrics = ApiMetrics()
         self.feeds = Feeds(
             self.store,
             retry_max_seconds=settings.retry_backoff_max_seconds,
             ping_every=settings.api_keepalive_seconds,
             backlog_bytes=settings.api_stream_queue_bytes,
+            on_dropped=self.metrics.streams_dropped.inc,
         )
         self.connected = asyncio.Event()
-        self.metrics = ApiMetrics()
 
     async def open_first(self, *, within: float) -> None:
         """Try to open the store once: an outage is left to `connect()`; any other error raises.

@@ -169,10 +169,10 @@ class TestTrouble:
     async def test_a_slow_watcher_is_ended_not_the_others(
         self, feeds: Feeds, source: FakeSource
     ) -> None:
-        """Past 5 entries waiting, a watcher ends (its client resumes); a reading one goes on."""
+        """With over 5 entries waiting when more come, a watcher ends; a reading one goes on."""
         task = uuid.uuid4()
         async with feeds.watch(task) as slow, feeds.watch(task) as quick:
-            for n in range(6):
+            for n in range(7):
                 source.store(task, f"entry {n}")
                 assert await contents(quick, 1) == [f"entry {n}"]
             assert slow.ended
