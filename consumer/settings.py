@@ -97,7 +97,8 @@ class Settings(BaseSettings):
     # most this many connections are served at once (more are answered 503).
     api_header_timeout_seconds: float = Field(default=10, gt=0, le=3600)
     api_connection_limit: int = Field(default=1000, ge=1, le=100_000)
-    # A page stops once its entries reach this many bytes of JSON (at least one entry).
+    # A page stops once its entries' content and metadata would pass this many bytes (at least
+    # one entry); the database applies it.
     api_page_max_bytes: int = Field(default=4 * 1024 * 1024, ge=65_536, le=256 * 1024 * 1024)
     # A live stream whose reader has more than this many bytes of entries waiting is dropped.
     api_stream_queue_bytes: int = Field(default=4 * 1024 * 1024, ge=65_536, le=256 * 1024 * 1024)

@@ -28,7 +28,7 @@ from consumer.deadletters import ERROR_CODES, Selection, shown
 from consumer.entries import ContextType, HistoryEntry
 from consumer.errors import InvalidCursorError, StoreError
 from consumer.moments import parse_moment
-from consumer.pages import Cursor, HistoryQuery, PageFill
+from consumer.pages import Cursor, HistoryQuery
 
 log = structlog.get_logger()
 router = APIRouter()
@@ -126,33 +126,17 @@ async def readyz(request: Request) -> JSONResponse:
 async def _page(request: Request, query: HistoryQuery) -> Response:
     """A page as JSON, stopped at `limit` entries or at the byte budget, whichever comes first.
 
-    Each entry is encoded as it is read, and rows are read a few at a time, so a page of
-    large entries costs its budget in memory, not `limit` times the largest entry.
+    The budget is applied by the database: a page of large entries costs about its budget in
+    memory, not `limit` times the largest entry.
     """
     state = application.state_of(request)
-    store = state.connected_store()
-    fill = PageFill(
-        limit=query.limit or DEFAULT_LIMIT,
-        max_bytes=state.settings.api_page_max_bytes,
-        newest_first=query.newest_first,
+    page = await state.connected_store().find_page(
+        query, max_bytes=state.settings.api_page_max_bytes
     )
-    async with store.page_reader(query) as fetch:
-        while not fill.full:
-            asked = fill.to_fetch()
-            rows = await fetch(asked)
-            for entry, seq in rows:
-                if not fill.offer(_encoded(entry), created_at=entry.created_at, seq=seq):
-                    break
-            if len(rows) < asked:
-                break
-    if fill.cut_by_bytes:
+    if page.cut:
         state.metrics.page_cut.inc()
-    return Response(fill.body(), media_type=JSON)
-
-
-def _encoded(entry: HistoryEntry) -> bytes:
-    """An entry as the JSON of `show --json`, in UTF-8."""
-    return HistoryEntry.__pydantic_serializer__.to_json(entry)
+    body = HistoryPage(entries=page.entries, next=None if page.next is None else page.next.encode())
+    return Response(body.model_dump_json(), media_type=JSON)
 
 
 @dataclass(frozen=True, kw_only=True)
