@@ -312,24 +312,26 @@ class TestBoundedByBytes:
         task = await new_task(sql)
         await add_large_entries(sql, task, 30, characters=20_000)
         budget = 65_536
-        seen: list[str] = []
-        sizes: list[int] = []
         async with serving(api_settings(database_url, api_page_max_bytes=budget)) as url:
-            after: str | None = None
-            while True:
-                params = {"limit": "1000"} | ({"after": after} if after else {})
-                async with http.get(f"{url}/tasks/{task}/history", params=params) as response:
-                    assert response.status == 200
-                    raw = await response.read()
-                page = json.loads(raw)
-                sizes.append(len(raw))
-                seen.extend(entry["content"].split()[0] for entry in page["entries"])
-                after = page["next"]
-                if after is None:
-                    break
-        assert seen == [str(n) for n in range(1, 31)]
-        assert max(sizes) <= budget + 1000
-        assert len(sizes) == 10
+            for newest_first, expected in (("false", range(1, 31)), ("true", range(30, 0, -1))):
+                seen: list[str] = []
+                sizes: list[int] = []
+                after: str | None = None
+                while True:
+                    params = {"limit": "1000", "newest_first": newest_first}
+                    params |= {"after": after} if after else {}
+                    async with http.get(f"{url}/tasks/{task}/history", params=params) as response:
+                        assert response.status == 200
+                        raw = await response.read()
+                    page = json.loads(raw)
+                    sizes.append(len(raw))
+                    seen.extend(entry["content"].split()[0] for entry in page["entries"])
+                    after = page["next"]
+                    if after is None:
+                        break
+                assert seen == [str(n) for n in expected]
+                assert max(sizes) <= budget
+                assert len(sizes) == 10
 
     async def test_maximum_entries_fill_a_default_page_to_4_mib(
         self, database_url: str, http: aiohttp.ClientSession, sql: asyncpg.Connection
