@@ -19,6 +19,7 @@ from consumer.cli.output import export_to, output_option, write_lines
 from consumer.cli.progress import progress_bar
 from consumer.cli.questions import can_ask, confirmed
 from consumer.deadletters import Census, exported, shown
+from consumer.inert import inert, inert_json
 
 if TYPE_CHECKING:
     from consumer.deadletters import DeadLetter, Selection
@@ -67,27 +68,29 @@ def dlq_list(ctx: click.Context, *, selection: Selection, as_json: bool, sample:
 
     found = _on_store(ctx, lambda store: replay.census(store, selection, sample_size=sample))
     if as_json:
-        click.echo(json.dumps(found.to_json(), ensure_ascii=False))
+        click.echo(inert_json(json.dumps(found.to_json(), ensure_ascii=False)))
         return
     _print_census(found, selection)
 
 
 def _print_census(found: Census, selection: Selection) -> None:
     # Plain lines rather than a table: ids stay whole on a terminal, in a pipe and in a log.
+    # Codes, ids, routing keys and details come from messages: inert (consumer.inert).
     which = "" if selection.is_everything else f" ({selection.describe()})"
     click.echo(f"{found.total} dead letters{which} in {TABLE}")
     for group in found.groups:
-        click.echo(f"\n{group.count:>9}  {group.error}")
+        click.echo(f"\n{group.count:>9}  {inert(group.error)}")
         for task, count in group.tasks:
-            click.echo(f"{count:>19}  task {task or '-'}")
+            click.echo(f"{count:>19}  task {inert(task or '-')}")
     if found.newest:
         click.echo(f"\nnewest {len(found.newest)}, newest first:")
     for letter in found.newest:
         failed_at = letter.failed_at.isoformat(timespec="seconds") if letter.failed_at else "-"
         click.echo(
-            f"\n  #{letter.id}  {letter.code}  failed {failed_at}  replayed {letter.replay_count}"
-            f"\n    message {letter.message_id or '-'}  task {letter.task_id or '-'}"
-            f"  routing key {letter.routing_key or '-'}\n    {letter.detail}"
+            f"\n  #{letter.id}  {inert(letter.code)}  failed {failed_at}"
+            f"  replayed {letter.replay_count}"
+            f"\n    message {inert(letter.message_id or '-')}  task {inert(letter.task_id or '-')}"
+            f"  routing key {inert(letter.routing_key or '-')}\n    {inert(letter.detail)}"
         )
 
 
@@ -103,7 +106,7 @@ def dlq_show(ctx: click.Context, key: str) -> None:
     from consumer import replay  # noqa: PLC0415  # loads aio-pika: at run time only
 
     letter = _on_store(ctx, lambda store: replay.find(store, key))
-    click.echo(json.dumps(shown(letter), indent=2, ensure_ascii=False))
+    click.echo(inert_json(json.dumps(shown(letter), indent=2, ensure_ascii=False)))
 
 
 @dlq.command(name="replay")
@@ -168,7 +171,7 @@ def dlq_replay(
         )
     _more(outcome.at_max_replays, "at --max-replays")
     for letter, reason in outcome.unroutable.sample:
-        click.echo(f"left #{letter.id}: {reason}")
+        click.echo(f"left #{letter.id}: {inert(reason)}")
     _more(outcome.unroutable, "unroutable")
     click.echo(
         f"{'dry run: would move' if dry_run else 'moved'} {outcome.done.count}, skipped"
@@ -275,7 +278,7 @@ def _more(tally: Tally[Any], what: str) -> None:
 
 def _line(letter: DeadLetter) -> str:
     """One dead letter on one line."""
-    return (
+    return inert(
         f"#{letter.id} {letter.message_id or '-'} task {letter.task_id or '-'} {letter.code}"
         f" {letter.routing_key}: {letter.detail}"
     )

@@ -10,12 +10,14 @@ from uuid import UUID
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from consumer.cli.context import Command, run_async, settings_from
 from consumer.cli.hints import Absence, absence_of, unknown_task_hint
 from consumer.cli.options import MOST, cursor_option, filter_options, history_query
 from consumer.cli.output import export_to, output_option, write_lines
 from consumer.entries import HistoryEntry
+from consumer.inert import inert, inert_json
 from consumer.pages import Cursor, HistoryQuery, Page
 from consumer.signals import run_until_stopped
 
@@ -117,7 +119,7 @@ def _print_nothing(
 
 
 def _print_json(entries: Sequence[HistoryEntry], *, array: bool) -> None:
-    lines = [entry.model_dump_json() for entry in entries]
+    lines = [inert_json(entry.model_dump_json()) for entry in entries]
     if array:
         click.echo("[" + ",\n".join(lines) + "]")
     else:
@@ -143,13 +145,18 @@ def _print_table(subject: str, entries: Sequence[HistoryEntry], *, newest_first:
     console = Console(soft_wrap=False)
     order = "newest first" if newest_first else "oldest first"
     count = f"{len(entries)} {'entry' if len(entries) == 1 else 'entries'}"
-    console.print(f"{subject}: {count}, {order}", highlight=False)
+    # Text, never markup: `[link=...]` or `[/bold]` in data is shown as it is.
+    console.print(Text(inert(f"{subject}: {count}, {order}")))
     table = Table()
     table.add_column("created at (UTC)", no_wrap=True)
     table.add_column("type", no_wrap=True)
     table.add_column("content", overflow="fold")
     for entry in entries:
-        table.add_row(_created(entry), entry.context_type.value, entry.content)
+        table.add_row(
+            Text(_created(entry)),
+            Text(entry.context_type.value),
+            Text(inert(entry.content, multiline=True)),
+        )
     console.print(table)
 
 
@@ -227,7 +234,7 @@ def tail(ctx: click.Context, task_id: UUID, *, from_start: bool, as_json: bool) 
             try:
                 async for entry in entries:
                     waiting.end()
-                    click.echo(entry.model_dump_json() if as_json else line_of(entry))
+                    click.echo(inert_json(entry.model_dump_json()) if as_json else line_of(entry))
             finally:
                 await entries.aclose()
 
@@ -263,6 +270,5 @@ def _created(entry: HistoryEntry) -> str:
 
 
 def line_of(entry: HistoryEntry) -> str:
-    """One entry on one line: time, type, content (a line break in it shown as a backslash-n)."""
-    content = entry.content.replace("\\", "\\\\").replace("\n", "\\n")
-    return f"{_created(entry)}  {entry.context_type.value:<14}  {content}"
+    """One entry on one line: time, type, content, controls shown escaped (consumer.inert)."""
+    return f"{_created(entry)}  {entry.context_type.value:<14}  {inert(entry.content)}"

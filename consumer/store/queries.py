@@ -198,6 +198,35 @@ def read_sql(query: HistoryQuery) -> str:
     return "".join(parts)
 
 
+# A page within a byte budget ($10): the read above, and over its rows, in its order, the running
+# total of their sizes (content and metadata in bytes, and 300 for the rest of an entry's JSON);
+# rows past the budget are not sent, but the first always is. `read_rows` says how many the
+# read itself found, so the caller knows whether the budget cut the page.
+_PAGE_HEAD = (
+    "SELECT * FROM (SELECT r.*, count(*) OVER () AS read_rows,"
+    " octet_length(r.content) + coalesce(octet_length(r.metadata::text), 0) + 300 AS entry_bytes,"
+    " sum(octet_length(r.content) + coalesce(octet_length(r.metadata::text), 0) + 300)"
+)
+_PAGE_TAIL = ") AS r) AS p WHERE through_bytes <= $10 OR through_bytes = entry_bytes"
+_PAGE_OLDEST_FIRST = (
+    _PAGE_HEAD + " OVER (ORDER BY r.created_at, r.seq ROWS UNBOUNDED PRECEDING) AS through_bytes"
+    " FROM (",
+    _PAGE_TAIL + " ORDER BY created_at, seq",
+)
+_PAGE_NEWEST_FIRST = (
+    _PAGE_HEAD + " OVER (ORDER BY r.created_at DESC, r.seq DESC ROWS UNBOUNDED PRECEDING)"
+    " AS through_bytes FROM (",
+    _PAGE_TAIL + " ORDER BY created_at DESC, seq DESC",
+)
+PAGE_EXTRA_COLUMNS = ("read_rows", "entry_bytes", "through_bytes")
+
+
+def page_sql(query: HistoryQuery) -> str:
+    """The read `query` asks for, stopped at a byte budget (parameter $10) in the database."""
+    head, tail = _PAGE_NEWEST_FIRST if query.newest_first else _PAGE_OLDEST_FIRST
+    return head + read_sql(query) + tail
+
+
 def read_arguments(query: HistoryQuery, *, limit: int | None) -> tuple[object, ...]:
     """The nine parameters of `read_sql(query)`, in order; `limit` None reads to the end."""
     after = query.after

@@ -15,7 +15,7 @@ import pytest
 
 from consumer.settings import Settings, load_settings
 from consumer.topology import Topology
-from tests.compose import load_compose
+from tests.compose import EXAMPLE_ENV, load_compose
 from tests.harness import Bus, count_dead_letters, event, running, wait_for
 from tests.helpers import new_task, run_sync
 from tests.rabbit_cluster import PrivateBroker
@@ -31,7 +31,8 @@ def limited_amqp_url(private_broker: PrivateBroker) -> Iterator[str]:
     user, admin, vhost = f"th_user_{suffix}", f"th_admin_{suffix}", f"th_vhost_{suffix}"
     password = uuid.uuid4().hex
     compose = load_compose(
-        {
+        EXAMPLE_ENV
+        | {
             "RABBITMQ_USER": user,
             "RABBITMQ_PASSWORD": password,
             "RABBITMQ_ADMIN_USER": admin,
