@@ -277,32 +277,67 @@ def replay_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
 class Selection:
     """Which dead letters a command works on; empty, it selects every one.
 
-    The store turns it into SQL: any of `errors`, the body's `task_id`, and a failure time
-    in [`failed_after`, `failed_before`).
+    The store turns it into SQL: any of `errors`, the body's `task_id`, a failure time in
+    [`failed_after`, `failed_before`), the first `routing_key`, `text` found in the detail or
+    the message id (in any case), any of the row `ids`, and ids up to `through` (the newest
+    letter an operator was shown, so that what arrives meanwhile is left alone).
     """
 
     errors: frozenset[str] = frozenset()
     task_id: UUID | None = None
     failed_before: datetime | None = None
     failed_after: datetime | None = None
+    routing_key: str | None = None
+    text: str | None = None
+    ids: frozenset[int] = frozenset()
+    through: int | None = None
 
     @property
     def is_everything(self) -> bool:
-        """Whether no filter is set."""
-        return not (self.errors or self.task_id or self.failed_before or self.failed_after)
+        """Whether no filter is set (`through` alone still selects every letter shown)."""
+        return not (
+            self.errors
+            or self.task_id
+            or self.failed_before
+            or self.failed_after
+            or self.routing_key is not None
+            or self.text
+            or self.ids
+        )
 
     def describe(self) -> str:
         """The filters in words, for prompts and summaries."""
         parts = []
+        if self.ids:
+            shown = ", ".join(f"#{n}" for n in sorted(self.ids)[:5])
+            parts.append(f"id {shown}{' and more' if len(self.ids) > 5 else ''}")  # noqa: PLR2004
         if self.errors:
             parts.append("error " + " or ".join(sorted(self.errors)))
         if self.task_id is not None:
             parts.append(f"task {self.task_id}")
+        if self.routing_key is not None:
+            parts.append(f"routing key {self.routing_key}")
+        if self.text:
+            parts.append(f"detail holding {self.text!r}")
         if self.failed_after is not None:
             parts.append(f"failed at or after {self.failed_after.isoformat(timespec='seconds')}")
         if self.failed_before is not None:
             parts.append(f"failed before {self.failed_before.isoformat(timespec='seconds')}")
         return ", ".join(parts) or "every dead letter"
+
+    def to_json(self) -> dict[str, Any]:
+        """The filters set, JSON-ready, named as the HTTP API names them (for the record)."""
+        given: dict[str, Any] = {
+            "ids": sorted(self.ids) or None,
+            "error": sorted(self.errors) or None,
+            "task": None if self.task_id is None else str(self.task_id),
+            "routing_key": self.routing_key,
+            "q": self.text or None,
+            "since": None if self.failed_after is None else self.failed_after.isoformat(),
+            "until": None if self.failed_before is None else self.failed_before.isoformat(),
+            "through": self.through,
+        }
+        return {name: value for name, value in given.items() if value is not None}
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,8 +65,9 @@ class Cursor:
 class HistoryQuery:
     """Which entries to read, in which order; every filter is optional and they all combine.
 
-    `since` is inclusive and `until` exclusive, both on `created_at`. `limit` None reads
-    everything (export); `after` resumes after the entry a previous page ended with.
+    `since` is inclusive and `until` exclusive, both on `created_at`. `text` keeps the
+    entries whose content holds it, in any case. `limit` None reads everything (export);
+    `after` resumes after the entry a previous page ended with.
     """
 
     task_id: UUID | None = None
@@ -78,6 +79,7 @@ class HistoryQuery:
     newest_first: bool = False
     limit: int | None = None
     after: Cursor | None = None
+    text: str | None = None
 
     def __post_init__(self) -> None:
         """Refuse a cursor made for the other direction: it would skip or repeat entries."""

@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, Self
 
 import asyncpg
 
+from consumer.console import TOP_KEYS, ListedLetter, Timeline, TimelineKey, timeline_of
 from consumer.deadletters import Census, DeadLetter, ErrorGroup, Selection
 from consumer.errors import NotConnectedError
 from consumer.store import queries
@@ -76,13 +78,21 @@ class Claim:
         self._transaction = transaction
         self._locked = locked
 
-    async def delete(self, ids: Sequence[int]) -> None:
-        """Delete these rows (counted as replayed): gone at the commit, kept on a rollback."""
+    async def delete(self, ids: Sequence[int], *, action: int | None = None) -> None:
+        """Delete these rows (counted as replayed): gone at the commit, kept on a rollback.
+
+        With `action`, the rows are counted in that action's record in the same transaction.
+        """
         if not self._locked:
             raise NotConnectedError("a dry run's batch deletes nothing")
         if ids and self._connection is not None:
             with translated():
-                await self._connection.execute(queries.DELETE_REPLAYED, list(ids))
+                if action is None:
+                    await self._connection.execute(queries.DELETE_REPLAYED, list(ids))
+                else:
+                    await self._connection.execute(
+                        queries.DELETE_REPLAYED_RECORDED, list(ids), action
+                    )
 
     async def commit(self) -> None:
         """Commit, and give the connection back."""
@@ -216,18 +226,92 @@ class DeadLetterStore(StoreBase):
         claim.letters = [letter_of(record) for record in records]
         return claim
 
-    async def purge_dead_letters(
-        self, selection: Selection, *, after: int = 0, through: int | None = None, limit: int
+    async def purge_dead_letters(  # the batch's window, and its record
+        self,
+        selection: Selection,
+        *,
+        after: int = 0,
+        through: int | None = None,
+        limit: int,
+        action: int | None = None,
     ) -> tuple[int, int | None]:
         """Delete up to `limit` selected letters with ids in (`after`, `through`], in id order.
 
         One transaction; rows a replay holds are skipped. Returns how many went and the
-        largest id among them (where the next batch starts), None when none went.
+        largest id among them (where the next batch starts), None when none went. With
+        `action`, they are counted in that action's record in the same transaction.
+        """
+        window = (after, through or LAST_ID, limit)
+        if action is None:
+            rows = await self._fetch_filtered(queries.PURGE_DEAD_LETTERS, selection, *window)
+        else:
+            rows = await self._fetch_filtered(
+                queries.PURGE_DEAD_LETTERS_RECORDED, selection, *window, action
+            )
+        return int(rows[0]["n"]), rows[0]["last"]
+
+    async def dead_letter_page(
+        self, selection: Selection, *, before: int | None = None, limit: int = 50
+    ) -> tuple[list[ListedLetter], int | None]:
+        """A page of the selected letters, newest first, below id `before` if given.
+
+        Without their bodies, headers and properties (a body may be a megabyte); the second
+        value is where the next page starts (None on the last).
         """
         rows = await self._fetch_filtered(
-            queries.PURGE_DEAD_LETTERS, selection, after, through or LAST_ID, limit
+            queries.DEAD_LETTERS_PAGE, selection, before or LAST_ID, limit + 1
         )
-        return int(rows[0]["n"]), rows[0]["last"]
+        listed = [
+            ListedLetter(
+                DeadLetter(
+                    id=row["id"],
+                    message_id=row["message_id"],
+                    task_id=None if row["task_id"] is None else str(row["task_id"]),
+                    routing_key=row["routing_key"],
+                    code=row["error"],
+                    detail=row["detail"],
+                    failed_at=row["failed_at"],
+                    replay_count=row["replay_count"],
+                    headers={},
+                    properties={},
+                    body=b"",
+                ),
+                body_bytes=row["body_bytes"],
+            )
+            for row in rows[:limit]
+        ]
+        following = listed[-1].letter.id if len(rows) > limit and listed else None
+        return listed, following
+
+    async def dead_letter_span(self, selection: Selection) -> tuple[datetime, datetime] | None:
+        """When the oldest and the newest selected letter failed; None when none is selected."""
+        (row,) = await self._fetch_filtered(queries.DEAD_LETTERS_SPAN, selection)
+        return None if row["oldest"] is None else (row["oldest"], row["newest"])
+
+    async def dead_letter_timeline(  # noqa: PLR0913  # the chart's dimensions
+        self,
+        selection: Selection,
+        *,
+        by: TimelineKey,
+        bucket: timedelta,
+        start: datetime,
+        buckets: int,
+        keys: int = TOP_KEYS,
+    ) -> Timeline:
+        """The selected letters per bucket from `start`, by error code or task, top `keys`."""
+        query = (
+            queries.DEAD_LETTER_TIMELINE_BY_ERROR
+            if by == "error"
+            else queries.DEAD_LETTER_TIMELINE_BY_TASK
+        )
+        rows = await self._fetch_filtered(query, selection, bucket, start, keys)
+        return timeline_of(
+            [(row["at"], row["key"], row["top"], row["n"]) for row in rows],
+            by=by,
+            bucket=bucket,
+            start=start,
+            buckets=buckets,
+        )
 
     async def stream_dead_letters(
         self, selection: Selection, *, limit: int | None = None, prefetch: int = 500

@@ -7,6 +7,7 @@ import contextlib
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import datetime
 from uuid import UUID
 
@@ -17,7 +18,13 @@ from consumer.errors import DatabaseUnavailableError, NotMigratedError, StoreErr
 from consumer.pages import Cursor, HistoryQuery, Page
 from consumer.store import queries
 from consumer.store.pool import StoreBase, translated
-from consumer.store.queries import PAGE_EXTRA_COLUMNS, page_sql, read_arguments, read_sql
+from consumer.store.queries import (
+    PAGE_EXTRA_COLUMNS,
+    count_by_type_sql,
+    page_sql,
+    read_arguments,
+    read_sql,
+)
 
 
 def _without(record: asyncpg.Record, columns: tuple[str, ...]) -> dict[str, object]:
@@ -229,6 +236,15 @@ class ReadStore(StoreBase):
                 if not connection.is_closed():
                     with contextlib.suppress(Exception):  # the block's own error goes first
                         await connection.remove_listener(queries.NOTIFY_CHANNEL, on_notify)
+
+    async def count_by_type(self, query: HistoryQuery) -> dict[str, int]:
+        """How many entries of each context type `query` selects, over all its pages.
+
+        Its types, order, cursor and limit aside: what the page shows beside each kind.
+        """
+        whole = replace(query, context_types=(), after=None, limit=None, newest_first=False)
+        rows = await self._fetch(count_by_type_sql(whole), *read_arguments(whole, limit=None))
+        return {row["context_type"]: row["n"] for row in rows}
 
     async def received_by_tasks(self, task_ids: Collection[UUID]) -> dict[UUID, int]:
         """How many entries each task has been given, those the cap removed included."""

@@ -232,7 +232,7 @@ class TestSelection:
 
 
 class TestFilterSql:
-    """A selection becomes constant SQL fragments and four parameters, never text from values."""
+    """A selection becomes constant SQL fragments and eight parameters, never text from values."""
 
     def test_no_filter(self) -> None:
         """Each filter's fragment only checks that its parameter is NULL."""
@@ -240,37 +240,60 @@ class TestFilterSql:
         assert sql == (
             "SELECT count(*) AS n, max(id) AS last FROM task_build_history_dead_letters WHERE true"
             " AND $1::text[] IS NULL AND $2::uuid IS NULL AND $3::timestamptz IS NULL"
-            " AND $4::timestamptz IS NULL"
+            " AND $4::timestamptz IS NULL AND $5::text IS NULL AND $6::text IS NULL"
+            " AND $7::bigint[] IS NULL AND $8::bigint IS NULL"
         )
-        assert dead_letter_arguments(Selection()) == (None, None, None, None)
+        assert dead_letter_arguments(Selection()) == (None,) * 8
 
     def test_every_filter(self) -> None:
-        """Codes as an array, the task, before (exclusive) and after (inclusive), in order."""
+        """Codes, the task, before (exclusive), after (inclusive), key, text, ids, through."""
         later = NOW + timedelta(hours=1)
         selection = Selection(
             errors=frozenset({"unknown_task", "expired"}),
             task_id=TASK,
             failed_before=later,
             failed_after=NOW,
+            routing_key="history.error",
+            text="100%_done",
+            ids=frozenset({9, 3}),
+            through=12,
         )
         sql = dead_letter_sql(DEAD_LETTERS_EXTENT, selection)
         assert sql.endswith(
             " AND error = ANY ($1::text[]) AND task_id = $2 AND failed_at < $3 AND failed_at >= $4"
+            " AND routing_key = $5 AND (detail ILIKE $6 OR message_id ILIKE $6)"
+            " AND id = ANY ($7::bigint[]) AND id <= $8"
         )
-        assert dead_letter_arguments(selection) == (["expired", "unknown_task"], TASK, later, NOW)
+        assert dead_letter_arguments(selection) == (
+            ["expired", "unknown_task"],
+            TASK,
+            later,
+            NOW,
+            "history.error",
+            "%100\\%\\_done%",
+            [3, 9],
+            12,
+        )
 
     def test_the_tail_follows_the_filters(self) -> None:
-        """A replay batch: the filters, then its window and lock, numbered from $5."""
+        """A replay batch: the filters, then its window and lock, numbered from $9."""
         sql = dead_letter_sql(DEAD_LETTERS_CLAIM, Selection(task_id=TASK))
         assert " AND task_id = $2 AND $3::timestamptz IS NULL" in sql
-        assert sql.endswith(" AND id > $5 AND id <= $6 ORDER BY id LIMIT $7 FOR UPDATE SKIP LOCKED")
+        assert sql.endswith(
+            " AND id > $9 AND id <= $10 ORDER BY id LIMIT $11 FOR UPDATE SKIP LOCKED"
+        )
 
     def test_values_never_become_text(self) -> None:
-        """A code that looks like SQL travels as a parameter only."""
+        """A code or text that looks like SQL travels as a parameter only."""
         hostile = "x'); DROP TABLE tasks; --"
-        selection = Selection(errors=frozenset({hostile}))
-        assert hostile not in dead_letter_sql(DEAD_LETTERS_CLAIM, selection)
-        assert dead_letter_arguments(selection)[0] == [hostile]
+        selection = Selection(errors=frozenset({hostile}), text=hostile, routing_key=hostile)
+        sql = dead_letter_sql(DEAD_LETTERS_CLAIM, selection)
+        assert hostile not in sql
+        assert "DROP" not in sql
+        arguments = dead_letter_arguments(selection)
+        assert arguments[0] == [hostile]
+        assert arguments[4] == hostile
+        assert arguments[5] == f"%{hostile}%"
 
 
 class TestMoments:

@@ -69,6 +69,7 @@ class TestReadQuery:
         until=MOMENT + timedelta(days=1),
         limit=10,
         after=Cursor(MOMENT, 42),
+        text="50% of te_sts",
     )
 
     @pytest.mark.parametrize(
@@ -76,11 +77,11 @@ class TestReadQuery:
         [HistoryQuery(), FULL, HistoryQuery(task_id=uuid.uuid4(), newest_first=True, limit=3)],
     )
     def test_every_parameter_is_used_and_no_value_is_in_the_text(self, query: HistoryQuery) -> None:
-        """The text names $1 to $9 and holds none of the values passed."""
+        """The text names $1 to $10 and holds none of the values passed."""
         text = read_sql(query)
         arguments = read_arguments(query, limit=query.limit)
-        assert sorted(set(re.findall(r"\$(\d+)", text)), key=int) == [str(n) for n in range(1, 10)]
-        assert len(arguments) == 9
+        assert sorted(set(re.findall(r"\$(\d+)", text)), key=int) == [str(n) for n in range(1, 11)]
+        assert len(arguments) == 10
         for value in arguments:
             if value is not None and not isinstance(value, int):
                 assert str(value) not in text
@@ -101,7 +102,7 @@ class TestReadQuery:
         assert text.endswith("ORDER BY created_at DESC, seq DESC LIMIT $9")
 
     def test_arguments_in_order(self) -> None:
-        """The arguments line up with $1 to $9."""
+        """The arguments line up with $1 to $10."""
         query = self.FULL
         assert read_arguments(query, limit=11) == (
             query.task_id,
@@ -113,4 +114,5 @@ class TestReadQuery:
             MOMENT,
             42,
             11,
+            "%50\\% of te\\_sts%",
         )
