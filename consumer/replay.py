@@ -187,6 +187,7 @@ async def replay(  # noqa: PLR0913  # each option is one of the command's flags
     limit: int | None = None,
     max_replays: int | None = 3,
     progress: Progress | None = None,
+    action: int | None = None,
 ) -> Outcome:
     """Send the selected dead letters back to the exchange with their original routing key.
 
@@ -194,6 +195,7 @@ async def replay(  # noqa: PLR0913  # each option is one of the command's flags
     published, and this one's rows are deleted and committed once every copy is confirmed.
     Without a `republisher` it is a dry run: the letters are read, not held, sent or deleted.
     Letters stored after the replay began (one that fails again, say) wait for the next run.
+    With `action`, each batch is counted in that action's record as it commits.
     """
     outcome = Outcome(dry_run=republisher is None)
     extent = await store.dead_letter_extent(selection)
@@ -207,6 +209,7 @@ async def replay(  # noqa: PLR0913  # each option is one of the command's flags
             max_replays=max_replays,
             progress=progress,
             outcome=outcome,
+            action=action,
         )
     except TaskHistoryError as exc:
         exc.add_note(
@@ -279,6 +282,7 @@ async def _replay_batches(  # noqa: PLR0913  # replay()'s options, passed on
     max_replays: int | None,
     progress: Progress | None,
     outcome: Outcome,
+    action: int | None = None,
 ) -> None:
     def room(in_hand: int = 0) -> int:
         return REPLAY_BATCH if limit is None else limit - outcome.done.count - in_hand
@@ -294,7 +298,8 @@ async def _replay_batches(  # noqa: PLR0913  # replay()'s options, passed on
                 sent, unroutable = await republisher.send(due)
                 for item in unroutable:
                     outcome.unroutable.add(item)
-                await claim.delete([letter.id for letter in sent if letter.id is not None])
+                ids = [letter.id for letter in sent if letter.id is not None]
+                await claim.delete(ids, action=action)
         for letter in sent:  # committed: these are moved
             outcome.done.add(letter)
         if progress is not None:
@@ -323,11 +328,13 @@ async def purge(  # noqa: PLR0913  # each option is one of the command's flags
     through: int | None = None,
     dry_run: bool = False,
     progress: Progress | None = None,
+    action: int | None = None,
 ) -> Outcome:
     """Delete the selected dead letters, PURGE_BATCH per transaction, up to id `through`.
 
     `through` is the newest id the operator was asked about: letters stored since are not
-    deleted. A dry run deletes nothing, and shows the first few it would delete.
+    deleted. A dry run deletes nothing, and shows the first few it would delete. With
+    `action`, each batch is counted in that action's record as it commits.
     """
     outcome = Outcome(dry_run=dry_run)
     extent = await store.dead_letter_extent(selection)
@@ -343,7 +350,7 @@ async def purge(  # noqa: PLR0913  # each option is one of the command's flags
         if room <= 0:
             break
         deleted, last = await store.purge_dead_letters(
-            selection, after=after, through=through, limit=room
+            selection, after=after, through=through, limit=room, action=action
         )
         outcome.done.count += deleted
         if progress is not None:

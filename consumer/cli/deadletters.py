@@ -22,6 +22,7 @@ from consumer.deadletters import Census, exported, shown
 from consumer.inert import inert, inert_json
 
 if TYPE_CHECKING:
+    from consumer.console import Action
     from consumer.deadletters import DeadLetter, Selection
     from consumer.replay import Outcome, Tally
     from consumer.store import Store
@@ -32,7 +33,7 @@ TABLE = "task_build_history_dead_letters"
 
 @click.group(cls=Group)
 def dlq() -> None:
-    """Count, show, replay, purge and export the dead letters.
+    """Count, show, replay, purge and export the dead letters; show who replayed and purged.
 
     Dead letters are rows of the table task_build_history_dead_letters: each message the
     consumer could not store, why it failed, and the message as it was received. Every command
@@ -134,7 +135,7 @@ def dlq_replay(
     row is deleted once the broker has confirmed the copy. Exit 1 if a letter's routing key
     reaches no queue (it stays).
     """
-    from consumer import replay  # noqa: PLC0415  # loads aio-pika: at run time only
+    from consumer import operations, replay  # noqa: PLC0415  # loads aio-pika: at run time only
     from consumer.store import Store  # noqa: PLC0415  # loads asyncpg: at run time only
 
     settings = settings_from(ctx)
@@ -148,14 +149,25 @@ def dlq_replay(
                 else await replay.Republisher.connect(settings.amqp_url, settings.exchange)
             )
             try:
-                return await replay.replay(
+                if republisher is None:
+                    return await replay.replay(
+                        store,
+                        None,
+                        selection=selection,
+                        limit=limit,
+                        max_replays=max_replays,
+                        progress=progress,
+                    )
+                _, outcome = await operations.replay_recorded(
                     store,
                     republisher,
                     selection=selection,
+                    operator=operations.command_user(),
                     limit=limit,
                     max_replays=max_replays,
                     progress=progress,
                 )
+                return outcome
             finally:
                 if republisher is not None:
                     await republisher.close()
@@ -202,7 +214,7 @@ def dlq_purge(  # noqa: PLR0913  # one parameter per flag
 
     On a terminal it asks first, saying how many match; elsewhere it needs --yes.
     """
-    from consumer import replay  # noqa: PLC0415  # loads aio-pika: at run time only
+    from consumer import operations, replay  # noqa: PLC0415  # loads aio-pika: at run time only
 
     if selection.is_everything and not everything:
         raise click.UsageError("purge needs a filter (--error, --task, --since, --until) or --all")
@@ -221,18 +233,24 @@ def dlq_purge(  # noqa: PLR0913  # one parameter per flag
             click.echo("purge cancelled: nothing deleted", err=True)
             ctx.exit(1)
         through = extent.last  # what was counted, not what arrives meanwhile
-    with progress_bar("purging") as progress:
-        outcome = _on_store(
-            ctx,
-            lambda store: replay.purge(
-                store,
-                selection=selection,
-                limit=limit,
-                through=through,
-                dry_run=dry_run,
-                progress=progress,
-            ),
+
+    async def run(store: Store, progress: replay.Progress | None) -> Outcome:
+        if dry_run:
+            return await replay.purge(
+                store, selection=selection, limit=limit, dry_run=True, progress=progress
+            )
+        _, outcome = await operations.purge_recorded(
+            store,
+            selection=selection,
+            operator=operations.command_user(),
+            limit=limit,
+            through=through,
+            progress=progress,
         )
+        return outcome
+
+    with progress_bar("purging") as progress:
+        outcome = _on_store(ctx, lambda store: run(store, progress))
     if dry_run:
         _print_sample("would delete", outcome.done)
     verb = "dry run: would delete" if dry_run else "deleted"
@@ -261,6 +279,72 @@ def dlq_export(ctx: click.Context, *, selection: Selection, limit: int | None, o
         return _on_store(ctx, lines_of)
 
     export_to(output, write, noun="dead letters")
+
+
+@dlq.command(name="actions")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 1000),
+    default=20,
+    show_default=True,
+    metavar="N",
+    help="How many of the newest to show.",
+)
+@click.option(
+    "--before",
+    type=click.IntRange(1, 2**63 - 1),
+    metavar="ID",
+    help="Only those recorded before this one (the `next` of the previous page).",
+)
+@click.pass_context
+def dlq_actions(ctx: click.Context, *, as_json: bool, limit: int, before: int | None) -> None:
+    """Show the record of replays and purges, newest first.
+
+    Every replay and purge, by this command or over HTTP by `task-history serve`, is recorded
+    when it starts: who (an operating-system user, or an operator token's name), the filter,
+    how many letters it chose, how many it moved or deleted (counted as each batch commits),
+    and how it ended.
+    """
+    page = _on_store(ctx, lambda store: store.actions(before=before, limit=limit))
+    if as_json:
+        document = {
+            "actions": [action.to_json() for action in page.actions],
+            "next": page.next,
+        }
+        click.echo(inert_json(json.dumps(document, ensure_ascii=False)))
+        return
+    if not page.actions:
+        click.echo("no replay or purge recorded" + (f" before #{before}" if before else ""))
+        return
+    for action in page.actions:
+        _print_action(action)
+    if page.next is not None:
+        click.echo(f"\nolder ones: task-history dlq actions --before {page.next}")
+
+
+def _print_action(action: Action) -> None:
+    """Two lines: what, when, how it ended and by whom; then the filter and the counts."""
+    started = action.started_at.isoformat(timespec="seconds")
+    ended = (
+        f" to {action.finished_at.isoformat(timespec='seconds')}"
+        if action.finished_at is not None
+        else ""
+    )
+    verb = "moved" if action.action == "replay" else "deleted"
+    filters = ", ".join(
+        f"{name} {json.dumps(value, ensure_ascii=False)}" for name, value in action.filter.items()
+    )
+    click.echo(
+        f"#{action.id}  {action.action}  {action.state}  {started}{ended}"
+        f"  by {inert(action.actor)} ({action.via}, database role {inert(action.database_role)})"
+    )
+    counts = f"chose {action.selected}, {verb} {action.affected}"
+    if action.skipped:
+        counts += f", left {action.skipped}"
+    click.echo(f"    {inert(filters or 'every dead letter')}; {counts}")
+    if action.detail:
+        click.echo(f"    {inert(action.detail)}")
 
 
 def _print_sample(verb: str, tally: Tally[DeadLetter]) -> None:

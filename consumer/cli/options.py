@@ -193,6 +193,9 @@ def selection_options(command: Command) -> Command:
         until: datetime | None,
         newer_than: datetime | None,
         since: datetime | None,
+        routing_key: str | None,
+        text: str | None,
+        ids: tuple[int, ...],
         **kwargs: object,
     ) -> None:
         before = _one_of(("--until", until), ("--older-than", older_than))
@@ -200,7 +203,13 @@ def selection_options(command: Command) -> Command:
         if before is not None and after is not None and after >= before:
             raise click.UsageError("the time range is empty: --since must be earlier than --until")
         selection = Selection(
-            errors=frozenset(errors), task_id=task_id, failed_before=before, failed_after=after
+            errors=frozenset(errors),
+            task_id=task_id,
+            failed_before=before,
+            failed_after=after,
+            routing_key=routing_key,
+            text=text or None,
+            ids=frozenset(ids),
         )
         command(*args, selection=selection, **kwargs)
 
@@ -241,8 +250,35 @@ def selection_options(command: Command) -> Command:
                 callback=_moment_option,
                 help="The same as --until.",
             ),
+            click.option(
+                "--routing-key",
+                metavar="KEY",
+                callback=_no_nul,
+                help="Only those first published with this routing key.",
+            ),
+            click.option(
+                "--text",
+                metavar="TEXT",
+                callback=_no_nul,
+                help="Only those whose detail or message id holds TEXT, in any case.",
+            ),
+            click.option(
+                "--id",
+                "ids",
+                multiple=True,
+                type=click.IntRange(1, 2**63 - 1),
+                metavar="ID",
+                help="Only the letter with this row id, as `list` shows it (repeatable).",
+            ),
         ),
     )
+
+
+def _no_nul(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback: text the database can compare (it holds no NUL character)."""
+    if value is not None and "\x00" in value:
+        raise click.BadParameter("must not hold a NUL character", param=param)
+    return value
 
 
 def limit_option(what: str) -> Callable[[Command], Command]:
