@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hmac
 import re
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from consumer.errors import ConfigurationError
@@ -102,8 +103,19 @@ class Settings(BaseSettings):
     api_page_max_bytes: int = Field(default=4 * 1024 * 1024, ge=65_536, le=256 * 1024 * 1024)
     # A live stream whose reader has more than this many bytes of entries waiting is dropped.
     api_stream_queue_bytes: int = Field(default=4 * 1024 * 1024, ge=65_536, le=256 * 1024 * 1024)
+    # Operators: with this token set, `serve` also replays and purges dead letters (POST
+    # /dead-letters/replay and /purge), for requests that carry it; the reader token can't.
+    # Unset, those routes don't exist. The name goes on the record of each replay and purge.
+    api_operator_token: SecretStr | None = None
+    api_operator_name: str = Field(default="operator", min_length=1, max_length=100)
+    # The database login the operator routes use (a member of task_history_operator); unset,
+    # the same as TASK_HISTORY_DATABASE_URL. The read routes never use it.
+    api_operator_database_url: str | None = None
+    # A search of every task (GET /tasks?q=) looks at this many tasks per page at most, most
+    # recently active first, each through its own index: its time is bounded whatever the text.
+    api_search_tasks_per_page: int = Field(default=200, ge=10, le=100_000)
 
-    @field_validator("api_token")
+    @field_validator("api_token", "api_operator_token")
     @classmethod
     def _api_token(cls, value: SecretStr | None) -> SecretStr | None:
         # Empty is a mistake, not "no token": a .env line `TASK_HISTORY_API_TOKEN=` that
@@ -115,6 +127,33 @@ class Settings(BaseSettings):
         if not value.get_secret_value().isprintable() or " " in value.get_secret_value():
             raise ValueError("must be printable characters without spaces")
         return value
+
+    @field_validator("api_operator_name")
+    @classmethod
+    def _api_operator_name(cls, value: str) -> str:
+        if not value.isprintable() or not value.strip():
+            raise ValueError("must be printable characters, not only spaces")
+        return value
+
+    @model_validator(mode="after")
+    def _tokens_differ(self) -> Settings:
+        # The same token for both would give every reader the operator's rights.
+        reader, operator = self.api_token, self.api_operator_token
+        if (
+            reader is not None
+            and operator is not None
+            and hmac.compare_digest(reader.get_secret_value(), operator.get_secret_value())
+        ):
+            raise ValueError(
+                "TASK_HISTORY_API_OPERATOR_TOKEN must differ from TASK_HISTORY_API_TOKEN: a"
+                " reader must not be able to replay or purge"
+            )
+        return self
+
+    @property
+    def operator_database_url(self) -> str:
+        """The database URL the operator routes use (TASK_HISTORY_API_OPERATOR_DATABASE_URL)."""
+        return self.api_operator_database_url or self.database_url
 
     @field_validator("api_allowed_hosts")
     @classmethod
@@ -173,13 +212,14 @@ class Settings(BaseSettings):
             delivery_limit=self.delivery_limit,
         )
 
-    @field_validator("database_url")
+    @field_validator("database_url", "api_operator_database_url")
     @classmethod
-    def _postgres_url(cls, value: str) -> str:
+    def _postgres_url(cls, value: str | None) -> str | None:
         # The driver's own rules, loaded only when a setting is read (not for --help).
         from consumer.store.pool import check_dsn  # noqa: PLC0415
 
-        check_dsn(value)
+        if value is not None:
+            check_dsn(value)
         return value
 
     @field_validator("amqp_url")
@@ -222,6 +262,8 @@ def load_settings(**overrides: object) -> Settings:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"])
         message = first["msg"].removeprefix("Value error, ")
+        if not field:  # a rule across settings names them itself
+            raise ConfigurationError(f"invalid settings: {message}") from None
         raise ConfigurationError(
             f"invalid setting TASK_HISTORY_{field.upper()}: {message}"
         ) from None

@@ -20,11 +20,21 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from starlette.middleware.cors import CORSMiddleware
 
+from consumer.api import browse, letters
+from consumer.api import operators as operator_routes
 from consumer.api.requests import Accounting
 from consumer.api.routes import InvalidParameterError, router
-from consumer.api.security import OPEN_PATHS, AllowedHosts, BearerToken, SecurityHeaders
+from consumer.api.security import (
+    OPEN_PATHS,
+    OPERATOR_PATHS,
+    AllowedHosts,
+    BearerToken,
+    OperatorGuard,
+    SecurityHeaders,
+)
 from consumer.api.state import ApiState
 from consumer.errors import (
+    BrokerError,
     DatabaseUnavailableError,
     InvalidCursorError,
     NotMigratedError,
@@ -57,7 +67,7 @@ def create_app(settings: Settings) -> FastAPI:
             state.feeds.close()
             connecting.cancel()
             await asyncio.gather(connecting, return_exceptions=True)
-            await state.store.close(grace=2)
+            await state.close()
 
     app = FastAPI(
         title=TITLE,
@@ -72,7 +82,15 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,
     )
     app.state.api = state
-    app.openapi = lambda: _openapi(app, token=settings.api_token is not None)  # type: ignore[method-assign]
+    operators = settings.api_operator_token is not None
+    app.openapi = lambda: _openapi(  # type: ignore[method-assign]
+        app, token=settings.api_token is not None, operators=operators
+    )
+    # Before `router`: its /dead-letters/{key} would take /dead-letters/letters for a key.
+    app.include_router(letters.router)
+    if operators:
+        app.include_router(operator_routes.router)
+    app.include_router(browse.router)
     app.include_router(router)
     _add_error_handlers(app)
     app.mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static")
@@ -88,9 +106,15 @@ def create_app(settings: Settings) -> FastAPI:
 
     # Middleware added last runs first: the accounting sees every answer, refusals included;
     # the security headers go on every answer; the Host is checked before anything is read.
-    token = settings.api_token
-    if token is not None:
-        app.add_middleware(BearerToken, token=token.get_secret_value())
+    token, operator_token = settings.api_token, settings.api_operator_token
+    if operator_token is not None:
+        app.add_middleware(OperatorGuard)  # inside BearerToken: it reads whose token it was
+    if token is not None or operator_token is not None:
+        app.add_middleware(
+            BearerToken,
+            token=None if token is None else token.get_secret_value(),
+            operator_token=None if operator_token is None else operator_token.get_secret_value(),
+        )
     if settings.cors_origins:
         # Added last, so outermost: a refusal carries the CORS headers too, and a preflight
         # (which never carries the token) is answered before the token is asked for.
@@ -111,7 +135,7 @@ def create_app(settings: Settings) -> FastAPI:
 _RENAMED = {"HistoryEntry": ENTRY_NAME, "ContextType": CONTEXT_TYPE_NAME}
 
 
-def _openapi(app: FastAPI, *, token: bool) -> dict[str, Any]:
+def _openapi(app: FastAPI, *, token: bool, operators: bool) -> dict[str, Any]:
     """The OpenAPI document: generated once, types named as in docs/types.ts, the bearer scheme."""
     if app.openapi_schema is None:
         document = get_openapi(
@@ -135,12 +159,23 @@ def _openapi(app: FastAPI, *, token: bool) -> dict[str, Any]:
                 "description": "TASK_HISTORY_API_TOKEN, when the server has one set.",
             }
         }
-        if token:
-            # Everything but the health checks asks for it.
-            for path, operations in document["paths"].items():
-                if path not in OPEN_PATHS:
-                    for operation in operations.values():
-                        operation["security"] = [{"bearer": []}]
+        if operators:
+            document["components"]["securitySchemes"]["operator"] = {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "TASK_HISTORY_API_OPERATOR_TOKEN: replays and purges, and reads.",
+            }
+        for path, operations in document["paths"].items():
+            if path in OPEN_PATHS:
+                continue
+            for operation in operations.values():
+                if path in OPERATOR_PATHS:
+                    operation["security"] = [{"operator": []}]
+                elif token:
+                    # Everything but the health checks asks for a token; either does.
+                    operation["security"] = (
+                        [{"bearer": []}, {"operator": []}] if operators else [{"bearer": []}]
+                    )
         app.openapi_schema = document
     return app.openapi_schema
 
@@ -177,7 +212,17 @@ def _add_error_handlers(app: FastAPI) -> None:
             return _problem(503, str(exc))
         # The database's own words (table and role names, SQL) stay in the server's log.
         log.error("read failed", path=request.url.path, error=str(exc))
+        if request.url.path in OPERATOR_PATHS:
+            return _problem(
+                500, "the database refused the replay or purge; the server's log says why"
+            )
         return _problem(500, "the database refused the read; the server's log says why")
+
+    @app.exception_handler(BrokerError)
+    async def broker(request: Request, exc: BrokerError) -> JSONResponse:
+        # A replay that could not reach the broker: what it moved stays moved, on the record.
+        log.error("replay failed", path=request.url.path, error=str(exc))
+        return _problem(503, f"the message broker failed: {exc}")
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:

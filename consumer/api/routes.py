@@ -39,7 +39,7 @@ DEFAULT_LIMIT = 100
 RECONNECT_MS = 2000
 JSON = "application/json"
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": Problem, "description": "A cursor this server did not give out."},
     401: {"model": Problem, "description": "The bearer token is missing or wrong."},
     422: {"model": Problem, "description": "A parameter is out of range or malformed."},
@@ -70,6 +70,16 @@ Until = Annotated[
     Query(description="Only entries created before this: RFC 3339 with an offset, or an age."),
 ]
 NewestFirst = Annotated[bool, Query(description="Newest entries first (default: oldest first).")]
+SearchText = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=200,
+        description="Only entries whose content holds this text, in any case.",
+    ),
+]
+# A dead letter's body shown in hexadecimal stops after this many bytes.
+HEX_BYTES = 16_384
 
 
 class InvalidParameterError(ValueError):
@@ -149,6 +159,7 @@ class PageParameters:
     since: Since = None
     until: Until = None
     newest_first: NewestFirst = False
+    q: SearchText = None
 
     def query(
         self,
@@ -159,8 +170,8 @@ class PageParameters:
     ) -> HistoryQuery:
         """The read they ask for, of this subject; InvalidCursorError or InvalidParameterError."""
         now = datetime.now(UTC)
-        start = _moment("since", self.since, now=now)
-        end = _moment("until", self.until, now=now)
+        start = moment("since", self.since, now=now)
+        end = moment("until", self.until, now=now)
         if start is not None and end is not None and start >= end:
             raise InvalidParameterError("query parameter since: must be earlier than until")
         cursor = None if self.after is None else _cursor("after", self.after)
@@ -180,13 +191,24 @@ class PageParameters:
             newest_first=self.newest_first,
             limit=self.limit,
             after=cursor,
+            text=searched("q", self.q),
         )
 
 
 Pages = Annotated[PageParameters, Depends()]
 
 
-def _moment(name: str, value: str | None, *, now: datetime) -> datetime | None:
+def searched(name: str, text: str | None) -> str | None:
+    """Text to look for as the database can compare it; InvalidParameterError if it can't."""
+    if text is None:
+        return None
+    if "\x00" in text:
+        raise InvalidParameterError(f"query parameter {name}: must not hold a NUL character")
+    return text
+
+
+def moment(name: str, value: str | None, *, now: datetime) -> datetime | None:
+    """A time parameter (RFC 3339 or an age) in UTC; InvalidParameterError if it is neither."""
     if value is None:
         return None
     try:
@@ -205,7 +227,7 @@ def _cursor(name: str, text: str) -> Cursor:
 
 
 @router.get(
-    "/tasks/{task_id}/history", response_model=HistoryPage, responses=_ERRORS, tags=["history"]
+    "/tasks/{task_id}/history", response_model=HistoryPage, responses=ERRORS, tags=["history"]
 )
 async def task_history(request: Request, task_id: UUID, pages: Pages) -> Response:
     """A page of a task's entries, oldest first; an unknown task has none (200, empty)."""
@@ -215,7 +237,7 @@ async def task_history(request: Request, task_id: UUID, pages: Pages) -> Respons
 @router.get(
     "/workspaces/{workspace_id}/history",
     response_model=HistoryPage,
-    responses=_ERRORS,
+    responses=ERRORS,
     tags=["history"],
 )
 async def workspace_history(request: Request, workspace_id: UUID, pages: Pages) -> Response:
@@ -226,7 +248,7 @@ async def workspace_history(request: Request, workspace_id: UUID, pages: Pages) 
 @router.get(
     "/sessions/{session_id}/history",
     response_model=HistoryPage,
-    responses=_ERRORS,
+    responses=ERRORS,
     tags=["history"],
 )
 async def session_history(request: Request, session_id: UUID, pages: Pages) -> Response:
@@ -243,7 +265,7 @@ async def session_history(request: Request, session_id: UUID, pages: Pages) -> R
             " `data: ENTRY JSON`; a `: keep-alive` comment while idle.",
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         },
-        **_ERRORS,
+        **ERRORS,
     },
     tags=["history"],
 )
@@ -330,8 +352,8 @@ ErrorCodes = Annotated[
 
 
 @dataclass(frozen=True, kw_only=True)
-class DeadLetterFilters:
-    """The query parameters of /dead-letters: which dead letters, and how many of the newest."""
+class LetterFilters:
+    """The filters of `task-history dlq` as query parameters: which dead letters."""
 
     errors: ErrorCodes = None
     task: Annotated[UUID | None, Query(description="Only this task's events.")] = None
@@ -339,7 +361,18 @@ class DeadLetterFilters:
         None
     )
     until: Annotated[str | None, Query(description="Only those that failed before this.")] = None
-    sample: Annotated[int, Query(ge=0, le=100, description="How many of the newest to show.")] = 5
+    routing_key: Annotated[
+        str | None,
+        Query(max_length=255, description="Only those first published with this routing key."),
+    ] = None
+    q: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=200,
+            description="Only those whose detail or message id holds this text, in any case.",
+        ),
+    ] = None
 
     def selection(self) -> Selection:
         """The dead letters they select; InvalidParameterError if they can't."""
@@ -351,30 +384,38 @@ class DeadLetterFilters:
                 f" codes are {', '.join(ERROR_CODES)}"
             )
         now = datetime.now(UTC)
+        start = moment("since", self.since, now=now)
+        end = moment("until", self.until, now=now)
+        if start is not None and end is not None and start >= end:
+            raise InvalidParameterError("query parameter since: must be earlier than until")
         return Selection(
             errors=frozenset(errors),
             task_id=self.task,
-            failed_after=_moment("since", self.since, now=now),
-            failed_before=_moment("until", self.until, now=now),
+            failed_after=start,
+            failed_before=end,
+            routing_key=searched("routing_key", self.routing_key),
+            text=searched("q", self.q),
         )
 
 
 @router.get(
-    "/dead-letters", response_model=DeadLetterCensus, responses=_ERRORS, tags=["dead letters"]
+    "/dead-letters", response_model=DeadLetterCensus, responses=ERRORS, tags=["dead letters"]
 )
 async def dead_letters(
-    request: Request, filters: Annotated[DeadLetterFilters, Depends()]
+    request: Request,
+    filters: Annotated[LetterFilters, Depends()],
+    sample: Annotated[int, Query(ge=0, le=100, description="How many of the newest to show.")] = 5,
 ) -> Response:
     """The dead letters counted by error code and task, and the newest few: `dlq list --json`."""
     store = application.state_of(request).connected_store()
-    census = await store.dead_letter_census(filters.selection(), newest=filters.sample)
+    census = await store.dead_letter_census(filters.selection(), newest=sample)
     return Response(json.dumps(census.to_json(), ensure_ascii=False), media_type=JSON)
 
 
 @router.get(
     "/dead-letters/{key}",
     response_model=DeadLetterMessage,
-    responses={404: {"model": Problem, "description": "No such dead letter."}, **_ERRORS},
+    responses={404: {"model": Problem, "description": "No such dead letter."}, **ERRORS},
     tags=["dead letters"],
 )
 async def dead_letter(request: Request, key: str) -> Response:
@@ -385,4 +426,13 @@ async def dead_letter(request: Request, key: str) -> Response:
         return JSONResponse(
             {"detail": f"no dead letter has id or message id {key[:100]}"}, status_code=404
         )
-    return Response(json.dumps(shown(letter), ensure_ascii=False), media_type=JSON)
+    try:
+        text: str | None = letter.body.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    whole = shown(letter) | {
+        "body_bytes": len(letter.body),
+        "body_text": text,
+        "body_hex": None if text is not None else letter.body[:HEX_BYTES].hex(),
+    }
+    return Response(json.dumps(whole, ensure_ascii=False), media_type=JSON)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -18,24 +19,191 @@ def is_open(path: str) -> bool:
     return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
-class BearerToken:
-    """ASGI middleware: 401 with `WWW-Authenticate: Bearer` unless the right token is sent."""
+# Who a request is, by the token it carries (in the request's scope, under state["token"]):
+# the operator token, the reader token, or none where reading needs none.
+OPERATOR = "operator"
+READER = "reader"
+ANONYMOUS = "anonymous"
 
-    def __init__(self, app: ASGIApp, *, token: str) -> None:
-        """Guard `app` with `token`."""
+
+class BearerToken:
+    """ASGI middleware: 401 with `WWW-Authenticate: Bearer` unless the right token is sent.
+
+    With a reader `token`, every route but the open ones wants it (or the operator token);
+    without one, reading needs no token. The operator token, when set, is accepted wherever
+    the reader's is; whose it was is left in the request's scope for the operator routes,
+    which refuse the reader's (consumer.api.operators).
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, token: str | None, operator_token: str | None = None
+    ) -> None:
+        """Guard `app` with the reader `token` and the `operator_token` (either may be None)."""
         self._app = app
-        self._token = token.encode()
+        self._token = None if token is None else token.encode()
+        self._operator = None if operator_token is None else operator_token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Pass the request on if it is open or carries the token; else refuse it."""
+        """Pass the request on if it is open or carries a token it accepts; else refuse it."""
         if scope["type"] != "http" or is_open(scope["path"]):
             await self._app(scope, receive, send)
             return
         given = [value for name, value in scope["headers"] if name == b"authorization"]
-        if len(given) == 1 and _same(given[0], self._token):
+        role = self._role(given)
+        if role is None:
+            await _refuse(send, wrong=bool(given))
+            return
+        scope.setdefault("state", {})["token"] = role
+        await self._app(scope, receive, send)
+
+    def _role(self, given: list[bytes]) -> str | None:
+        """Whose token the Authorization headers carry; None if it must be refused."""
+        if not given:
+            return ANONYMOUS if self._token is None else None
+        if len(given) > 1:
+            return None
+        # Both compared, whichever matches, so the time taken tells nothing either.
+        operator = self._operator is not None and _same(given[0], self._operator)
+        reader = self._token is not None and _same(given[0], self._token)
+        if operator:
+            return OPERATOR
+        return READER if reader else None
+
+
+def token_role(scope: Scope) -> str:
+    """Whose token a request carried (OPERATOR, READER or ANONYMOUS), as BearerToken left it."""
+    state = scope.get("state") or {}
+    role = state.get("token", ANONYMOUS)
+    return role if isinstance(role, str) else ANONYMOUS
+
+
+# The routes that change something: only for the operator token, only JSON, only same-site.
+OPERATOR_PATHS = frozenset({"/dead-letters/replay", "/dead-letters/purge"})
+
+
+class OperatorGuard:
+    """ASGI middleware: the operator routes refuse whatever isn't the operator's own request.
+
+    Before anything is read: 401 without a token, 403 for the reader's token, 415 unless the
+    body is JSON (an HTML form can't send JSON), 403 for a request a page of another site made
+    (Origin, Sec-Fetch-Site). The token only ever travels in the Authorization header, never
+    in a cookie, so a browser never adds it by itself.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        """Guard the operator routes of `app`."""
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on, unless it is one the operator routes refuse."""
+        if scope["type"] != "http" or scope["path"] not in OPERATOR_PATHS:
             await self._app(scope, receive, send)
             return
-        await _refuse(send, wrong=bool(given))
+        refusal = operator_refusal(scope)
+        if refusal is None:
+            await self._app(scope, receive, send)
+            return
+        status, detail = refusal
+        extra = [(b"www-authenticate", b'Bearer realm="task-history"')] if status == 401 else []  # noqa: PLR2004  # the status of a missing token
+        await _answer(send, status, detail, extra)
+
+
+def operator_refusal(scope: Scope) -> tuple[int, str] | None:
+    """Why a request to an operator route is refused (status, reason); None if it is not."""
+    if scope["method"] != "POST":
+        return None  # the routes themselves answer 405
+    role = token_role(scope)
+    if role == ANONYMOUS:
+        return 401, "replay and purge need the operator token: send Authorization: Bearer TOKEN"
+    if role != OPERATOR:
+        return 403, "this token may read, not replay or purge: use the operator token"
+    headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+    if not is_json(headers.get("content-type")):
+        return 415, "send the request as JSON (Content-Type: application/json)"
+    reason = cross_site_reason(
+        origin=headers.get("origin"),
+        fetch_site=headers.get("sec-fetch-site"),
+        host=headers.get("host"),
+    )
+    if reason is not None:
+        return 403, f"refused: {reason}"
+    return None
+
+
+async def _answer(send: Send, status: int, detail: str, extra: list[tuple[bytes, bytes]]) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *extra,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+# Fetch metadata a browser sends: a request another site's page made is cross-site (or
+# same-site, from a sibling subdomain); typed into the address bar, none.
+_FETCHED_BY_THIS_SITE = frozenset({"same-origin", "none"})
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+
+def cross_site_reason(
+    *, origin: str | None, fetch_site: str | None, host: str | None
+) -> str | None:
+    """Why a state-changing request looks sent by another site's page; None if it does not.
+
+    Browsers say where a request comes from (`Origin`, `Sec-Fetch-Site`); a client that is no
+    browser sends neither, and is let through (it has the operator token, which no page of
+    another site can make a browser send). The Origin must name this server as the Host
+    header does (the port may differ only by being the scheme's default).
+    """
+    if fetch_site is not None and fetch_site.strip().lower() not in _FETCHED_BY_THIS_SITE:
+        return f"a {fetch_site[:40]} request (Sec-Fetch-Site): only this server's own page may"
+    if origin is None:
+        return None
+    parts = urlsplit(origin.strip())
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+        parts = parts._replace(scheme="")
+    if parts.scheme not in _DEFAULT_PORTS or not parts.hostname or host is None:
+        return f"the request comes from {origin[:80]!r}, not from this server's page (Origin)"
+    default = _DEFAULT_PORTS[parts.scheme]
+    given = (parts.hostname.removesuffix("."), str(port) if port is not None else default)
+    name, host_port = _name_and_port(host)
+    if given != (name, host_port or default):
+        return f"the request comes from {origin[:80]!r}, not from this server's page (Origin)"
+    return None
+
+
+def _name_and_port(host: str) -> tuple[str, str]:
+    """A Host header's name (lower case, no brackets, no final dot) and port ('' if none)."""
+    text = host.strip().lower()
+    if text.startswith("["):
+        name, _, rest = text[1:].partition("]")
+        port = rest.removeprefix(":")
+    elif text.count(":") == 1:
+        name, _, port = text.partition(":")
+    else:
+        name, port = text, ""
+    return name.removesuffix("."), port
+
+
+def is_json(content_type: str | None) -> bool:
+    """Whether a Content-Type is JSON (`application/json`, parameters such as charset aside).
+
+    HTML forms can only send form encodings and text/plain: a request that must be JSON can't
+    be a form's.
+    """
+    if content_type is None:
+        return False
+    return content_type.split(";", 1)[0].strip().lower() == "application/json"
 
 
 def _same(header: bytes, token: bytes) -> bool:

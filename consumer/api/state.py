@@ -1,4 +1,4 @@
-"""What the routes share while the server runs: the settings, a read-only store, the feeds."""
+"""What the routes share while the server runs: the settings, the stores, the feeds."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from consumer.settings import Settings
 from consumer.store import Store
 
 log = structlog.get_logger()
+# Connections of the operator routes: a replay holds two (a batch sent, the next claimed).
+OPERATOR_CONNECTIONS = 4
 
 
 class ApiState:
@@ -39,26 +41,69 @@ class ApiState:
             on_dropped=self.metrics.streams_dropped.inc,
         )
         self.connected = asyncio.Event()
+        # The operator routes' own connections, only with an operator token: never read-only,
+        # as the login TASK_HISTORY_API_OPERATOR_DATABASE_URL names (a member of
+        # task_history_operator). The read routes never use them.
+        self.operator_store: Store | None = None
+        if settings.api_operator_token is not None:
+            self.operator_store = Store(
+                settings.operator_database_url,
+                max_connections=OPERATOR_CONNECTIONS,
+                command_timeout=settings.database_timeout_seconds,
+            )
+        self.operator_problem: str | None = "not connected to the database yet"
+        self._readers_open = False
+        self._operators_open = False
 
     async def open_first(self, *, within: float) -> None:
         """Try to open the store once: an outage is left to `connect()`; any other error raises.
 
         A database that does not exist or a role it refuses will not pass by waiting: the
-        server stops at once with that error instead of retrying for ever.
+        server stops at once with that error instead of retrying for ever. So does an
+        operator login that may not replay and purge.
         """
         try:
-            await asyncio.wait_for(self.store.open(), within)
+            await asyncio.wait_for(self._open_readers(), within)
+            await asyncio.wait_for(self._open_operators(), within)
         except (DatabaseUnavailableError, TimeoutError) as exc:
             log.warning("database unavailable, retrying", error=str(exc) or "no answer")
             return
+        if self.operator_problem is not None and self.operator_store is not None:
+            raise StoreError(self.operator_problem)
         self.connected.set()
+
+    async def _open_readers(self) -> None:
+        """Open the read routes' store, unless it is open."""
+        if not self._readers_open:
+            await self.store.open()
+            self._readers_open = True
+
+    async def _open_operators(self) -> None:
+        """Open the operator routes' store (unless open) and check its role may do their work."""
+        if self.operator_store is None:
+            return
+        if not self._operators_open:
+            await self.operator_store.open()
+            self._operators_open = True
+        if await self.operator_store.may_operate():
+            self.operator_problem = None
+        else:
+            self.operator_problem = (
+                "TASK_HISTORY_API_OPERATOR_TOKEN is set, but the database login of"
+                " TASK_HISTORY_API_OPERATOR_DATABASE_URL (or TASK_HISTORY_DATABASE_URL) may"
+                " not delete dead letters and record it: use a login that is a member of"
+                " task_history_operator"
+            )
 
     async def connect(self) -> None:
         """Open the store (unless open), retrying with backoff while it is away; then listen."""
         delay = 0.2
         while not self.connected.is_set():
             try:
-                await self.store.open()
+                await self._open_readers()
+                await self._open_operators()
+                if self.operator_problem is not None and self.operator_store is not None:
+                    log.error("the operator routes can't work", problem=self.operator_problem)
                 break
             except DatabaseUnavailableError as exc:
                 log.warning("database unavailable, retrying", error=str(exc), retry_in=delay)
@@ -77,6 +122,20 @@ class ApiState:
         if not self.connected.is_set():
             raise DatabaseUnavailableError("database unavailable: not connected yet")
         return self.store
+
+    def operators_store(self) -> Store:
+        """The operator routes' store, once connected and allowed; DatabaseUnavailableError else."""
+        if self.operator_store is None or not self.connected.is_set():
+            raise DatabaseUnavailableError("database unavailable: not connected yet")
+        if self.operator_problem is not None:
+            raise DatabaseUnavailableError(self.operator_problem)
+        return self.operator_store
+
+    async def close(self) -> None:
+        """Close both stores."""
+        await self.store.close(grace=2)
+        if self.operator_store is not None:
+            await self.operator_store.close(grace=2)
 
 
 def state_of(request: Request) -> ApiState:
