@@ -256,7 +256,9 @@ class TestHostileContent:
         """A link to the page with a payload in its query shows text at most; nothing runs."""
         await page.goto(f"{server.url}/?" + urlencode(query))
         await expect(page.locator("#state")).to_be_visible()
-        assert await page.locator("main script, main img, main svg, main iframe").count() == 0
+        # The dead letters' chart is the page's own SVG; nothing else may be there.
+        active = "main script, main img, main svg:not(#chart), main iframe"
+        assert await page.locator(active).count() == 0
         assert await page.evaluate("window.pwned") is None
 
 
