@@ -11,6 +11,12 @@ database, exchanges and queues):
    same backlog published again; drain time from the start of its first batch to the end of its
    last, read from its own log, so process start-up is not counted.
 Every task already holds 100 entries before the drain, so every batch trims.
+
+`--text words` makes the contents words of a vocabulary, of the same lengths, instead of one
+letter repeated (an index on the text then has real words to file). `--content-index` adds
+one, before the drain, to see what it costs every insert: `trigram` (pg_trgm's GIN index,
+which serves `content ILIKE '%text%'`), or `words` (a GIN index of to_tsvector('simple',
+content), which serves a search of whole words).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from tests.benchmarks.common import (
     BACKLOG_OPTIONS,
     CONTEXT_TYPES,
     Stopwatch,
+    Vocabulary,
     amqp_server,
     content,
     database_at_cap,
@@ -46,12 +53,15 @@ from tests.benchmarks.common import (
     metadata,
     run_and_report,
 )
+from tests.helpers import admin
 
 ACK_EVERY = 250
 PREFETCH = 1000
 
 
-def backlog(rng: random.Random, tasks: list[uuid.UUID], events: int) -> list[bytes]:
+def backlog(
+    rng: random.Random, tasks: list[uuid.UUID], events: int, *, words: Vocabulary | None = None
+) -> list[bytes]:
     """Event bodies as agents publish them, round-robin over the tasks."""
     return [
         json.dumps(
@@ -59,12 +69,27 @@ def backlog(rng: random.Random, tasks: list[uuid.UUID], events: int) -> list[byt
                 "id": str(uuid.uuid4()),
                 "task_id": str(tasks[n % len(tasks)]),
                 "context_type": rng.choice(CONTEXT_TYPES),
-                "content": content(rng),
+                "content": content(rng) if words is None else words.text(rng),
                 "metadata": metadata(rng, n),
             }
         ).encode()
         for n in range(events)
     ]
+
+
+CONTENT_INDEXES = {
+    "none": (),
+    "trigram": (
+        "CREATE EXTENSION IF NOT EXISTS pg_trgm",
+        "CREATE INDEX bench_content ON task_build_history USING gin (content gin_trgm_ops)",
+    ),
+    "words": (
+        (
+            "CREATE INDEX bench_content ON task_build_history"
+            " USING gin (to_tsvector('simple', content))"
+        ),
+    ),
+}
 
 
 async def publish(url: str, topology: Topology, bodies: list[bytes]) -> None:
@@ -180,18 +205,20 @@ def logged_batches(log: Path) -> list[dict[str, object]]:
     return [line for line in lines if line.get("event") == "batch"]
 
 
-async def run(events: int, tasks: int) -> dict[str, object]:
+async def run(events: int, tasks: int, text: str, content_index: str) -> dict[str, object]:
     """Prepare the database at the cap, then drain the backlog twice: bare loop, then project."""
     rng = random.Random(60)
     url = amqp_server()
     task_ids = [uuid.uuid4() for _ in range(tasks)]
+    words = Vocabulary(rng) if text == "words" else None
     async with (
         database_at_cap("th_bench_drain", task_ids) as database_url,
         declared_topology(url) as topology,
     ):
-        await publish(url, topology, backlog(rng, task_ids, events))
+        await admin(database_url, *CONTENT_INDEXES[content_index], "VACUUM ANALYZE")
+        await publish(url, topology, backlog(rng, task_ids, events, words=words))
         bare = await ceiling(url, topology, events)
-        await publish(url, topology, backlog(rng, task_ids, events))
+        await publish(url, topology, backlog(rng, task_ids, events, words=words))
         ours, peak = await project(database_url, url, topology, events)
         async with Store(database_url, max_connections=1) as store:
             await exit_unless_at_cap(store, tasks)
@@ -199,6 +226,8 @@ async def run(events: int, tasks: int) -> dict[str, object]:
         "drain",
         events=events,
         tasks=tasks,
+        text=text,
+        content_index=content_index,
         ceiling_events_per_s=round(events / bare),
         project_events_per_s=round(events / ours),
         ratio=round(bare / ours, 3),
@@ -209,7 +238,10 @@ async def run(events: int, tasks: int) -> dict[str, object]:
 def table(result: dict[str, object]) -> list[str]:
     """The figures as printed."""
     return [
-        f"drain {result['events']} events over {result['tasks']} tasks, all at the cap",
+        (
+            f"drain {result['events']} events over {result['tasks']} tasks, all at the cap"
+            f" (text: {result['text']}, index on the text: {result['content_index']})"
+        ),
         f"  bare aio-pika consume+ack (ceiling)  {result['ceiling_events_per_s']:>8} events/s",
         f"  task-history consume                 {result['project_events_per_s']:>8} events/s",
         f"  project / ceiling                    {result['ratio']:>8}",
@@ -219,7 +251,11 @@ def table(result: dict[str, object]) -> list[str]:
 
 def main() -> None:
     """Parse arguments, run, print a table, and write JSON when asked."""
-    run_and_report(__doc__, BACKLOG_OPTIONS, run, table)
+    options = BACKLOG_OPTIONS | {
+        "--text": {"choices": ["letters", "words"], "default": "letters"},
+        "--content-index": {"choices": list(CONTENT_INDEXES), "default": "none"},
+    }
+    run_and_report(__doc__, options, run, table)
 
 
 if __name__ == "__main__":

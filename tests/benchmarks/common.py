@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import json
 import os
@@ -91,6 +92,55 @@ async def declared_topology(url: str) -> AsyncIterator[Topology]:
 def content(rng: random.Random) -> str:
     """Text the size agents send: median about 250 characters, a long tail up to 8,000."""
     return "x" * max(1, min(8000, int(rng.lognormvariate(5.5, 1.0))))
+
+
+# Words agents write: the commonest first. With generated names (functions, files, error
+# classes) they make a vocabulary where a few words are everywhere and most are rare.
+_COMMON_TEXT = (
+    "the to a of and in for is on with test tests file run ran passed failed error build step"
+    " turn agent user planning next change edited added removed src py module function import"
+    " pytest install dependencies workspace ready running review done fix bug config update"
+    " check line lines exit code output warning timeout retry request response api database"
+    " query table index migration schema commit branch merge diff patch read write open close"
+    " cache memory process thread async await return value type string number list dict key"
+    " missing found expected got assert raised exception traceback call stack frame module"
+)
+_COMMON_WORDS = tuple(_COMMON_TEXT.split())
+_SYLLABLES = (
+    "ba be bi bo bu ca co cu da de di do fa fe fi fo ga ge go ka ke ki ko la le li lo"
+    " ma me mi mo na ne ni no pa pe pi po ra re ri ro sa se si so ta te ti to va ve"
+)
+
+
+class Vocabulary:
+    """Words drawn as text is: a few very often, most rarely (weights fall as 1/rank)."""
+
+    def __init__(self, rng: random.Random, *, generated: int = 20_000) -> None:
+        """The common words, then `generated` made-up names of functions, files and errors."""
+        syllables = _SYLLABLES.split()
+        words = list(_COMMON_WORDS)
+        shapes = ("{}_{}", "{}{}.py", "{}{}Error", "test_{}_{}", "{}{}{}")
+        while len(words) < len(_COMMON_WORDS) + generated:
+            parts = ["".join(rng.choices(syllables, k=rng.randint(1, 3))) for _ in range(3)]
+            shape = rng.choice(shapes)
+            words.append(shape.format(*parts[: shape.count("{}")]))
+        self.words = words
+        total, self._cumulative = 0.0, []
+        for rank in range(len(words)):
+            total += 1 / (rank + 1)
+            self._cumulative.append(total)
+        self._total = total
+
+    def text(self, rng: random.Random) -> str:
+        """Text of the length content() has, made of these words."""
+        length = max(1, min(8000, int(rng.lognormvariate(5.5, 1.0))))
+        chosen: list[str] = []
+        size = 0
+        while size < length:
+            word = self.words[bisect.bisect_left(self._cumulative, rng.random() * self._total)]
+            chosen.append(word)
+            size += len(word) + 1
+        return " ".join(chosen)[:length]
 
 
 def metadata(rng: random.Random, n: int) -> str | None:
