@@ -15,6 +15,7 @@ from typing import Any, cast
 
 import pytest
 
+from consumer import operations
 from consumer.deadletters import DeadLetter, Selection
 from consumer.errors import BrokerUnavailableError
 from consumer.replay import replay
@@ -276,11 +277,25 @@ class TestReplay:
         assert 0 < len(kept) <= left < 50_000, "the replay finished before it could be killed"
         published = set(await taken_ids(bus, env.topology.queue))
         assert kept | published == everything
+        # The record counted every batch it committed, and no more: the kill left it running.
+        killed = await env.sql.fetchrow(
+            "SELECT state, selected, affected FROM task_build_history_dead_letter_actions"
+        )
+        assert dict(killed) == {
+            "state": "running",
+            "selected": 50_000,
+            "affected": 50_000 - len(kept),
+        }
         code, _, err = await dlq(env, "replay")
         assert code == 0, err
         assert await rows(env.sql) == []
         resent = set(await taken_ids(bus, env.topology.queue))
         assert published | resent == everything
+        rerun = await env.sql.fetchrow(
+            "SELECT state, affected FROM task_build_history_dead_letter_actions"
+            " ORDER BY id DESC LIMIT 1"
+        )
+        assert dict(rerun) == {"state": "finished", "affected": len(kept)}
 
     async def test_a_broker_failure_mid_way_keeps_every_row_unsent(self, env: Env) -> None:
         """The batch in hand and the one claimed ahead roll back, unlocked; the note says so."""
@@ -306,6 +321,35 @@ class TestReplay:
             "SELECT id FROM task_build_history_dead_letters FOR UPDATE NOWAIT"
         )
         assert len(unlocked) == 1500
+
+    async def test_a_recorded_replay_that_fails_says_so(self, env: Env) -> None:
+        """The record keeps the batches committed before the broker went, and why it stopped."""
+        await bury(env.database_url, [letter(n) for n in range(2500)])
+
+        class Failing:
+            """Confirms the first batch, then loses the broker."""
+
+            batches = 0
+
+            async def send(self, due: list[DeadLetter]) -> tuple[list[DeadLetter], list[Any]]:
+                self.batches += 1
+                if self.batches > 1:
+                    raise BrokerUnavailableError
+                return due, []
+
+        async with Store(env.database_url, max_connections=2) as store:
+            with pytest.raises(BrokerUnavailableError):
+                await operations.replay_recorded(
+                    store,
+                    cast("Any", Failing()),
+                    selection=Selection(),
+                    operator=operations.Operator(name="bob", via="command"),
+                )
+            (action,) = (await store.actions()).actions
+        assert (action.state, action.selected, action.affected) == ("failed", 2500, 1000)
+        assert action.detail is not None
+        assert "broker" in action.detail
+        assert action.finished_at is not None
 
 
 class TestPurge:
@@ -373,6 +417,69 @@ class TestPurge:
         )
         code, out, err = await dlq(env, "purge", "--error", "invalid_json", "--yes")
         assert (code, out.strip()) == (0, "deleted 100000; 50000 dead letters left"), err
+
+
+class TestRecord:
+    """`dlq actions`: every replay and purge, whoever ran it, and the new filters."""
+
+    async def test_actions_of_commands(self, env: Env) -> None:
+        """A replay and a purge show, newest first, with who, the filter and the counts."""
+        await bury(
+            env.database_url,
+            [
+                letter(n, routing_key="history.error" if n < 3 else "history.agent_turn")
+                for n in range(8)
+            ],
+        )
+        code, out, err = await dlq(env, "replay", "--routing-key", "history.error")
+        assert code == 0, err
+        assert out.endswith(
+            "moved 3, skipped 0 at --max-replays, unroutable 0; 5 dead letters left\n"
+        )
+        ids = [
+            row["id"]
+            for row in await env.sql.fetch(
+                "SELECT id FROM task_build_history_dead_letters ORDER BY id"
+            )
+        ]
+        code, out, err = await dlq(env, "purge", "--id", str(ids[0]), "--id", str(ids[2]), "--yes")
+        assert code == 0, err
+        assert out.endswith("deleted 2; 3 dead letters left\n")
+        code, out, err = await dlq(env, "actions")
+        assert code == 0, err
+        lines = out.splitlines()
+        assert lines[0].startswith("#2  purge  finished  ")
+        assert f"ids [{ids[0]}, {ids[2]}]" in lines[1]
+        assert lines[1].endswith("; chose 2, deleted 2")
+        assert lines[2].startswith("#1  replay  finished  ")
+        assert "(command, database role postgres)" in lines[2]
+        assert 'routing_key "history.error"' in lines[3]
+        assert lines[3].endswith("; chose 3, moved 3")
+        code, out, err = await dlq(env, "actions", "--json", "--limit", "1")
+        assert code == 0, err
+        document = json.loads(out)
+        assert document["next"] == 2
+        (action,) = document["actions"]
+        assert (action["id"], action["action"], action["via"]) == (2, "purge", "command")
+        code, out, err = await dlq(env, "actions", "--before", "2")
+        assert code == 0, err
+        assert out.startswith("#1  replay")
+        code, out, _ = await dlq(env, "actions", "--before", "1")
+        assert (code, out) == (0, "no replay or purge recorded before #1\n")
+
+    async def test_text_and_routing_key_filters(self, env: Env) -> None:
+        """--text finds the detail or message id in any case; --routing-key the first key."""
+        await bury(
+            env.database_url,
+            [letter(1, code="invalid_json"), letter(2), letter(3, routing_key="history.error")],
+        )
+        code, out, err = await dlq(env, "list", "--json", "--text", "INVALID_JSON FOR")
+        assert code == 0, err
+        assert json.loads(out)["total"] == 1
+        code, out, err = await dlq(env, "list", "--json", "--routing-key", "history.error")
+        assert json.loads(out)["total"] == 1
+        code, _, err = await dlq(env, "list", "--id", "0")
+        assert code == 2
 
 
 class TestRoles:

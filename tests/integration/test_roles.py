@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import uuid
@@ -13,11 +14,14 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from consumer import operations
+from consumer.deadletters import Selection
 from consumer.settings import Settings
 from consumer.store import Store
 from consumer.topology import Topology
 from tests.harness import Bus, event, run_command, running, start_command, wait_for
 from tests.helpers import admin, insert_rows, new_task
+from tests.letters import bury, letter
 
 
 def as_role(url: str, role: str) -> str:
@@ -275,3 +279,113 @@ class TestMigrationAcrossDatabases:
         finally:
             await connection.close()
         assert granted is True
+
+
+@pytest.fixture
+async def operator_url(database_url: str) -> AsyncIterator[str]:
+    """The test's database, as a login role that is a member of task_history_operator."""
+    async for url in login_role(database_url, "task_history_operator"):
+        yield url
+
+
+OPERATOR_FORBIDDEN = [
+    (
+        "INSERT INTO task_build_history (task_id, context_type, content)"
+        " VALUES (gen_random_uuid(), 'error', 'x')"
+    ),
+    "DELETE FROM task_build_history",
+    "UPDATE task_build_history SET content = 'changed'",
+    "DELETE FROM tasks",
+    "CREATE TABLE sneaky (x int)",
+    "UPDATE task_build_history_dead_letters SET error = 'x'",
+    "INSERT INTO task_build_history_dead_letters (error, body) VALUES ('x', '')",
+    "UPDATE task_build_history_dead_letter_actions SET actor = 'someone else'",
+    "UPDATE task_build_history_dead_letter_actions SET database_role = 'someone else'",
+    "DELETE FROM task_build_history_dead_letter_actions",
+    "TRUNCATE task_build_history_dead_letter_actions",
+    "UPDATE task_build_history_counts SET errors = 0",
+    "SELECT task_build_history_expire_batch_v1(10)",
+]
+
+
+class TestOperatorRole:
+    """task_history_operator replays, purges and records them; it can do nothing else."""
+
+    async def test_purge_and_record_as_the_operator(
+        self, database_url: str, operator_url: str
+    ) -> None:
+        """A purge run as the role deletes and is recorded, under its own login's name."""
+        await bury(database_url, [letter(n) for n in range(4)])
+        async with Store(operator_url, max_connections=2) as store:
+            assert await store.may_operate()
+            action, outcome = await operations.purge_recorded(
+                store,
+                selection=Selection(text="m1"),
+                operator=operations.Operator(name="alice", via="http"),
+            )
+            assert outcome.done.count == 1
+            recorded = await store.action(action.id)
+            assert recorded is not None
+            assert (recorded.affected, recorded.state) == (1, "finished")
+            assert recorded.database_role == urlsplit(operator_url).username
+            page = await store.recent_tasks()  # it reads what the reader reads
+            assert page.tasks == []
+
+    @pytest.mark.parametrize("statement", OPERATOR_FORBIDDEN)
+    async def test_refused(self, operator_url: str, statement: str) -> None:
+        """Each statement fails with permission denied (or must be owner)."""
+        connection = await asyncpg.connect(operator_url)
+        try:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    async def test_the_reader_may_not_operate(self, database_url: str, reader_url: str) -> None:
+        """The reader reads the record and the recent tasks; it may not delete or record."""
+        await bury(database_url, [letter(1)])
+        async with Store(reader_url, max_connections=1) as store:
+            assert not await store.may_operate()
+            assert (await store.actions()).actions == []
+            assert (await store.recent_tasks()).tasks == []
+        connection = await asyncpg.connect(reader_url)
+        try:
+            for statement in (
+                "DELETE FROM task_build_history_dead_letters",
+                (
+                    "INSERT INTO task_build_history_dead_letter_actions (action, actor, via)"
+                    " VALUES ('purge', 'x', 'http')"
+                ),
+            ):
+                with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                    await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    async def test_serve_refuses_an_operator_login_that_may_not(self, reader_url: str) -> None:
+        """With an operator token and a reader's login for it, serve stops at once, saying why."""
+        environment = reader_environment(reader_url) | {
+            "TASK_HISTORY_API_OPERATOR_TOKEN": "operator-token",
+            "TASK_HISTORY_API_PORT": "0",
+        }
+        code, _, err = await run_command("serve", environment=environment)
+        assert code == 1
+        assert "task_history_operator" in err
+        assert "TASK_HISTORY_API_OPERATOR_DATABASE_URL" in err
+        assert len(err.strip().splitlines()) == 1, err
+
+    async def test_the_command_line_records_as_the_consumer(
+        self, database_url: str, consumer_url: str
+    ) -> None:
+        """`dlq purge` run as task_history_consumer deletes and writes the record."""
+        await bury(database_url, [letter(n) for n in range(3)])
+        environment = reader_environment(consumer_url)
+        code, out, err = await run_command(
+            "dlq", "purge", "--all", "--yes", environment=environment
+        )
+        assert code == 0, err
+        assert out.endswith("deleted 3; 0 dead letters left\n")
+        code, out, err = await run_command("dlq", "actions", "--json", environment=environment)
+        assert code == 0, err
+        (action,) = json.loads(out)["actions"]
+        assert (action["action"], action["via"], action["affected"]) == ("purge", "command", 3)

@@ -82,17 +82,8 @@ class TestDocumentedRoutes:
     """The document lists the routes of the contract, and no docs page loading outside scripts."""
 
     def test_routes(self, document: dict[str, Any]) -> None:
-        """Every route of the API is in it, each a GET; the page and its files are not."""
-        assert set(document["paths"]) == {
-            "/healthz",
-            "/readyz",
-            "/tasks/{task_id}/history",
-            "/workspaces/{workspace_id}/history",
-            "/sessions/{session_id}/history",
-            "/tasks/{task_id}/history/stream",
-            "/dead-letters",
-            "/dead-letters/{key}",
-        }
+        """Every read route of the API is in it, each a GET; the page and its files are not."""
+        assert set(document["paths"]) == READ_ROUTES
         assert all(set(operations) == {"get"} for operations in document["paths"].values())
         stream = document["paths"]["/tasks/{task_id}/history/stream"]["get"]
         assert "text/event-stream" in stream["responses"]["200"]["content"]
@@ -104,3 +95,41 @@ class TestDocumentedRoutes:
         assert "security" not in guarded["paths"]["/healthz"]["get"]
         open_document = create_app(load_settings()).openapi()
         assert "security" not in open_document["paths"]["/dead-letters"]["get"]
+
+    def test_operator_routes_only_with_the_operator_token(self) -> None:
+        """With an operator token, replay and purge are POSTs for the operator scheme alone."""
+        settings = load_settings(api_token="r3ader", api_operator_token="0perator")  # noqa: S106  # test tokens
+        document = create_app(settings).openapi()
+        assert set(document["paths"]) == READ_ROUTES | OPERATOR_ROUTES
+        for path in OPERATOR_ROUTES:
+            operation = document["paths"][path]["post"]
+            assert set(document["paths"][path]) == {"post"}
+            assert operation["security"] == [{"operator": []}]
+            assert {"401", "403", "409", "415", "422"} <= set(operation["responses"])
+        reads = document["paths"]["/tasks"]["get"]["security"]
+        assert reads == [{"bearer": []}, {"operator": []}]
+        operators_only = create_app(load_settings(api_operator_token="0perator")).openapi()  # noqa: S106  # a test token
+        assert "security" not in operators_only["paths"]["/tasks"]["get"]
+        assert operators_only["paths"]["/dead-letters/purge"]["post"]["security"] == [
+            {"operator": []}
+        ]
+
+
+READ_ROUTES = {
+    "/healthz",
+    "/readyz",
+    "/tasks",
+    "/tasks/{task_id}/history",
+    "/tasks/{task_id}/history/counts",
+    "/workspaces/{workspace_id}/history",
+    "/workspaces/{workspace_id}/history/counts",
+    "/sessions/{session_id}/history",
+    "/sessions/{session_id}/history/counts",
+    "/tasks/{task_id}/history/stream",
+    "/dead-letters",
+    "/dead-letters/letters",
+    "/dead-letters/timeline",
+    "/dead-letters/actions",
+    "/dead-letters/{key}",
+}
+OPERATOR_ROUTES = {"/dead-letters/replay", "/dead-letters/purge"}

@@ -261,7 +261,8 @@ class TestFilterSql:
         sql = dead_letter_sql(DEAD_LETTERS_EXTENT, selection)
         assert sql.endswith(
             " AND error = ANY ($1::text[]) AND task_id = $2 AND failed_at < $3 AND failed_at >= $4"
-            " AND routing_key = $5 AND (detail ILIKE $6 OR message_id ILIKE $6)"
+            " AND routing_key = $5"
+            ' AND (detail COLLATE "C" ILIKE $6 OR message_id COLLATE "C" ILIKE $6)'
             " AND id = ANY ($7::bigint[]) AND id <= $8"
         )
         assert dead_letter_arguments(selection) == (

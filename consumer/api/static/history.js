@@ -180,23 +180,36 @@ async function showRecent(q) {
   await loadRecent(current);
 }
 
+// A search looks at a bounded number of tasks per request; it asks again by itself, up to
+// this many requests, while it has found fewer than a page of tasks.
+const SEARCH_REQUESTS = 25;
+
 async function loadRecent(current) {
-  const query = new URLSearchParams({ limit: "50" });
-  if (current.q) query.set("q", current.q);
-  if (current.next) query.set("after", current.next);
   let page;
-  try {
-    page = await getJson(`/tasks?${query}`, current.abort.signal);
-  } catch (error) {
-    if (error.name === "AbortError" || listing !== current) return;
-    explain(error, sayRecent);
-    return;
-  }
-  if (listing !== current) return;
-  for (const task of page.tasks) els.recentRows.append(taskRow(task, current.q));
-  current.next = page.next;
-  current.found += page.tasks.length;
-  current.examined += page.examined;
+  let requests = 0;
+  let gathered = 0;
+  do {
+    const query = new URLSearchParams({ limit: "50" });
+    if (current.q) query.set("q", current.q);
+    if (current.next) query.set("after", current.next);
+    try {
+      page = await getJson(`/tasks?${query}`, current.abort.signal);
+    } catch (error) {
+      if (error.name === "AbortError" || listing !== current) return;
+      explain(error, sayRecent);
+      return;
+    }
+    if (listing !== current) return;
+    requests += 1;
+    for (const task of page.tasks) els.recentRows.append(taskRow(task, current.q));
+    current.next = page.next;
+    current.found += page.tasks.length;
+    gathered += page.tasks.length;
+    current.examined += page.examined;
+    if (current.q && page.next) {
+      sayRecent(`Searching for “${current.q}”: ${plural(current.found, "task")} found, ${plural(current.examined, "task")} looked at…`, "busy");
+    }
+  } while (current.q && page.next && gathered < 50 && requests < SEARCH_REQUESTS);
   els.recentMore.hidden = !page.next;
   els.recentMore.textContent = current.q ? "Search further" : "More tasks";
   if (current.q) {
@@ -249,8 +262,13 @@ function matches(filters, entry, { ignoreTypes = false } = {}) {
   const at = Date.parse(entry.created_at);
   if (filters.since && at < Date.parse(filters.since)) return false;
   if (filters.until && at >= Date.parse(filters.until)) return false;
-  if (filters.q && !String(entry.content).toLowerCase().includes(filters.q.toLowerCase())) return false;
+  if (filters.q && !foldAscii(String(entry.content)).includes(foldAscii(filters.q))) return false;
   return true;
+}
+
+// Text compared as the server compares it: A to Z in any case, every other character as is.
+function foldAscii(text) {
+  return text.replace(/[A-Z]+/g, (letters) => letters.toLowerCase());
 }
 
 // created_at as a number that keeps microseconds, for ordering like the server does.
