@@ -32,6 +32,9 @@ MAX_BUCKETS = 120
 TOP_KEYS = 6
 # Where buckets are counted from: midnight UTC, so a day's bars start at midnight.
 _EPOCH = datetime(2000, 1, 3, tzinfo=UTC)
+# The range a chart may cover: a bucket inside the calendar's ends.
+_FIRST = datetime(1, 1, 15, tzinfo=UTC)
+_LAST = datetime(9999, 12, 1, tzinfo=UTC)
 
 TimelineKey = Literal["error", "task"]
 
@@ -151,11 +154,21 @@ class Timeline:
 
 
 def chart_range(start: datetime, end: datetime) -> tuple[timedelta, datetime, int]:
-    """The bucket width, first bucket and number of buckets that cover [start, end]."""
-    end = max(end, start)
+    """The bucket width, first bucket and number of buckets that cover [start, end].
+
+    The narrowest of BUCKETS that needs fewer than MAX_BUCKETS, its buckets aligned to
+    midnight UTC; for a range longer than MAX_BUCKETS weeks, whole days enough to cover it in
+    MAX_BUCKETS, from `start`. Times near the ends of the calendar are brought in by a bucket.
+    """
+    start = min(max(start, _FIRST), _LAST)
+    end = min(max(end, start), _LAST)
     span = end - start
-    bucket = next((width for width in BUCKETS if span / width < MAX_BUCKETS), BUCKETS[-1])
-    first = _EPOCH + bucket * ((start - _EPOCH) // bucket)
+    bucket = next((width for width in BUCKETS if span / width < MAX_BUCKETS), None)
+    if bucket is None:
+        days = -(-span.days // MAX_BUCKETS) + 1
+        bucket, first = timedelta(days=days), start
+    else:
+        first = _EPOCH + bucket * ((start - _EPOCH) // bucket)
     count = int((end - first) // bucket) + 1
     return bucket, first, min(count, MAX_BUCKETS * 2)
 

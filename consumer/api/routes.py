@@ -204,6 +204,10 @@ def searched(name: str, text: str | None) -> str | None:
         return None
     if "\x00" in text:
         raise InvalidParameterError(f"query parameter {name}: must not hold a NUL character")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, as a JSON body can carry one
+        raise InvalidParameterError(f"{name}: must be Unicode text (a lone surrogate)") from None
     return text
 
 

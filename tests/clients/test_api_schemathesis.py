@@ -12,6 +12,10 @@ be accepted, and two of the API's rules can't be said in JSON Schema, so schema-
 rightly refused: a cursor is opaque text this server gave out, and times must fall in years 1 to
 9999 once in UTC.
 
+The server has both tokens; Schemathesis sends the operator's, which reads everything too, so
+the routes that replay and purge dead letters are fuzzed past their refusals (replays go to the
+test's own exchange).
+
 The counts (requests, statuses, failures, seed) are printed in the test run's summary.
 """
 
@@ -36,13 +40,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consumer.settings import load_settings
+from consumer.settings import Settings
 from tests.cluster import free_port
 from tests.harness import REPOSITORY, settings_environment
 from tests.helpers import run_sync
 from tests.letters import bury, letter
 
-TOKEN = "schemathesis-token"  # noqa: S105  # the test's own token
+TOKEN = "schemathesis-token"  # noqa: S105  # the test's own token: the operator's
+READER_TOKEN = "schemathesis-reader"  # noqa: S105  # the test's own token
 SCHEMATHESIS = Path(sys.executable).parent / "st"
 
 
@@ -82,13 +87,18 @@ async def _seed(database_url: str, task: uuid.UUID) -> None:
 
 
 @pytest.fixture
-def served(database_url: str, tmp_path: Path) -> Iterator[Served]:
-    """`task-history serve` with a token, on a database holding entries and dead letters."""
+def served(database_url: str, settings: Settings, tmp_path: Path) -> Iterator[Served]:
+    """`task-history serve` with both tokens, on a database holding entries and dead letters.
+
+    Its replays go to the test's own exchange; Schemathesis sends the operator's token, which
+    reads too, so the operator routes are fuzzed beyond their refusals.
+    """
     task = uuid.uuid4()
     run_sync(_seed(database_url, task))
     port = free_port()
-    environment = settings_environment(load_settings(database_url=database_url, log_format="json"))
-    environment["TASK_HISTORY_API_TOKEN"] = TOKEN
+    environment = settings_environment(settings.model_copy(update={"log_format": "json"}))
+    environment["TASK_HISTORY_API_TOKEN"] = READER_TOKEN
+    environment["TASK_HISTORY_API_OPERATOR_TOKEN"] = TOKEN
     log = (tmp_path / "serve.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "consumer", "serve", "--port", str(port)],
@@ -174,7 +184,15 @@ class TestSchemathesis:
         assert run["failures"] == [], result.stdout[-5000:]
         assert run["errors"] == [], result.stdout[-5000:]
         assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
-        assert run["operations"]["tested"] == run["operations"]["selected"] >= 7
+        assert run["operations"]["tested"] == run["operations"]["selected"] >= 16
+        tried = {entry["request"]["url"].split("?")[0] for entry in har["log"]["entries"]}
+        for route in (
+            "/tasks",
+            "/dead-letters/letters",
+            "/dead-letters/replay",
+            "/dead-letters/purge",
+        ):
+            assert f"{served.url}{route}" in tried, route
 
 
 def _forged_cursor() -> st.SearchStrategy[str]:

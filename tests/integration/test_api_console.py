@@ -515,6 +515,8 @@ class TestPurge:
             {"since": "1h", "until": "2h"},
             {"q": ""},
             {"q": "nul\u0000"},
+            {"q": "\ud800"},
+            {"routing_key": "\udfff"},
             {"through": -1},
             {"limit": 0},
             {"task": "not-a-uuid"},
