@@ -1,4 +1,4 @@
-"""Fixtures for the page's tests: `task-history serve` on a free port, Chromium, demo tasks."""
+"""Fixtures for the page's tests: `task-history serve` on a free port, Chromium, demo tasks, axe."""
 
 from __future__ import annotations
 
@@ -22,10 +22,12 @@ from playwright.async_api import Browser, Page, async_playwright
 
 from consumer.demo import Assignment, story
 from consumer.entries import NewEntry
-from consumer.settings import load_settings
+from consumer.settings import Settings, load_settings
 from consumer.store import Store
 from tests.cluster import free_port
+from tests.conftest import Env
 from tests.harness import settings_environment, start_command
+from tests.outside import node_packages
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Playwright's own browser download does not work on these machines: Debian's Chromium, told to
@@ -51,6 +53,10 @@ class TimelineServer:
     database_url: str
     log_path: Path
     token: str | None = None
+    # With an operator token, the replay and purge routes; replays go to `settings`' broker
+    # names (the test's topology) when given.
+    operator_token: str | None = None
+    settings: Settings | None = None
     port: int = field(default_factory=free_port)
     process: asyncio.subprocess.Process | None = field(default=None, init=False)
 
@@ -67,11 +73,17 @@ class TimelineServer:
 
     async def start(self) -> None:
         """Start the server and wait until its health check answers."""
+        base = self.settings or load_settings(database_url=self.database_url)
         environment = settings_environment(
-            load_settings(database_url=self.database_url, log_format="json", metrics_port=0)
+            base.model_copy(
+                update={"database_url": self.database_url, "log_format": "json", "metrics_port": 0}
+            )
         )
         if self.token is not None:
             environment["TASK_HISTORY_API_TOKEN"] = self.token
+        if self.operator_token is not None:
+            environment["TASK_HISTORY_API_OPERATOR_TOKEN"] = self.operator_token
+            environment["TASK_HISTORY_API_OPERATOR_NAME"] = OPERATOR_NAME
         with self.log_path.open("ab") as log:
             self.process = await start_command(
                 "serve",
@@ -122,12 +134,46 @@ async def server(database_url: str, tmp_path: Path) -> AsyncIterator[TimelineSer
 
 
 TOKEN = "correct-horse-battery-staple"  # noqa: S105  # the tests' own token
+OPERATOR_TOKEN = "operator-horse-battery-staple"  # noqa: S105  # the tests' own token
+OPERATOR_NAME = "the on-call operator"
 
 
 @pytest.fixture
 async def guarded_server(database_url: str, tmp_path: Path) -> AsyncIterator[TimelineServer]:
     """The read API and its page on this test's database, asking for the bearer token TOKEN."""
     started = TimelineServer(database_url, tmp_path / "serve.log", token=TOKEN)
+    await started.start()
+    yield started
+    await started.stop()
+
+
+@pytest.fixture
+async def console(env: Env) -> AsyncIterator[TimelineServer]:
+    """The API and its page with the operator routes (the operator token), reads open.
+
+    Replays go to the test's own exchange, where a consumer the test runs can take them.
+    """
+    started = TimelineServer(
+        env.database_url,
+        env.tmp_path / "serve.log",
+        operator_token=OPERATOR_TOKEN,
+        settings=env.settings,
+    )
+    await started.start()
+    yield started
+    await started.stop()
+
+
+@pytest.fixture
+async def guarded_console(env: Env) -> AsyncIterator[TimelineServer]:
+    """The same, with a reader token too: reads need a token, replays the operator's."""
+    started = TimelineServer(
+        env.database_url,
+        env.tmp_path / "serve.log",
+        token=TOKEN,
+        operator_token=OPERATOR_TOKEN,
+        settings=env.settings,
+    )
     await started.start()
     yield started
     await started.stop()
@@ -203,11 +249,15 @@ def start_of_story(count: int) -> datetime:
 
 
 async def add_story(
-    database_url: str, *, seed: int = 7, start: datetime | None = None
+    database_url: str,
+    *,
+    seed: int = 7,
+    start: datetime | None = None,
+    workspace: uuid.UUID | None = None,
 ) -> list[NewEntry]:
     """A new task with the demo's story of one agent's work on it, STEP apart; its entries."""
     rng = random.Random(seed)
-    work = Assignment("agent-1", uuid.uuid4(), uuid.uuid4(), uuid.uuid4())
+    work = Assignment("agent-1", uuid.uuid4(), uuid.uuid4(), workspace or uuid.uuid4())
     events = story(rng, work)
     first = start or start_of_story(len(events))
     entries = [
@@ -270,3 +320,25 @@ async def wait_for_count(page: Page, count: int) -> None:
 def ids_of(entries: Sequence[NewEntry]) -> list[str]:
     """The entries' ids as the page shows them."""
     return [str(entry.id) for entry in entries]
+
+
+# axe-core, pinned in tests/node: run in the page by the browser's debugger, which the page's
+# Content-Security-Policy does not govern (an inline script would be refused, as it should).
+AXE = "node_modules/axe-core/axe.min.js"
+RUN_AXE = """
+async () => {
+    const result = await axe.run(document, {resultTypes: ['violations']});
+    return result.violations.map(v => ({
+        id: v.id, impact: v.impact, help: v.help,
+        nodes: v.nodes.slice(0, 5).map(n => n.target.join(' ')),
+    }));
+}
+"""
+
+
+async def accessibility_violations(page: Page) -> list[dict[str, Any]]:
+    """Every violation axe-core finds in the page as it is now, with its impact."""
+    if not await page.evaluate("typeof window.axe !== 'undefined'"):
+        await page.evaluate((node_packages() / AXE).read_text(encoding="utf-8"))
+    found: list[dict[str, Any]] = await page.evaluate(RUN_AXE)
+    return found

@@ -37,6 +37,8 @@ history.wire();
 letters.wire();
 $("token-form").addEventListener("submit", (event) => {
   event.preventDefault();
+  // Out of the way once given; a refusal opens it again.
+  $("token-box").open = false;
   if (currentView() === "dead-letters") letters.show();
   else history.start();
 });
