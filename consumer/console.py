@@ -17,7 +17,7 @@ from consumer.deadletters import DeadLetter
 from consumer.errors import InvalidCursorError
 
 # Bucket widths a chart of dead letters uses, narrowest first; the first that gives at most
-# MAX_BUCKETS bars over the range is taken.
+# MAX_BUCKETS columns over the range is taken.
 BUCKETS = (
     timedelta(minutes=1),
     timedelta(minutes=5),
@@ -30,7 +30,7 @@ BUCKETS = (
 MAX_BUCKETS = 120
 # Series a chart shows: the keys with the most letters, the rest as one.
 TOP_KEYS = 6
-# Where buckets are counted from: midnight UTC, so a day's bars start at midnight.
+# Where buckets are counted from: midnight UTC, so a day's columns start at midnight.
 _EPOCH = datetime(2000, 1, 3, tzinfo=UTC)
 # The range a chart may cover: a bucket inside the calendar's ends.
 _FIRST = datetime(1, 1, 15, tzinfo=UTC)

@@ -1,6 +1,6 @@
-"""The HTTP read API that `task-history serve` runs: history pages, a live stream, dead letters.
+"""The HTTP API that `task-history serve` runs: history pages, a live stream, the console.
 
-What the timeline page in static/ relies on (agreed with it; keep both sides in step):
+What the console page in static/ relies on (agreed with it; keep both sides in step):
 
 - `/` is static/index.html and `/static/...` the files beside it; neither asks for the token,
   so the page always loads and can show a refusal itself.
@@ -18,6 +18,12 @@ What the timeline page in static/ relies on (agreed with it; keep both sides in 
   A bad request is a 4xx, never a 5xx; a page stops at a byte budget as well as at `limit`.
 - Every answer carries a Content-Security-Policy the page works under: its own scripts,
   styles and requests only, no inline script or style element, nothing from another site.
+- With TASK_HISTORY_API_OPERATOR_TOKEN set, POST /dead-letters/replay and /purge exist: the
+  page sends JSON with the token in the Authorization header (from its own origin, so a
+  browser's Origin and Sec-Fetch-Site say so); a dry run first (its count and `through` go into
+  the question), then the run with `through` and a `request_id`, followed meanwhile through
+  GET /dead-letters/actions?request_id=. Whether the routes exist, the page reads in
+  /openapi.json.
 """
 
 from __future__ import annotations

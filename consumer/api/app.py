@@ -73,8 +73,13 @@ def create_app(settings: Settings) -> FastAPI:
         title=TITLE,
         version=_version(),
         description=(
-            "Read-only access to the build history of tasks: pages of entries, new entries"
-            " live as Server-Sent Events, and the dead letters."
+            "The build history of tasks: pages of entries, new entries live as Server-Sent"
+            " Events, recent tasks, and the dead letters"
+            + (
+                "; with the operator token, their replay and purge, every one on the record."
+                if settings.api_operator_token is not None
+                else ". Read-only."
+            )
         ),
         lifespan=lifespan,
         # The interactive docs load scripts from a CDN: nothing outside loads here.

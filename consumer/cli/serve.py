@@ -17,14 +17,17 @@ from consumer.signals import run_until_stopped
 )
 @click.pass_context
 def serve(ctx: click.Context, *, host: str | None, port: int | None) -> None:
-    """Serve the history over HTTP (read-only) and the timeline page, until SIGTERM or SIGINT.
+    """Serve the history over HTTP and the console page, until SIGTERM or SIGINT.
 
-    Routes: /tasks/ID/history, /workspaces/ID/history, /sessions/ID/history, the live
-    /tasks/ID/history/stream, /dead-letters, /openapi.json, /metrics, /healthz, /readyz, and
-    the page at /. With TASK_HISTORY_API_TOKEN set, all but the health checks and the page need
-    `Authorization: Bearer TOKEN`. It answers only requests for its own names
-    (TASK_HISTORY_API_ALLOWED_HOSTS). Give it a database role that can only read: a login
-    role that is a member of task_history_reader.
+    Routes: /tasks (recent tasks), /tasks/ID/history, /workspaces/ID/history,
+    /sessions/ID/history (and .../counts), the live /tasks/ID/history/stream, /dead-letters
+    (and /letters, /timeline, /actions, /ID), /openapi.json, /metrics, /healthz, /readyz, and
+    the console at /. With TASK_HISTORY_API_TOKEN set, all but the health checks and the page
+    need `Authorization: Bearer TOKEN`. It answers only requests for its own names
+    (TASK_HISTORY_API_ALLOWED_HOSTS). It only reads: give it a login that is a member of
+    task_history_reader. With TASK_HISTORY_API_OPERATOR_TOKEN set, POST /dead-letters/replay
+    and /dead-letters/purge replay and purge dead letters for that token only, through the
+    login TASK_HISTORY_API_OPERATOR_DATABASE_URL (a member of task_history_operator).
     """
     from consumer.api.server import serve as run_server  # noqa: PLC0415  # loads the web stack
 

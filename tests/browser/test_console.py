@@ -356,9 +356,9 @@ class TestDeadLetterView:
         dump = "00000000  " + "ff fe 00 62 69 6e 61 72 79 01".ljust(47) + "  |...binary.|"
         await expect(page.locator("#letter-body")).to_have_text(dump)
 
-    async def test_a_bar_lists_its_letters(self, console: TimelineServer, page: Page) -> None:
-        """Clicking the last hour's bar sets the time filters to it and lists its letters."""
-        # Two groups of letters, each within a few seconds, in 5-minute bars two hours apart.
+    async def test_a_column_lists_its_letters(self, console: TimelineServer, page: Page) -> None:
+        """Clicking the last column sets the time filters to it and lists its letters."""
+        # Two groups of letters, each within a few seconds, in 5-minute columns two hours apart.
         recent = datetime.now(UTC) - timedelta(hours=1)
         recent = recent.replace(minute=recent.minute - recent.minute % 5 + 1, second=0)
         await bury(
@@ -367,9 +367,9 @@ class TestDeadLetterView:
             + [letter(10 + n, failed_at=recent + timedelta(seconds=n)) for n in range(7)],
         )
         await page.goto(f"{console.url}/?view=dead-letters")
-        bars = page.locator("#chart rect.hit")
-        await expect(bars).to_have_count(2)
-        await bars.last.click(force=True)
+        columns = page.locator("#chart rect.hit")
+        await expect(columns).to_have_count(2)
+        await columns.last.click(force=True)
         await expect(page.locator("#letters-count")).to_have_text("(7 match)")
         assert {"since", "until"} <= set(query_of(page))
 

@@ -599,14 +599,23 @@ class TestDeadLetters:
     async def test_one_by_id(
         self, api: str, http: aiohttp.ClientSession, database_url: str
     ) -> None:
-        """A letter by row id or message id is `dlq show`'s object; an unknown one is 404."""
-        await bury(database_url, [letter(7)])
+        """A letter by row id or message id: `dlq show`'s object, and its body's bytes as text.
+
+        An unknown one is 404.
+        """
+        buried = letter(7)
+        await bury(database_url, [buried])
         code, out, err = await run_command(
             "dlq", "show", "m7", environment=_environment(database_url)
         )
         assert code == 0, err
         status, body = await get_json(http, f"{api}/dead-letters/m7")
-        assert (status, body) == (200, json.loads(out))
+        assert status == 200
+        raw = buried.body
+        assert body.pop("body_bytes") == len(raw)
+        assert json.loads(body.pop("body_text")) == json.loads(raw)
+        assert body.pop("body_hex") is None
+        assert body == json.loads(out)
         status, _ = await get_json(http, f"{api}/dead-letters/{body['id']}")
         assert status == 200
         status, body = await get_json(http, f"{api}/dead-letters/m999")

@@ -284,7 +284,8 @@ class TestDeadLetterPages:
             for n in range(1, 21)
         ]
         await bury(database_url, letters)
-        seen, after = [], None
+        seen: list[str] = []
+        after = None
         while True:
             query = {"limit": "4"} | ({"after": after} if after else {})
             status, page = await get_json(http, f"{api}/dead-letters/letters", params=query)
@@ -606,7 +607,8 @@ class TestActions:
         for n in range(5):
             status, _ = await post(http, f"{operated}/dead-letters/purge", {"q": f"m{n}"})
             assert status == 200
-        seen, after = [], None
+        seen: list[str] = []
+        after = None
         while True:
             query = {"limit": "2"} | ({"after": after} if after else {})
             status, page = await get_json(

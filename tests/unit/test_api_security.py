@@ -234,8 +234,8 @@ class TestTwoTokens:
             headers = (JSON, bearer(OPERATOR), (b"host", b"127.0.0.1:8080"), (b"origin", origin))
             assert (await guarded(path, *headers))[0] == 403
         for site in (b"cross-site", b"same-site"):
-            headers = (JSON, bearer(OPERATOR), (b"sec-fetch-site", site))
-            assert (await guarded(path, *headers))[0] == 403
+            fetched = (JSON, bearer(OPERATOR), (b"sec-fetch-site", site))
+            assert (await guarded(path, *fetched))[0] == 403
         same = (
             JSON,
             bearer(OPERATOR),

@@ -1,4 +1,4 @@
-// The chart of dead letters over time: stacked bars drawn as SVG elements (no library, no
+// The chart of dead letters over time: stacked columns drawn as SVG elements (no library, no
 // inline style: sizes are SVG attributes, colours are classes of style.css), a legend, and the
 // same counts as a table for those who can't see it.
 "use strict";
@@ -31,7 +31,7 @@ function bucketLabel(chart, index) {
 }
 
 // Draws `chart` (GET /dead-letters/timeline) into the SVG `svg`; `pick(start, end)` is called
-// with a bucket's bounds (RFC 3339) when its bar is clicked.
+// with a bucket's bounds (RFC 3339) when its column is clicked.
 export function draw(svg, chart, pick) {
   svg.replaceChildren();
   svg.setAttribute("viewBox", `0 0 ${WIDTH} ${HEIGHT}`);
@@ -68,7 +68,7 @@ export function draw(svg, chart, pick) {
       }));
       base += value;
     });
-    // One target per bar, over its whole column: a click filters the list to its time.
+    // One target per column, over its whole height: a click filters the list to its time.
     const hit = element("rect", { x: LEFT + step * index, y: TOP, width: step, height: plotHeight, class: "hit" });
     const end = new Date(Date.parse(chart.buckets[index]) + chart.bucket_seconds * 1000).toISOString();
     hit.append(element("title", {}, `${bucketLabel(chart, index)}: ${plural(totals[index], "dead letter")}`));
@@ -132,5 +132,5 @@ export function caption(chart) {
   const width = chart.bucket_seconds >= 86400 ? `${chart.bucket_seconds / 86400} day` : chart.bucket_seconds >= 3600 ? `${chart.bucket_seconds / 3600} hour` : `${chart.bucket_seconds / 60} minute`;
   const firstIndex = chart.buckets.findIndex((_, index) => chart.series.some((series) => series.counts[index]));
   const start = chart.buckets[firstIndex] || chart.start;
-  return `${plural(total, "dead letter")} by ${chart.by === "task" ? "task" : "error code"}, in bars of ${width}${width.startsWith("1 ") ? "" : "s"}, from ${formatTime(chart.buckets[0])}; the first at ${formatTime(start)}. Click a bar to list its letters.`;
+  return `${plural(total, "dead letter")} by ${chart.by === "task" ? "task" : "error code"}, in columns of ${width}${width.startsWith("1 ") ? "" : "s"}, from ${formatTime(chart.buckets[0])}; the first at ${formatTime(start)}. Click a column to list its letters.`;
 }
