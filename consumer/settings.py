@@ -113,7 +113,7 @@ class Settings(BaseSettings):
     api_operator_database_url: str | None = None
     # A search of every task (GET /tasks?q=) looks at this many tasks per page at most, most
     # recently active first, each through its own index: its time is bounded whatever the text.
-    api_search_tasks_per_page: int = Field(default=200, ge=10, le=100_000)
+    api_search_tasks_per_page: int = Field(default=150, ge=10, le=100_000)
 
     @field_validator("api_token", "api_operator_token")
     @classmethod

@@ -13,7 +13,9 @@ the counts by kind, as the page asks for both), and a search of every task (`GET
 looking at TASK_HISTORY_API_SEARCH_TASKS_PER_PAGE tasks at most). The text searched for is, in
 turn, a word nearly every entry has, a word in about one entry in a thousand, a word of one
 entry only (its `run-` word), and a word no entry has; the subject is drawn at random each run.
-Runs alternate between the kinds of read, so the machine's noise falls on all alike.
+Runs alternate between the kinds of read, so the machine's noise falls on all alike. Then
+five of them again as HTTP requests to `task-history serve` in a process of its own, one at a
+time, to see what the server adds.
 """
 
 from __future__ import annotations
@@ -21,19 +23,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
+import signal
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import aiohttp
+
 from consumer.console import TaskCursor
 from consumer.pages import HistoryQuery
 from consumer.settings import Settings
 from consumer.store import Store
 from tests.benchmarks.common import headed
+from tests.cluster import free_port
 
 PAGE = 50
 BUDGET = Settings().api_page_max_bytes
@@ -198,6 +207,7 @@ async def run(database_url: str, runs: int) -> dict[str, object]:
             after = page.next
         whole = time.perf_counter() - started
         entries = await store.pool.fetchval("SELECT count(*) FROM task_build_history")
+    over_http = await http_reads(database_url, known, runs)
     return headed(
         "console",
         entries=entries,
@@ -215,7 +225,77 @@ async def run(database_url: str, runs: int) -> dict[str, object]:
             for name, values in times.items()
         },
         whole_search={"pages": pages, "seconds": round(whole, 1)},
+        http_ms=over_http,
     )
+
+
+async def http_reads(database_url: str, known: dict[str, Any], runs: int) -> dict[str, Any]:
+    """The same reads as requests to `task-history serve` in a process of its own."""
+    rng = random.Random(11)
+    port = free_port()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("TASK_HISTORY_")}
+    environment |= {
+        "TASK_HISTORY_DATABASE_URL": database_url,
+        "TASK_HISTORY_API_PORT": str(port),
+        "TASK_HISTORY_LOG_LEVEL": "warning",
+        "TASK_HISTORY_LOG_FORMAT": "json",
+    }
+    server = subprocess.Popen(  # our own interpreter and module
+        [sys.executable, "-m", "consumer", "serve"],
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    words = known["words"]
+    paths: dict[str, Callable[[], str]] = {
+        "GET /tasks": lambda: "/tasks",
+        "GET /tasks/{id}/history?q= (rare)": lambda: (
+            f"/tasks/{rng.choice(known['tasks'])}/history?newest_first=true&limit=50"
+            f"&q={words['rare']}"
+        ),
+        "GET /workspaces/{id}/history?q= (rare)": lambda: (
+            f"/workspaces/{rng.choice(known['workspaces'])}/history?newest_first=true&limit=50"
+            f"&q={words['rare']}"
+        ),
+        "GET /workspaces/{id}/history/counts?q= (rare)": lambda: (
+            f"/workspaces/{rng.choice(known['workspaces'])}/history/counts?q={words['rare']}"
+        ),
+        "GET /tasks?q= (absent)": lambda: f"/tasks?q={words['absent']}",
+    }
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(300):
+                try:
+                    async with session.get(f"{base}/readyz") as response:
+                        if response.status == 200:  # ready
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+            for number in range(runs + 3):
+                for name, path in paths.items():
+                    started = time.perf_counter()
+                    async with session.get(base + path()) as response:
+                        await response.read()
+                        assert response.status == 200, (
+                            path(),
+                            response.status,
+                        )  # every read answers
+                    if number >= 3:  # the first runs warm up
+                        times[name].append((time.perf_counter() - started) * 1000)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+    return {
+        name: {
+            "p50": round(statistics.median(values), 1),
+            "p99": round(statistics.quantiles(values, n=100)[98], 1),
+            "max": round(max(values), 1),
+        }
+        for name, values in times.items()
+    }
 
 
 def table(result: dict[str, Any]) -> list[str]:
@@ -228,6 +308,9 @@ def table(result: dict[str, Any]) -> list[str]:
         f"{'read':<58} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}",
     ]
     for name, figures in result["ms"].items():
+        lines.append(f"{name:<58} {figures['p50']:>8} {figures['p99']:>8} {figures['max']:>8}")
+    lines.append("over HTTP, to `task-history serve` in a process of its own:")
+    for name, figures in result["http_ms"].items():
         lines.append(f"{name:<58} {figures['p50']:>8} {figures['p99']:>8} {figures['max']:>8}")
     whole = result["whole_search"]
     lines.append(
