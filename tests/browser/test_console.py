@@ -8,6 +8,7 @@ import os
 import re
 import uuid
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -30,7 +31,7 @@ from tests.browser.conftest import (
     shown_ids,
     wait_for_count,
 )
-from tests.browser.test_timeline import UPDATE_SCREENSHOT_ENV, wait_until_live
+from tests.browser.test_timeline import UPDATE_SCREENSHOT_ENV, XSS_PAYLOADS, wait_until_live
 from tests.conftest import Env
 from tests.harness import REPOSITORY, running, wait_for
 from tests.helpers import new_task
@@ -372,6 +373,54 @@ class TestDeadLetterView:
         await columns.last.click(force=True)
         await expect(page.locator("#letters-count")).to_have_text("(7 match)")
         assert {"since", "until"} <= set(query_of(page))
+
+
+class TestHostileLetters:
+    """What a publisher put in a dead letter shows as text: nothing in it runs or loads."""
+
+    async def test_payloads_everywhere(
+        self, console: TimelineServer, page: Page, request: pytest.FixtureRequest
+    ) -> None:
+        """Script payloads as detail, routing key, task, code, headers and body stay text."""
+        letters = []
+        for number, payload in enumerate(XSS_PAYLOADS):
+            hostile = letter(
+                number,
+                code=payload,
+                routing_key=payload,
+                body=payload.encode(),
+            )
+            letters.append(
+                replace(
+                    hostile,
+                    detail=payload,
+                    headers={"x-error": payload, payload: payload},
+                    properties={"app_id": payload},
+                )
+            )
+        await bury(console.database_url, letters)
+        requested: list[str] = []
+        page.on("request", lambda sent: requested.append(sent.url))
+        await page.goto(f"{console.url}/?view=dead-letters&by=error")
+        await expect(page.locator("#letter-rows > tr")).to_have_count(len(XSS_PAYLOADS))
+        details = await page.locator("#letter-rows td.detail").all_inner_texts()
+        assert sorted(details) == sorted(XSS_PAYLOADS)
+        for number in range(len(XSS_PAYLOADS)):
+            await page.locator("#letter-rows a", has_text="#").nth(number).click()
+            await expect(page.locator("#letter-body")).to_have_text(
+                XSS_PAYLOADS[len(XSS_PAYLOADS) - 1 - number]
+            )
+        assert await page.locator(f"main :is({ACTIVE_ELEMENTS})").count() == 0
+        assert await page.locator('main a[href^="javascript:"]').count() == 0
+        assert await page.evaluate("window.pwned") is None
+        assert not [url for url in requested if "evil.example" in url]
+        request.node.user_properties.append(
+            ("summary", f"console: {len(XSS_PAYLOADS)} hostile dead letters shown as text")
+        )
+
+
+# Elements a payload would need to run or load something (the chart's own SVG aside).
+ACTIVE_ELEMENTS = "script, img, iframe, style, object, embed, svg:not(#chart), svg:not(#chart) *"
 
 
 class TestReplayAndPurge:
