@@ -196,5 +196,8 @@ class TestLeftBehind:
         outcome.at_max_replays.add(_letter(2))
         outcome.at_max_replays.add(_letter(3))
         outcome.unroutable.add((_letter(4), "no queue"))
-        assert left_behind(outcome) == {"at_max_replays": 2, "unroutable": 1}
-        assert left_behind(Outcome()) == {"at_max_replays": 0, "unroutable": 0}
+        left = left_behind(outcome)
+        assert "done" not in left
+        assert (left.pop("at_max_replays"), left.pop("unroutable")) == (2, 1)
+        assert set(left.values()) <= {0}, "any other reason a replay leaves a letter: none here"
+        assert set(left_behind(Outcome()).values()) == {0}
