@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     shutdown_timeout_seconds: float = Field(default=30, ge=0)
     database_timeout_seconds: float = Field(default=60, gt=0)
     unknown_task_retry_delay_seconds: float = Field(default=10, gt=0)
+    # A row the database refuses (a constraint the host application added, say) is parked in the
+    # retry queue like an event of an unknown task, and tried again every retry delay above,
+    # for this long; then it is dead-lettered as database_rejected. 0: at once.
+    refused_row_retry_seconds: float = Field(default=300, ge=0)
 
     # The AMQP topology of contract §2.
     exchange: str = "task_build_history"

@@ -6,14 +6,14 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Protocol
 
 import structlog
 
 from consumer.batcher import Inbox
 from consumer.broker.client import Broker
-from consumer.broker.headers import MessageLike
+from consumer.broker.decoding import Trust
+from consumer.broker.signing import HeaderSigner
 from consumer.errors import (
     BrokerError,
     BrokerUnavailableError,
@@ -21,8 +21,9 @@ from consumer.errors import (
     TaskHistoryError,
 )
 from consumer.expiry import ExpiryBackend, ExpiryLoop
+from consumer.incoming import Incoming
 from consumer.metrics import HealthServer, Metrics
-from consumer.pipeline import Delivery, HistoryWriter, Outbox, Pipeline
+from consumer.pipeline import HistoryWriter, Outbox, Pipeline
 from consumer.readiness import PROBE_TIMEOUT, ReadinessWatch, Signs
 from consumer.retry import backoff
 from consumer.settings import Settings
@@ -30,6 +31,7 @@ from consumer.shutdown import Shutdown
 from consumer.signals import stop_on_signals
 from consumer.store import Store
 from consumer.topology import Topology
+from consumer.triage import Delivery
 
 log = structlog.get_logger("consumer")
 
@@ -58,6 +60,9 @@ class ConsumerStore(HistoryWriter, ExpiryBackend, Protocol):
     async def replication(self) -> tuple[int, bool]:
         """How many standbys the database streams to, and whether commits wait for one."""
 
+    async def header_key(self) -> bytes:
+        """This deployment's key for signing the consumer's own headers."""
+
 
 class ConsumerBroker(Outbox, Protocol):
     """The broker as the worker uses it: the pipeline's outbox, and a subscription."""
@@ -78,12 +83,13 @@ class ConsumerBroker(Outbox, Protocol):
 
     async def consume(
         self,
-        handler: Callable[[MessageLike], Awaitable[None]],
+        handler: Callable[[Incoming], Awaitable[None]],
         *,
         prefetch: int,
-        transit: Callable[[MessageLike], Awaitable[None]] | None = None,
+        transit: bool = False,
+        trust: Trust | None = None,
     ) -> None:
-        """Deliver the events queue to `handler`, and the dead-letter queue to `transit`."""
+        """Deliver the events queue to `handler`, and the dead-letter queue with `transit`."""
 
     async def waiting(self) -> int:
         """How many messages wait in the events queue, ready to be delivered."""
@@ -106,6 +112,8 @@ class Worker:
         self._inbox: Inbox[Delivery] = Inbox(
             max_size=settings.batch_size, max_wait=settings.batch_wait_ms / 1000
         )
+        # What decoding believes with: the key and the retention, read from the database.
+        self._trust = Trust(dead_letter_exchange=settings.topology.dead_letter_exchange)
         self._shutdown = Shutdown()
         self._shutdown_timer: asyncio.Timeout | None = None
         self._abandon: asyncio.TimerHandle | None = None
@@ -184,6 +192,8 @@ class Worker:
                 return
             await self._store.check_schema()
             await self._check_replication()
+            self._trust.signer = HeaderSigner(await self._store.header_key())
+            _, self._trust.retention = await self._store.limits()
             if not await self._until_up("broker", self._broker.connect):
                 return
             await self._broker.declare()
@@ -236,6 +246,8 @@ class Worker:
         """What readiness is judged from; the servers are asked only while consuming."""
         if self._shutdown.begun or not self._broker.consuming:
             return Signs(stopping=self._shutdown.begun, consuming=self._broker.consuming)
+        if self._pipeline.refusal is not None:
+            return Signs(refusal=self._pipeline.refusal)
         waiting, broker_problem = await self._ask_broker()
         database_problem = None
         try:
@@ -270,7 +282,10 @@ class Worker:
         # What the broker dead-letters itself (a poison message past the delivery limit) comes
         # through the same pipeline into the dead-letter table: the queue is only a way in.
         await self._broker.consume(
-            self._deliver, prefetch=self._settings.effective_prefetch, transit=self._deliver_transit
+            self._deliver,
+            prefetch=self._settings.effective_prefetch,
+            transit=True,
+            trust=self._trust,
         )
         log.info(
             "consuming",
@@ -294,12 +309,12 @@ class Worker:
                 while not self._shutdown.begun:
                     batch = await self._inbox.take()
                     if batch:
-                        await self._pipeline.handle(batch)
+                        await self._handle(batch)
                         self._progressed = time.monotonic()
                 with contextlib.suppress(BrokerError):
                     await self._broker.cancel()  # after this no delivery comes
                 while len(self._inbox):
-                    await self._pipeline.handle(self._inbox.take_nowait())
+                    await self._handle(self._inbox.take_nowait())
         except TimeoutError:
             if not timer.expired():
                 raise
@@ -309,13 +324,16 @@ class Worker:
             await _cancelled(expiry)
         log.info("stopped")
 
-    async def _deliver(self, message: MessageLike) -> None:
-        self._progressed = time.monotonic()
-        self._inbox.put(Delivery(message, datetime.now(UTC)))
+    async def _handle(self, batch: list[Delivery]) -> None:
+        """Write a batch; the retention it read is what decoding judges times by next."""
+        try:
+            await self._pipeline.handle(batch)
+        finally:
+            self._trust.retention = self._pipeline.retention or self._trust.retention
 
-    async def _deliver_transit(self, message: MessageLike) -> None:
+    async def _deliver(self, message: Incoming) -> None:
         self._progressed = time.monotonic()
-        self._inbox.put(Delivery(message, datetime.now(UTC), transit=True))
+        self._inbox.put(Delivery(message))
 
     async def _until_up(self, name: str, connect: Callable[[], Awaitable[None]]) -> bool:
         """Connect, retrying with backoff while the server is down; False if stopped first."""

@@ -30,10 +30,14 @@ class TestJudge:
             (Signs(consuming=False), "not consuming from the broker"),
             (Signs(broker_problem="the broker did not answer within 3 s"), "the broker did not"),
             (Signs(database_problem="database unavailable: refused"), "database unavailable"),
+            (
+                Signs(refusal="permission denied for table task_build_history"),
+                "the database refuses the writes: permission denied",
+            ),
         ],
     )
     def test_each_problem_is_named(self, signs: Signs, reason: str) -> None:
-        """Stopping, no subscription, a silent broker or database: each says which."""
+        """Stopping, no subscription, a silent broker or database, refused writes: each named."""
         verdict = judge(signs, stall_after=STALL)
         assert verdict is not None
         assert verdict.startswith(reason)

@@ -114,6 +114,7 @@ class TestTransit:
         poison = FakeMessage(
             b"crashes consumers",
             headers={"x-death": [{"reason": "delivery_limit", "queue": "events"}]},
+            exchange="task_build_history.dlx",
         )
         async with rig.running():
             await rig.until_consuming()
@@ -132,7 +133,11 @@ class TestDeadLetterMetrics:
         rig = Rig(metrics_port=free_port(), metrics_host="127.0.0.1")
         health = rig.worker.health
         assert health is not None
-        poison = FakeMessage(b"x", headers={"x-death": [{"reason": "delivery_limit"}]})
+        poison = FakeMessage(
+            b"x",
+            headers={"x-death": [{"reason": "delivery_limit"}]},
+            exchange="task_build_history.dlx",
+        )
         async with rig.running():
             await rig.until_consuming()
             await rig.broker.deliver_dead(poison)
