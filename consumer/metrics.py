@@ -158,6 +158,17 @@ class Metrics:
             " row's (a revoked grant, a read-only server); the batch waits meanwhile; else 0",
             registry=r,
         )
+        self.paused = Gauge(
+            "task_history_inbox_paused",
+            "1 while the consumer takes no deliveries because the messages in hand are over"
+            " TASK_HISTORY_INBOX_HIGH_BYTES, until they are under TASK_HISTORY_INBOX_LOW_BYTES",
+            registry=r,
+        )
+        self.inbox_bytes = Gauge(
+            "task_history_inbox_bytes",
+            "Bytes of message bodies the consumer holds: waiting in its inbox or being written",
+            registry=r,
+        )
         self.asynchronous_standbys = Gauge(
             "task_history_database_asynchronous_standbys",
             "Standbys the database streams to while none is synchronous (read at start-up):"

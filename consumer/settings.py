@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from consumer.errors import ConfigurationError
@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     # for this long; then it is dead-lettered as database_rejected. 0: at once.
     refused_row_retry_seconds: float = Field(default=300, ge=0)
 
+    # Memory by bytes: above the high mark of message bodies in hand (waiting to be written or
+    # being written) the consumer stops taking deliveries, and takes them again below the low.
+    inbox_high_bytes: int = Field(default=64 << 20, ge=1 << 20, le=1 << 40)
+    inbox_low_bytes: int = Field(default=32 << 20, ge=0, le=1 << 40)
+
     # The AMQP topology of contract §2.
     exchange: str = "task_build_history"
     queue: str = "task_build_history.events"
@@ -89,6 +94,14 @@ class Settings(BaseSettings):
     api_cors_origins: str = ""
     api_keepalive_seconds: float = Field(default=15, gt=0, le=3600)
     api_max_connections: int = Field(default=10, ge=2, le=1000)
+
+    @model_validator(mode="after")
+    def _inbox_marks(self) -> Settings:
+        if self.inbox_low_bytes >= self.inbox_high_bytes:
+            raise ValueError(
+                "TASK_HISTORY_INBOX_LOW_BYTES must be below TASK_HISTORY_INBOX_HIGH_BYTES"
+            )
+        return self
 
     @field_validator("api_token")
     @classmethod
@@ -182,6 +195,8 @@ def load_settings(**overrides: object) -> Settings:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"])
         message = first["msg"].removeprefix("Value error, ")
+        if not field:  # a rule over several settings, which the message names
+            raise ConfigurationError(f"invalid settings: {message}") from None
         raise ConfigurationError(
             f"invalid setting TASK_HISTORY_{field.upper()}: {message}"
         ) from None

@@ -21,7 +21,8 @@ from consumer.errors import (
     TaskHistoryError,
 )
 from consumer.expiry import ExpiryBackend, ExpiryLoop
-from consumer.incoming import Incoming
+from consumer.flow import PrefetchBySize
+from consumer.incoming import KEPT_BODY_BYTES, Incoming
 from consumer.metrics import HealthServer, Metrics
 from consumer.pipeline import HistoryWriter, Outbox, Pipeline
 from consumer.readiness import PROBE_TIMEOUT, ReadinessWatch, Signs
@@ -91,6 +92,19 @@ class ConsumerBroker(Outbox, Protocol):
     ) -> None:
         """Deliver the events queue to `handler`, and the dead-letter queue with `transit`."""
 
+    async def pause(self) -> None:
+        """Take no more deliveries for now."""
+
+    async def resume(self) -> None:
+        """Take deliveries again."""
+
+    @property
+    def paused(self) -> bool:
+        """Whether deliveries are stopped on purpose."""
+
+    async def set_prefetch(self, count: int) -> None:
+        """Let the broker send `count` messages ahead from now on."""
+
     async def waiting(self) -> int:
         """How many messages wait in the events queue, ready to be delivered."""
 
@@ -110,10 +124,23 @@ class Worker:
         self._store = store
         self._broker = broker
         self._inbox: Inbox[Delivery] = Inbox(
-            max_size=settings.batch_size, max_wait=settings.batch_wait_ms / 1000
+            max_size=settings.batch_size,
+            max_wait=settings.batch_wait_ms / 1000,
+            size_of=_body_bytes,
+            high_bytes=settings.inbox_high_bytes,
+            low_bytes=settings.inbox_low_bytes,
+            max_batch_bytes=settings.inbox_high_bytes // 4,
         )
         # What decoding believes with: the key and the retention, read from the database.
         self._trust = Trust(dead_letter_exchange=settings.topology.dead_letter_exchange)
+        # How many messages the broker sends ahead, fitted to their size (consumer.flow).
+        self._prefetch = PrefetchBySize(
+            high_bytes=settings.inbox_high_bytes,
+            most=settings.effective_prefetch,
+            assumed_bytes=KEPT_BODY_BYTES,
+        )
+        self._flow: asyncio.Task[None] | None = None
+        self._flow_due = asyncio.Event()
         self._shutdown = Shutdown()
         self._shutdown_timer: asyncio.Timeout | None = None
         self._abandon: asyncio.TimerHandle | None = None
@@ -283,7 +310,7 @@ class Worker:
         # through the same pipeline into the dead-letter table: the queue is only a way in.
         await self._broker.consume(
             self._deliver,
-            prefetch=self._settings.effective_prefetch,
+            prefetch=self._prefetch.current,
             transit=True,
             trust=self._trust,
         )
@@ -293,6 +320,7 @@ class Worker:
             batch_size=self._settings.batch_size,
             batch_wait_ms=self._settings.batch_wait_ms,
             prefetch=self._settings.effective_prefetch,
+            prefetch_at_first=self._prefetch.current,
         )
         expiry = asyncio.create_task(self._expiry.run())
         # No limit while running; stop() sets one at the shutdown deadline. It bounds the batch
@@ -311,6 +339,7 @@ class Worker:
                     if batch:
                         await self._handle(batch)
                         self._progressed = time.monotonic()
+                await self._settle_flow()
                 with contextlib.suppress(BrokerError):
                     await self._broker.cancel()  # after this no delivery comes
                 while len(self._inbox):
@@ -322,18 +351,78 @@ class Worker:
         finally:
             self._shutdown_timer = None
             await _cancelled(expiry)
+            if self._flow is not None:
+                await _cancelled(self._flow)
         log.info("stopped")
 
     async def _handle(self, batch: list[Delivery]) -> None:
-        """Write a batch; the retention it read is what decoding judges times by next."""
+        """Write a batch; its bytes are let go after, and the subscription fitted to what came."""
         try:
             await self._pipeline.handle(batch)
         finally:
+            self._inbox.release(batch)
             self._trust.retention = self._pipeline.retention or self._trust.retention
+            self.metrics.inbox_bytes.set(self._inbox.held_bytes)
+            self._nudge_flow()
 
     async def _deliver(self, message: Incoming) -> None:
         self._progressed = time.monotonic()
+        self._prefetch.observe(message.body.size)
         self._inbox.put(Delivery(message))
+        if self._inbox.full and not self._broker.paused:
+            self._nudge_flow()
+
+    def _nudge_flow(self) -> None:
+        """Have the subscription looked at again: paused, resumed or its prefetch changed."""
+        if self._shutdown.begun:
+            return
+        self._flow_due.set()
+        if self._flow is None or self._flow.done():
+            self._flow = asyncio.create_task(self._keep_flow())
+
+    async def _keep_flow(self) -> None:
+        """Bring the subscription in line with the bytes in hand, one change at a time.
+
+        Whatever changed while a change was under way is looked at again right after it.
+        """
+        while self._flow_due.is_set() and not self._shutdown.begun:
+            self._flow_due.clear()
+            try:
+                if self._inbox.full and not self._broker.paused:
+                    await self._pause()
+                elif self._broker.paused and self._inbox.roomy:
+                    await self._resume()
+                elif (count := self._prefetch.change()) is not None:
+                    await self._set_prefetch(count)
+            except BrokerError as exc:  # the connection is being made again: it resubscribes
+                log.warning("changing the subscription failed", error=str(exc))
+            self.metrics.paused.set(1 if self._broker.paused else 0)
+
+    async def _pause(self) -> None:
+        await self._broker.pause()
+        log.warning(
+            "messages in hand over the byte budget; taking no more deliveries until they are"
+            " written",
+            bytes_in_hand=self._inbox.held_bytes,
+            high=self._settings.inbox_high_bytes,
+            low=self._settings.inbox_low_bytes,
+        )
+
+    async def _resume(self) -> None:
+        await self._broker.resume()
+        log.info("taking deliveries again", bytes_in_hand=self._inbox.held_bytes)
+
+    async def _set_prefetch(self, count: int) -> None:
+        """Let the broker send `count` messages ahead from now on."""
+        await self._broker.set_prefetch(count)
+        log.info("prefetch fitted to the size of the messages", prefetch=count)
+        self._prefetch.current = count
+
+    async def _settle_flow(self) -> None:
+        """Let a pause or resume under way finish before the subscription is cancelled."""
+        if self._flow is not None:
+            with contextlib.suppress(asyncio.CancelledError, BrokerError):
+                await self._flow
 
     async def _until_up(self, name: str, connect: Callable[[], Awaitable[None]]) -> bool:
         """Connect, retrying with backoff while the server is down; False if stopped first."""
@@ -357,6 +446,11 @@ class Worker:
             else:
                 return True
         return False
+
+
+def _body_bytes(delivery: Delivery) -> int:
+    """What a delivery holds in memory, as the byte budget counts it: its body as kept."""
+    return len(delivery.message.body.data)
 
 
 async def _cancelled(task: asyncio.Task[None]) -> None:

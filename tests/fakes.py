@@ -263,6 +263,8 @@ class InMemoryBroker:
     declared: bool = False
     handler: Callable[[Incoming], Awaitable[None]] | None = None
     transit: bool = False
+    paused: bool = False
+    prefetch: int = 0
     # Messages the queue holds, as a passive declare reports them; None plays a broker that
     # does not answer (a frozen connection, a node cut off from the queue's leader).
     ready_messages: int | None = 0
@@ -285,15 +287,31 @@ class InMemoryBroker:
         self,
         handler: Callable[[Incoming], Awaitable[None]],
         *,
-        prefetch: int,  # noqa: ARG002  # no flow control here
+        prefetch: int,
         transit: bool = False,
         trust: Trust | None = None,
     ) -> None:
         """Deliver what the test pushes to `handler`, dead-queue messages too with `transit`."""
+        self.prefetch = prefetch
         self.handler = handler
         self.transit = transit
         if trust is not None:
             self.trust = trust
+
+    async def pause(self) -> None:
+        """Take no more deliveries (the test stops pushing)."""
+        self.paused = True
+        self.journal.append(("pause", "-"))
+
+    async def resume(self) -> None:
+        """Take deliveries again."""
+        self.paused = False
+        self.journal.append(("resume", "-"))
+
+    async def set_prefetch(self, count: int) -> None:
+        """Note the prefetch asked for."""
+        self.prefetch = count
+        self.journal.append(("prefetch", str(count)))
 
     async def waiting(self) -> int:
         """`ready_messages`; while it is None, no answer (the caller's timeout ends the wait)."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Final
 
 import aio_pika
 import aio_pika.exceptions
@@ -30,6 +32,9 @@ from consumer.topology import Topology
 
 log = structlog.get_logger("consumer")
 
+# Seconds a pause or resume of the subscription may take before it is left for the next try.
+FLOW_TIMEOUT: Final = 10.0
+
 
 class Broker(AsyncResource):
     """A robust connection with one confirming channel: consume, dead-letter, retry, ack."""
@@ -50,6 +55,8 @@ class Broker(AsyncResource):
         self._handler: MessageHandler | None = None
         self._transit = False
         self._trust = Trust(dead_letter_exchange=topology.dead_letter_exchange)
+        # Deliveries stopped on purpose (too many bytes in hand), until resume().
+        self._paused = False
         # Delivery tags handed to us and not yet acked, on the channel that delivered them.
         self._outstanding: set[int] = set()
         self._delivering_channel: object = None
@@ -223,7 +230,7 @@ class Broker(AsyncResource):
 
     async def _subscribe(self, _channel: object) -> None:
         """Subscribe on the open channel (also the robust channel's reopen callback)."""
-        if self._handler is None:  # cancelled meanwhile
+        if self._handler is None or self._paused:  # cancelled, or paused, meanwhile
             return
         underlay = await self.channel.get_underlay_channel()
         subscriptions = [(self.topology.queue, self._deliver)]
@@ -255,16 +262,72 @@ class Broker(AsyncResource):
             self._outstanding.add(receipt.delivery_tag)
         return message
 
+    async def pause(self) -> None:
+        """Take no more deliveries until `resume()`; what was delivered stays in hand, unacked.
+
+        Returns once the broker has confirmed that no more will come (a basic.cancel of each
+        subscription, which leaves the deliveries in hand with this channel).
+        """
+        if self._paused or self._handler is None:
+            return
+        self._paused = True
+        tags, self._consumer_tags = self._consumer_tags, []
+        if tags and self._channel is not None and not self._channel.is_closed:
+            with translated_errors():
+                underlay = await self.channel.get_underlay_channel()
+                async with asyncio.timeout(FLOW_TIMEOUT):
+                    for tag in tags:
+                        await underlay.basic_cancel(tag)
+
+    async def resume(self) -> None:
+        """Take deliveries again after `pause()`."""
+        if not self._paused:
+            return
+        self._paused = False
+        if self._channel is not None and not self._channel.is_closed:
+            with translated_errors():
+                async with asyncio.timeout(FLOW_TIMEOUT):
+                    await self._subscribe(self._channel)
+
+    @property
+    def paused(self) -> bool:
+        """Whether deliveries are stopped on purpose (see `pause`)."""
+        return self._paused
+
+    async def set_prefetch(self, count: int) -> None:
+        """Let the broker send `count` messages ahead from now on, on each subscription.
+
+        A prefetch applies to subscriptions made after it: each is cancelled (what it
+        delivered stays in hand) and made again, unless deliveries are paused (then resume()
+        makes them with it).
+        """
+        if self._handler is None or self._channel is None or self._channel.is_closed:
+            return
+        tags, self._consumer_tags = self._consumer_tags, []
+        with translated_errors():
+            underlay = await self.channel.get_underlay_channel()
+            async with asyncio.timeout(FLOW_TIMEOUT):
+                for tag in tags:
+                    await underlay.basic_cancel(tag)
+                await self.channel.set_qos(prefetch_count=count)  # also what a reconnect restores
+                await self._subscribe(self.channel)
+
     @property
     def consuming(self) -> bool:
-        """Whether the subscription is on and its channel open (false while reconnecting)."""
+        """Whether the subscription is on (or paused on purpose) and its channel open.
+
+        False while reconnecting.
+        """
         return (
-            bool(self._consumer_tags) and self._channel is not None and not self._channel.is_closed
+            bool(self._consumer_tags or self._paused)
+            and self._channel is not None
+            and not self._channel.is_closed
         )
 
     async def cancel(self) -> None:
         """Stop deliveries; returns when the broker has confirmed that no more will come."""
         self._handler = None
+        self._paused = False
         tags, self._consumer_tags = self._consumer_tags, []
         if tags:
             with translated_errors():
