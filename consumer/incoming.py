@@ -40,7 +40,7 @@ class Ignored:
     what: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Body:
     """A message body as kept: whole, or a prefix with the whole one's length and SHA-256."""
 
@@ -55,9 +55,12 @@ class Body:
         return self.sha256 is None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Incoming:
     """One delivered message, decoded defensively and believed only where it may be.
+
+    Not frozen, for speed (one is made per delivery, and a frozen dataclass costs three times
+    as much to make); nothing changes one once the broker adapter has made it.
 
     `received_at`, `waiting_since`, `refused_since`, `retry_count`, `replay_count` and a
     `routing_key` other than the delivery's come from the consumer's own headers, and only from

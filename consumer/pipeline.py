@@ -286,8 +286,9 @@ class Pipeline:
                 self._warn_once("refused", "the database refuses rows; they wait", error=reason)
             else:
                 triage.rejected.append(decided)
-        refused_ids = {id(delivery) for delivery, _, _ in refused}
-        triage.valid = [(d, e) for d, e in triage.valid if id(d) not in refused_ids]
+        if refused:
+            refused_ids = {id(delivery) for delivery, _, _ in refused}
+            triage.valid = [(d, e) for d, e in triage.valid if id(d) not in refused_ids]
         unwritten = triage.rejected[letters_written:]
         unwritten += await self._park(triage.parked, now)
         triage.parked = [p for p in triage.parked if not _among(p.delivery, unwritten)]
@@ -471,7 +472,8 @@ class Pipeline:
                 detail=r.letter.detail,
             )
         for delivery in outcome.settled:
-            self._count_ignored(delivery.message)
+            if delivery.message.ignored:
+                self._count_ignored(delivery.message)
         self._check_routing_keys(outcome.valid)
         # One lag per stored row: a batch may hold the same event twice (a republish).
         created = {e.id: e.created_at for _, e in outcome.valid if e.id in stored}

@@ -9,7 +9,7 @@ consumer.broker.signing) or signed but out of bounds: each is left out, and name
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -120,11 +120,6 @@ class _Decoding:
     def __init__(self, trust: Trust, now: datetime) -> None:
         self._trust = trust
         self._now = now
-        try:
-            self._earliest = now - trust.retention
-        except OverflowError:  # a retention of thousands of years
-            self._earliest = datetime.min.replace(tzinfo=UTC)
-        self._latest = now + trust.skew
         self.ignored: list[Ignored] = []
 
     def incoming(  # noqa: PLR0913  # decode()'s arguments, checked
@@ -148,7 +143,22 @@ class _Decoding:
         elif raw_headers is not None:
             self._ignore("out_of_range", f"headers: a {type(raw_headers).__name__}, not a table")
         whole = kept_body(body)
-        vouched = bool(own) and self._vouched(own, raw_headers, body)
+        if not own:  # a first delivery, as nearly every one is: nothing of the consumer's
+            return Incoming(
+                body=whole,
+                message_id=kept.get("message_id"),
+                routing_key=routing_key,
+                received_at=self._now,
+                properties={**kept, "exchange": exchange, "routing_key": routing_key},
+                headers=headers,
+                broker_headers=broker,
+                transit=transit,
+                death=self._death(broker, exchange) if transit else None,
+                unreadable=unreadable,
+                ignored=tuple(self.ignored),
+                receipt=receipt,
+            )
+        vouched = self._vouched(own, raw_headers, body)
         message_id = kept.get("message_id")
         if vouched and own.get(NO_MESSAGE_ID) is True:
             message_id = None
@@ -179,26 +189,15 @@ class _Decoding:
     def _properties(self, properties: Mapping[str, object]) -> dict[str, Any]:
         """The properties that are set, each of its AMQP type and range; others ignored."""
         kept: dict[str, Any] = {}
-        for name in TEXT_PROPERTIES:
-            value = properties.get(name)
-            if value is None or value == "":
+        for name, value in properties.items():
+            if value is None or value == "" or name == "headers":
                 continue
-            if isinstance(value, str) and len(value.encode("utf-8", "replace")) <= _MAX_SHORT_TEXT:
-                kept[name] = value
-            else:
-                self._ignore("out_of_range", f"{name}: {_shown(value)} is not a short string")
-        checks = (
-            ("delivery_mode", _delivery_mode, "is not 1 or 2"),
-            ("priority", _octet, "is not 0 to 255"),
-            ("timestamp", _timestamp, "is out of range"),
-        )
-        for name, check, why in checks:
-            value = properties.get(name)
-            if value is None:
+            check = _CHECKS.get(name)
+            if check is None:  # cluster_id, deprecated: never kept
                 continue
             checked = check(value)
             if checked is None:
-                self._ignore("out_of_range", f"{name}: {_shown(value)} {why}")
+                self._ignore("out_of_range", f"{name}: {_shown(value)} is out of range")
             else:
                 kept[name] = checked
         return kept
@@ -263,7 +262,11 @@ class _Decoding:
         if value is None:
             return None
         parsed = _parse_time(value)
-        if parsed is not None and self._earliest <= parsed <= self._latest:
+        try:
+            earliest = self._now - self._trust.retention
+        except OverflowError:  # a retention of thousands of years
+            earliest = datetime.min.replace(tzinfo=UTC)
+        if parsed is not None and earliest <= parsed <= self._now + self._trust.skew:
             return parsed
         self._ignore("out_of_range", f"{name}: {_shown(value)} is not a time in range")
         return None
@@ -322,6 +325,14 @@ def _scalar(value: object) -> object:
     return _SKIPPED
 
 
+def _short_text(value: object) -> str | None:
+    """An AMQP short string: text of at most 255 bytes in UTF-8."""
+    if not isinstance(value, str):
+        return None
+    short = len(value) <= _MAX_SHORT_TEXT // 4 or len(value.encode("utf-8", "replace")) <= 255  # noqa: PLR2004  # the wire's limit
+    return value if short else None
+
+
 def _delivery_mode(value: object) -> int | None:
     return (
         value
@@ -339,6 +350,14 @@ def _octet(value: object) -> int | None:
 def _timestamp(value: object) -> datetime | None:
     utc = _utc(value) if isinstance(value, datetime) else None
     return utc if utc is not None and utc >= _EARLIEST else None
+
+
+_CHECKS: Final[dict[str, Callable[[object], object | None]]] = {
+    **dict.fromkeys(TEXT_PROPERTIES, _short_text),
+    "delivery_mode": _delivery_mode,
+    "priority": _octet,
+    "timestamp": _timestamp,
+}
 
 
 def _is_int(value: object) -> bool:

@@ -71,8 +71,8 @@ def lenient_unmarshal(data_in: bytes) -> tuple[int, int, pamqp.frame.FrameTypes]
 
 def problems_of(value: object) -> tuple[str, ...]:
     """What a lenient reading left out or changed in a frame or properties object; () if none."""
-    found = getattr(value, _PROBLEMS, ())
-    return tuple(found) if isinstance(found, list | tuple) else ()
+    found = getattr(value, _PROBLEMS, None)
+    return tuple(found) if found else ()
 
 
 def salvage(data_in: bytes) -> tuple[int, int, pamqp.frame.FrameTypes] | None:

@@ -354,3 +354,20 @@ class TestAnything:
         assert (message.retry_count, message.replay_count) == (0, 0)
         assert message.routing_key == "history.agent_turn"
         assert not set(message.headers) & (OWN_HEADERS | {SIGNATURE})
+
+
+class TestSignatures:
+    """A signature checks only against this key, these headers and this body; never raises."""
+
+    @pytest.mark.parametrize("forged", [b"\x80", "\u00e9t\u00e9", "", 5, None, "A" * 10_000])
+    def test_a_forged_signature_of_any_type(self, forged: object) -> None:
+        """Bytes, text that is not ASCII, a number: no signature, and no error."""
+        message = decoded({REPLAY_COUNT: 1, SIGNATURE: forged})
+        assert message.decode_error is None
+        assert message.replay_count == 0
+        assert kinds(message) == ["unsigned"]
+
+    def test_a_short_key_is_refused(self) -> None:
+        """A key shorter than 32 bytes is a mistake, said at once."""
+        with pytest.raises(ValueError, match="32 bytes"):
+            HeaderSigner(b"short")
