@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -31,7 +32,7 @@ ERROR_CODES = tuple(
 # Characters of a detail kept: one readable line.
 MAX_DETAIL = 1000
 # Columns of a letter's row (letter_row).
-_COLUMNS = 12
+_COLUMNS = 13
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +60,24 @@ class DeadLetter:
     def body_whole(self) -> bool:
         """Whether `body` is the whole body as received (and the letter can be replayed)."""
         return self.body_sha256 is None
+
+    @property
+    def key(self) -> bytes:
+        """What identifies this message, however often it was delivered: a SHA-256.
+
+        Of its message_id, first routing key, replay count and whole body (the SHA-256 of a
+        body kept only as its prefix): two deliveries of one message have the same key,
+        whatever they failed of; a replayed copy has another.
+        """
+        digest = hashlib.sha256()
+        for part in (self.message_id or "", self.routing_key, str(self.replay_count)):
+            encoded = part.encode("utf-8", "surrogatepass")
+            digest.update(len(encoded).to_bytes(8, "big") + encoded)
+        if self.body_sha256 is None:
+            digest.update(b"body" + self.body)
+        else:
+            digest.update(b"sha256" + self.body_sha256)
+        return digest.digest()
 
     def summary(self) -> dict[str, Any]:
         """The fields `dlq list` shows, JSON-ready."""
@@ -331,8 +350,8 @@ def letter_row(letter: DeadLetter) -> tuple[Any, ...]:
     """One letter as the dead-letter table's columns; raises if a value can't be encoded.
 
     Text loses any NUL character (PostgreSQL's text holds none), a task id that is not a UUID
-    is left out, the replay count is kept within the column's integer, and headers and
-    properties become JSON text.
+    is left out, the replay count is kept within the column's integer, headers and properties
+    become JSON text, and the letter's key is added.
     """
     return (
         _text(letter.message_id),
@@ -347,6 +366,7 @@ def letter_row(letter: DeadLetter) -> tuple[Any, ...]:
         json.dumps(jsonable(letter.headers)),
         letter.body_bytes,
         letter.body_sha256,
+        letter.key,
     )
 
 

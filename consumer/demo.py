@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,13 +81,20 @@ def story(rng: random.Random, work: Assignment) -> list[dict[str, Any]]:
     return events
 
 
-async def run_demo(
-    settings: Settings, *, agents: int, rate: float, count: int | None, stop: asyncio.Event
+async def run_demo(  # noqa: PLR0913  # keyword-only options
+    settings: Settings,
+    *,
+    agents: int,
+    rate: float,
+    count: int | None,
+    stop: asyncio.Event,
+    started: Callable[[], None] = lambda: None,
 ) -> int:
     """Publish from `agents` simulated agents, `rate` events/s each, until stopped or `count`.
 
     Each agent creates its task rows first (as the host application would), then publishes
-    that task's story through the real publishing path. Returns how many events were sent.
+    that task's story through the real publishing path. `started()` is called once both
+    servers are connected. Returns how many events were sent.
     """
     sent = 0
     done = asyncio.Event()
@@ -117,6 +125,7 @@ async def run_demo(
         Store(settings.database_url, max_connections=2) as store,
     ):
         watcher = asyncio.create_task(watch_stop())
+        started()
         try:
             await asyncio.gather(
                 *(agent(f"agent-{n + 1}", publisher, store) for n in range(agents))

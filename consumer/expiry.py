@@ -30,6 +30,9 @@ class ExpiryBackend(Protocol):
     async def expire_exclusively(self, *, batch_size: int) -> int | None:
         """Delete expired entries; None if another replica is at it."""
 
+    async def forget_received(self, *, batch_size: int) -> int:
+        """Forget the received ids older than the redelivery window; how many."""
+
 
 class ExpiryLoop:
     """Runs expiry every interval, unless pg_cron does; one replica at a time."""
@@ -62,7 +65,11 @@ class ExpiryLoop:
             await asyncio.sleep(self._interval)
 
     async def run_once(self) -> None:
-        """One interval's work: stand down for pg_cron, or expire (unless another replica is)."""
+        """One interval's work: forget old received ids; stand down for pg_cron, or expire."""
+        # The consumers' own bookkeeping, not expiry: done here whoever expires the entries.
+        forgotten = await self._store.forget_received(batch_size=self._batch_size)
+        if forgotten:
+            log.debug("forgot received ids past the redelivery window", forgotten=forgotten)
         # Asked every interval: `task-history schedule` may be run, or undone, any time.
         scheduled = await self._store.expiry_job()
         if scheduled is not None and await self._store.expiry_job_silent(longer_than=CRON_SILENCE):

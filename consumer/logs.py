@@ -9,6 +9,7 @@ from typing import Any
 
 import structlog
 
+from consumer.inert import inert
 from consumer.redaction import redact
 from consumer.settings import LogFormat, LogLevel
 
@@ -30,6 +31,16 @@ class _Redactor:
         return event_dict
 
 
+def _inert_strings(
+    _logger: object, _name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Every string field inert for a terminal (consumer.inert): logs quote message ids, details."""
+    for key, value in event_dict.items():
+        if isinstance(value, str):
+            event_dict[key] = inert(value, multiline=key == "exception")
+    return event_dict
+
+
 # The libraries whose own log lines a one-shot command keeps quiet (see configure_logging).
 LIBRARY_LOGGERS = ("aiormq", "aio_pika", "asyncio", "asyncpg")
 
@@ -49,8 +60,11 @@ def configure_logging(
     if log_format is None:
         log_format = "console" if sys.stderr.isatty() else "json"
     renderer: structlog.typing.Processor
+    # JSON escapes every control character itself; a console line is written as it is.
+    last: list[structlog.typing.Processor] = []
     if log_format == "console":
         renderer = structlog.dev.ConsoleRenderer()
+        last = [_inert_strings]
     else:
         renderer = structlog.processors.JSONRenderer()
     redactor = _Redactor(secrets)
@@ -61,6 +75,7 @@ def configure_logging(
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             redactor,
+            *last,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
@@ -70,7 +85,7 @@ def configure_logging(
         logger_factory=lambda *_: structlog.PrintLogger(sys.stderr),
         cache_logger_on_first_use=False,
     )
-    _route_library_logs(renderer, redactor, level=level)
+    _route_library_logs(renderer, [redactor, *last], level=level)
     for name in LIBRARY_LOGGERS:
         # NOTSET: the root's level applies again, as when a service configures logging.
         quiet = quiet_libraries and level != "debug"
@@ -105,7 +120,10 @@ def _one_line_error(
 
 
 def _route_library_logs(
-    renderer: structlog.typing.Processor, redactor: _Redactor, *, level: LogLevel
+    renderer: structlog.typing.Processor,
+    before: list[structlog.typing.Processor],
+    *,
+    level: LogLevel,
 ) -> None:
     """Send the libraries' standard-library logging through the same renderer, warnings up."""
     handler = _Stderr()
@@ -119,7 +137,7 @@ def _route_library_logs(
             ],
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                redactor,
+                *before,
                 renderer,
             ],
         )

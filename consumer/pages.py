@@ -6,7 +6,7 @@ import base64
 import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from uuid import UUID
 
 from consumer.entries import ContextType, HistoryEntry
@@ -15,6 +15,10 @@ from consumer.errors import InvalidCursorError
 # Cursor text: a version-and-direction tag, created_at in ISO form, and the arrival sequence.
 _ASCENDING = "a1"
 _DESCENDING = "d1"
+# Far longer than any cursor given out (about 70 characters); a longer text is not decoded.
+_LONGEST = 200
+# seq is a bigint column.
+_LAST_SEQ = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,17 +37,26 @@ class Cursor:
 
     @classmethod
     def decode(cls, text: str) -> Cursor:
-        """Read a cursor given out by `encode`; raise InvalidCursorError for anything else."""
+        """Read a cursor given out by `encode`; raise InvalidCursorError for anything else.
+
+        A forged one is refused too: its time must be one the database can be given (years 1
+        to 9999 in UTC), its arrival number a bigint.
+        """
+        if len(text) > _LONGEST:
+            raise InvalidCursorError
         try:
             padded = text + "=" * (-len(text) % 4)
             tag, created, seq = (
                 base64.urlsafe_b64decode(padded.encode("ascii")).decode("ascii").split("|")
             )
-            created_at = datetime.fromisoformat(created)
+            parsed = datetime.fromisoformat(created)
             number = int(seq)
-        except (ValueError, UnicodeError, binascii.Error):
+            created_at = parsed.astimezone(UTC) if parsed.tzinfo is not None else None
+        except (ValueError, UnicodeError, binascii.Error, OverflowError):
             raise InvalidCursorError from None
-        if tag not in (_ASCENDING, _DESCENDING) or created_at.tzinfo is None:
+        if tag not in (_ASCENDING, _DESCENDING) or not 0 <= number <= _LAST_SEQ:
+            raise InvalidCursorError
+        if created_at is None:
             raise InvalidCursorError
         return cls(created_at, number, newest_first=tag == _DESCENDING)
 
@@ -79,3 +92,5 @@ class Page:
 
     entries: list[HistoryEntry]
     next: Cursor | None
+    # Whether a byte budget stopped the page before its limit.
+    cut: bool = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -12,6 +13,10 @@ from consumer.errors import ConfigurationError
 from consumer.topology import Topology
 
 LogFormat = Literal["console", "json"]
+# The names of this machine's loopback interface, which the API answers by default.
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+# A DNS name, an IPv4 address, or an IPv6 address in brackets or not; `*.` for subdomains.
+_HOST_NAME = re.compile(r"(\*\.)?[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?|\[?[0-9A-Fa-f:.]+\]?")
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 
@@ -94,6 +99,18 @@ class Settings(BaseSettings):
     api_cors_origins: str = ""
     api_keepalive_seconds: float = Field(default=15, gt=0, le=3600)
     api_max_connections: int = Field(default=10, ge=2, le=1000)
+    # Host headers the API answers (DNS rebinding: a page of another site resolving its own
+    # name to 127.0.0.1 sends its name); empty: the loopback names and the listening address.
+    api_allowed_hosts: str = ""
+    # Slow clients: the request line and headers must arrive within this (slowloris), and at
+    # most this many connections are served at once (more are answered 503).
+    api_header_timeout_seconds: float = Field(default=10, gt=0, le=3600)
+    api_connection_limit: int = Field(default=1000, ge=1, le=100_000)
+    # A page stops once its entries' content and metadata would pass this many bytes (at least
+    # one entry); the database applies it.
+    api_page_max_bytes: int = Field(default=4 * 1024 * 1024, ge=65_536, le=256 * 1024 * 1024)
+    # A live stream whose reader has more than this many bytes of entries waiting is dropped.
+    api_stream_queue_bytes: int = Field(default=4 * 1024 * 1024, ge=65_536, le=256 * 1024 * 1024)
 
     @model_validator(mode="after")
     def _inbox_marks(self) -> Settings:
@@ -106,12 +123,39 @@ class Settings(BaseSettings):
     @field_validator("api_token")
     @classmethod
     def _api_token(cls, value: SecretStr | None) -> SecretStr | None:
-        # An empty value (`TASK_HISTORY_API_TOKEN=` in a .env) means no token, not "".
-        if value is None or not value.get_secret_value():
+        # Empty is a mistake, not "no token": a .env line `TASK_HISTORY_API_TOKEN=` that
+        # meant to set one would otherwise serve everything to everyone.
+        if value is None:
             return None
+        if not value.get_secret_value():
+            raise ValueError("is empty: give a token, or unset it to serve without one")
         if not value.get_secret_value().isprintable() or " " in value.get_secret_value():
             raise ValueError("must be printable characters without spaces")
         return value
+
+    @field_validator("api_allowed_hosts")
+    @classmethod
+    def _api_allowed_hosts(cls, value: str) -> str:
+        for host in _origins(value):
+            if host != "*" and not _HOST_NAME.fullmatch(host):
+                raise ValueError(
+                    f"{host!r} is not a host name or address such as board.example.com,"
+                    " 192.0.2.10 or [::1] (no scheme, no port), or *"
+                )
+        return value
+
+    @property
+    def allowed_hosts(self) -> tuple[str, ...]:
+        """The Host names the API answers, lower case (TASK_HISTORY_API_ALLOWED_HOSTS)."""
+        given = tuple(host.lower().strip("[]") for host in _origins(self.api_allowed_hosts))
+        if given:
+            return given
+        listening = self.api_host.lower().strip("[]")
+        names = [*LOOPBACK_NAMES]
+        # The wildcard addresses are no name a client sends.
+        if listening not in ("0.0.0.0", "::", "") and listening not in names:  # noqa: S104
+            names.append(listening)
+        return tuple(names)
 
     @field_validator("api_cors_origins")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -22,7 +23,8 @@ from consumer.store import Store
 from consumer.topology import Topology
 from tests.helpers import admin, run_sync, with_database
 from tests.outside import node_packages
-from tests.servers import BrokerTools, broker_tools_for
+from tests.rabbit_cluster import PrivateBroker
+from tests.rabbit_cluster import private_broker as start_private_broker
 
 DATABASE_ENV = "TASK_HISTORY_TEST_DATABASE_URL"
 LOCAL_DATABASE = "postgresql://postgres@localhost:5432/postgres"
@@ -31,6 +33,20 @@ LOCAL_AMQP = "amqp://guest:guest@localhost:5672/"
 TESTS = Path(__file__).resolve().parent
 # Each suite's folder is also its marker: `pytest -m unit` runs without any server.
 SUITES = ("unit", "integration", "clients", "reliability", "browser")
+
+
+def pytest_configure() -> None:
+    """Give the processes the tests start SIGINT and SIGTERM as a terminal's user has them.
+
+    A shell starts a job it puts in the background (`pytest &`, nohup, cron, a CI script) with
+    SIGINT ignored, and an ignored signal stays ignored across exec: every `task-history` the
+    tests start, and then signal, would ignore Ctrl-C. Handled here instead, both signals reach
+    those processes at their defaults, however pytest itself was started.
+    """
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -181,9 +197,14 @@ def amqp_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def broker_tools(amqp_url: str) -> BrokerTools:
-    """The broker under test's rabbitmqctl, checked to control that broker (tests/servers.py)."""
-    return broker_tools_for(amqp_url)
+def private_broker() -> Iterator[PrivateBroker]:
+    """A RabbitMQ node of the suite's own, started once when a test first needs it.
+
+    For tests that restart a broker or import users into one: the servers the suite shares
+    with other programs are only ever used, never stopped or reconfigured.
+    """
+    with start_private_broker() as broker:
+        yield broker
 
 
 @pytest.fixture

@@ -109,6 +109,8 @@ class InMemoryStore:
     journal: Journal = field(default_factory=list)
     tasks: set[uuid.UUID] = field(default_factory=set)
     rows: dict[uuid.UUID, NewEntry] = field(default_factory=dict)
+    # Every id stored, as the ledger of received ids keeps them (rows may be deleted later).
+    received: set[uuid.UUID] = field(default_factory=set)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     retention: timedelta = timedelta(days=20)
     # A row the database refuses, as a CHECK constraint or an encoding error would.
@@ -188,7 +190,7 @@ class InMemoryStore:
     async def write_batch(
         self, entries: Sequence[NewEntry], dead_letters: Sequence[DeadLetter]
     ) -> set[uuid.UUID]:
-        """All or nothing, as one transaction: a refused row fails it whole; known ids skipped."""
+        """All or nothing, as one transaction: a refused row fails it whole; ids seen skipped."""
         self._maybe_fail()
         self.statements += 1
         if self.hangs:
@@ -201,11 +203,12 @@ class InMemoryStore:
             letter_row(letter)  # as the real store encodes them: a value that can't be, raises
         if any(self.refuses_letter(letter) for letter in dead_letters):
             raise DataRejectedError("dead letter refused", reason="a value out of range")
-        new = {entry.id for entry in entries if entry.id not in self.rows}
+        new = {entry.id for entry in entries if entry.id not in self.received}
         for entry in entries:
             if entry.id in new and entry.id not in self.rows:
                 self.rows[entry.id] = entry
                 self.journal.append(("commit", entry.content))
+        self.received |= new
         for letter in dead_letters:
             self.dead_letters.append(letter)
             self.journal.append(("dead_letter", letter.code))
@@ -237,6 +240,11 @@ class InMemoryStore:
         """Count a run; nothing expires here."""
         self._maybe_fail()
         self.expired_runs += 1
+        return 0
+
+    async def forget_received(self, *, batch_size: int) -> int:  # noqa: ARG002  # all at once
+        """Forget nothing: the window outlasts any test."""
+        self._maybe_fail()
         return 0
 
     @property

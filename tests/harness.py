@@ -362,6 +362,12 @@ class TcpProxy:
         """Forward again."""
         self._flowing.set()
 
+    async def heal(self) -> None:
+        """Forward again after a cut or a freeze, listening on the same port."""
+        self.thaw()
+        if self._server is None:
+            await self.start()
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             upstream_reader, upstream_writer = await asyncio.open_connection(*self._target)

@@ -40,6 +40,11 @@ class Server:
     port: int
     log_file: Path  # our path to the server's log
 
+    @property
+    def folder(self) -> Path:
+        """The server's data folder, as this process sees it."""
+        return self.log_file.parent / self.data.name
+
     def url(self, database: str = DATABASE) -> str:
         """A superuser URL of `database` on this server alone."""
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
@@ -140,7 +145,7 @@ async def _replication_state(primary: Server) -> list[tuple[str, str]]:
     return [(row["state"], row["sync_state"]) for row in rows]
 
 
-async def _until_streaming(primary: Server, *, sync_state: str) -> None:
+async def until_streaming(primary: Server, *, sync_state: str) -> None:
     """Wait until the standby streams from the primary with `sync_state` (sync or async)."""
     deadline = time.monotonic() + TOOL_TIMEOUT
     while (seen := await _replication_state(primary)) != [("streaming", sync_state)]:
@@ -187,22 +192,10 @@ async def replicas(*, synchronous: bool = True) -> AsyncIterator[Replicas]:
             # The standby starts as a copy of the migrated primary; its replication settings
             # come from -R. synchronous_standby_names is set on the primary only after the
             # copy, so the promoted standby, left alone, does not wait for a standby of its own.
-            basebackup = tools.command(
-                "pg_basebackup",
-                *("-D", str(standby.data), "-h", "127.0.0.1", "-p", str(primary.port)),
-                *("-U", "postgres", "-R", "-X", "stream", "-c", "fast", "--no-sync"),
-            )
-            await _checked(basebackup)
-            _configure(folder / "standby", {"port": str(standby.port)})
-            await standby.start()
+            await _copy(primary, to=standby)
             if synchronous:
-                connection = await asyncpg.connect(primary.url("postgres"))
-                try:
-                    await connection.execute("ALTER SYSTEM SET synchronous_standby_names = '*'")
-                    await connection.execute("SELECT pg_reload_conf()")
-                finally:
-                    await connection.close()
-            await _until_streaming(primary, sync_state="sync" if synchronous else "async")
+                await set_synchronous(primary, synchronous=True)
+            await until_streaming(primary, sync_state="sync" if synchronous else "async")
             yield Replicas(primary, standby, synchronous)
         finally:
             for server in (standby, primary):
@@ -210,6 +203,40 @@ async def replicas(*, synchronous: bool = True) -> AsyncIterator[Replicas]:
                 await _run(line)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+async def _copy(primary: Server, *, to: Server) -> None:
+    """Make `to` (its data folder absent) a streaming copy of `primary`, and start it."""
+    basebackup = primary.tools.command(
+        "pg_basebackup",
+        *("-D", str(to.data), "-h", "127.0.0.1", "-p", str(primary.port)),
+        *("-U", "postgres", "-R", "-X", "stream", "-c", "fast", "--no-sync"),
+    )
+    await _checked(basebackup)
+    _configure(to.folder, {"port": str(to.port)})
+    await to.start()
+
+
+async def set_synchronous(primary: Server, *, synchronous: bool) -> None:
+    """Make commits on `primary` wait for a standby's confirmation (any standby), or not."""
+    names = "*" if synchronous else ""
+    connection = await asyncpg.connect(primary.url("postgres"))
+    try:
+        await connection.execute(f"ALTER SYSTEM SET synchronous_standby_names = '{names}'")
+        await connection.execute("SELECT pg_reload_conf()")
+    finally:
+        await connection.close()
+
+
+async def rebuild_standby(server: Server, *, primary: Server) -> None:
+    """Throw `server`'s data away (stopping it if it runs) and make it a copy of `primary`.
+
+    What an operator does with a failed primary once its standby took over: pg_basebackup
+    from the new primary, rather than trusting what the old one wrote last.
+    """
+    await _run(server.tools.command("pg_ctl", "-D", str(server.data), "-m", "immediate", "stop"))
+    shutil.rmtree(server.folder)
+    await _copy(primary, to=server)
 
 
 async def _migrated(primary: Server) -> None:

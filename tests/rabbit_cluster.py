@@ -24,12 +24,11 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from tests.cluster import free_port
-from tests.servers import scratch_folder, server_root
+from tests.servers import TOOL_TIMEOUT, BrokerTools, scratch_folder, server_root
 
 # The broker's own scripts, the same path in Debian bookworm's 3.10 and trixie's 4.0.
 SCRIPTS = PurePosixPath("/usr/lib/rabbitmq/bin")
 START_TIMEOUT = 120  # seconds for a node to boot; 3.10 takes about 10 on two busy cores
-TOOL_TIMEOUT = 120
 SEARCH_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -121,25 +120,14 @@ class RabbitCluster:
         line = [program, *arguments]
         return ["chroot", str(self.root), *line] if self.root is not None else line
 
-    def ctl(self, node: Node, *arguments: str, timeout: float = TOOL_TIMEOUT) -> str:
-        """`rabbitmqctl -q -n NODE ARGUMENTS` of the servers under test; its output.
+    def tools(self, node: Node) -> BrokerTools:
+        """The rabbitmqctl of the servers under test, aimed at `node`."""
+        command = self._command(str(SCRIPTS / "rabbitmqctl"), "-n", node.name)
+        return BrokerTools(tuple(command), self._environment())
 
-        A failure fails the test with what the tool printed.
-        """
-        command = self._command(str(SCRIPTS / "rabbitmqctl"), "-q", "-n", node.name, *arguments)
-        result = subprocess.run(
-            command,
-            env=self._environment(),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        assert result.returncode == 0, (
-            f"rabbitmqctl -n {node.name} {arguments[0]}: exit {result.returncode}\n"
-            f"{result.stdout}{result.stderr}"
-        )
-        return result.stdout
+    def ctl(self, node: Node, *arguments: str, timeout: float = TOOL_TIMEOUT) -> str:
+        """`rabbitmqctl -q -n NODE ARGUMENTS`; its output. A failure fails the test with it."""
+        return self.tools(node).run(*arguments, timeout=timeout)
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -314,3 +302,19 @@ def rabbit_cluster(*, size: int = 3) -> Iterator[RabbitCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@dataclass(frozen=True)
+class PrivateBroker:
+    """One RabbitMQ node of the suite's own, to restart or reconfigure: its URL and rabbitmqctl."""
+
+    url: str
+    tools: BrokerTools
+
+
+@contextlib.contextmanager
+def private_broker() -> Iterator[PrivateBroker]:
+    """A single node of the servers under test, on ports of its own; gone on the way out."""
+    with rabbit_cluster(size=1) as cluster:
+        node = cluster.nodes[0]
+        yield PrivateBroker(node.url, cluster.tools(node))

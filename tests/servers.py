@@ -1,21 +1,23 @@
 """How the tests control the servers under test, not just talk to them.
 
 The suite talks to its servers by URL (tests/conftest.py). A few tests also need a server's own
-tools: rabbitmqctl to import definitions or restart the broker, PostgreSQL's initdb and pg_ctl
-for a throwaway cluster. Those tools must belong to the servers under test, which are not always
-this machine's own (.ci/trixie runs newer ones in a chroot beside them). Three variables say
-where the tools are; with none set, the tests use this machine's.
+tools: rabbitmqctl to add a vhost of a test's own, PostgreSQL's initdb and pg_ctl for a
+throwaway cluster, the broker's scripts for nodes of a test's own (tests/rabbit_cluster.py: a
+test that restarts a broker or imports users does it there, never to the servers the suite
+shares with other programs). Those tools must belong to the servers under test, which are not
+always this machine's own (.ci/trixie runs newer ones in a chroot beside them). Three variables
+say where the tools are; with none set, the tests use this machine's.
 
 - TASK_HISTORY_TEST_RABBITMQCTL: the command, as words, that runs rabbitmqctl for the broker
   under test (default: `rabbitmqctl` on PATH).
 - TASK_HISTORY_TEST_SERVER_ROOT: the root folder the servers under test and their tools see (a
-  chroot). Files handed to rabbitmqctl and throwaway clusters go under it, and PostgreSQL's
-  binaries run in it with `chroot` (default: /, this machine).
+  chroot). Files handed to rabbitmqctl, throwaway clusters and private broker nodes go under
+  it, and their binaries run in it with `chroot` (default: /, this machine).
 - TASK_HISTORY_TEST_PG_BIN: the folder, as seen from that root, of the PostgreSQL binaries for
   throwaway clusters (default: the newest installed PostgreSQL that has pg_cron).
 
-Before it changes anything, the broker's tool checks that its node listens on the port of the
-broker under test, so a suite pointed at another broker never stops this machine's.
+Before it adds a vhost, the broker's tool checks that its node listens on the port of the
+broker under test, so a suite pointed at another broker never changes this machine's.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
@@ -58,21 +61,24 @@ def scratch_folder(prefix: str) -> tuple[Path, PurePosixPath]:
 
 @dataclass(frozen=True)
 class BrokerTools:
-    """The rabbitmqctl of the broker under test, checked to control that broker."""
+    """The rabbitmqctl of one broker: the command that runs it, and the environment it needs."""
 
     command: tuple[str, ...]
+    environment: Mapping[str, str] | None = None
 
-    def run(self, *arguments: str) -> str:
+    def run(self, *arguments: str, timeout: float = TOOL_TIMEOUT) -> str:
         """Run `rabbitmqctl -q ARGUMENTS`; its output. A failure fails the test with its output."""
         result = subprocess.run(
             [*self.command, "-q", *arguments],
+            env=self.environment,
             capture_output=True,
             text=True,
-            timeout=TOOL_TIMEOUT,
+            timeout=timeout,
             check=False,
         )
         assert result.returncode == 0, (
-            f"rabbitmqctl {arguments[0]}: {result.returncode}\n{result.stdout}{result.stderr}"
+            f"rabbitmqctl {shlex.join(arguments)}: exit {result.returncode}\n"
+            f"{result.stdout}{result.stderr}"
         )
         return result.stdout
 

@@ -15,6 +15,9 @@ What the timeline page in static/ relies on (agreed with it; keep both sides in 
   or repeated: docs/reading.md states it); without it, only entries stored from then on
   (`?from_start=true`: the task's current entries first).
 - Errors are JSON `{"detail": "one readable line"}`, a 500 too (never the database's own text).
+  A bad request is a 4xx, never a 5xx; a page stops at a byte budget as well as at `limit`.
+- Every answer carries a Content-Security-Policy the page works under: its own scripts,
+  styles and requests only, no inline script or style element, nothing from another site.
 """
 
 from __future__ import annotations

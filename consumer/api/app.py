@@ -15,12 +15,14 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from starlette.middleware.cors import CORSMiddleware
 
+from consumer.api.requests import Accounting
 from consumer.api.routes import InvalidParameterError, router
-from consumer.api.security import OPEN_PATHS, BearerToken
+from consumer.api.security import OPEN_PATHS, AllowedHosts, BearerToken, SecurityHeaders
 from consumer.api.state import ApiState
 from consumer.errors import (
     DatabaseUnavailableError,
@@ -79,6 +81,13 @@ def create_app(settings: Settings) -> FastAPI:
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        # Behind the token when one is set, like every route but the health checks.
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    # Middleware added last runs first: the accounting sees every answer, refusals included;
+    # the security headers go on every answer; the Host is checked before anything is read.
     token = settings.api_token
     if token is not None:
         app.add_middleware(BearerToken, token=token.get_secret_value())
@@ -92,6 +101,9 @@ def create_app(settings: Settings) -> FastAPI:
             allow_headers=["Authorization", "Last-Event-ID"],
             max_age=600,
         )
+    app.add_middleware(AllowedHosts, allowed=settings.allowed_hosts)
+    app.add_middleware(SecurityHeaders)
+    app.add_middleware(Accounting, metrics=state.metrics)
     return app
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 from uuid import UUID
@@ -45,36 +45,74 @@ class ArrivalSource(Protocol):
         ...
 
 
+def size_of(entry: HistoryEntry) -> int:
+    """About how many bytes an entry takes on a stream: the length of its JSON."""
+    return len(entry.content) + len(str(entry.metadata or "")) + 300
+
+
 class Watcher:
     """One client's queue of new entries; None in it means: the stream ends here."""
 
-    def __init__(self, *, limit: int) -> None:
-        """A watcher ended once more than `limit` entries wait for its client."""
+    def __init__(self, *, limit: int, limit_bytes: int) -> None:
+        """A watcher ended once more than `limit` entries or `limit_bytes` wait for its client."""
         self._queue: asyncio.Queue[Arrival | None] = asyncio.Queue()
         self._limit = limit
+        self._limit_bytes = limit_bytes
+        self._waiting_bytes = 0
+        self._sizes: dict[UUID, int] = {}
         self.ended = False
+        # Why the stream ended, when it was not the client's doing nor the server's stopping.
+        self.reason: str | None = None
 
-    def offer(self, arrival: Arrival) -> None:
-        """Queue an entry; end the watcher instead if its client is too far behind."""
-        if self.ended:
-            return
-        if self._queue.qsize() >= self._limit:
-            log.warning("stream watcher too slow, ending it", waiting=self._queue.qsize())
-            self.end()
-            return
-        self._queue.put_nowait(arrival)
+    def offer(self, arrivals: Sequence[tuple[Arrival, int]]) -> None:
+        """Queue one read's entries (with their sizes in bytes); end the watcher if it is behind.
 
-    def end(self) -> None:
-        """End the stream at once, entries still queued or not: its client resumes from its last."""
+        Behind means still holding more than the limits from earlier reads when a new one
+        comes: a client that does not read as fast as entries come keeps them in memory. It is
+        dropped, the entries it has not taken are let go, and it is told why (it resumes with
+        Last-Event-ID and loses nothing). One read's entries are queued whole, however large:
+        they are shared by every watcher of the task, and a reader keeping up takes them all.
+        """
+        if self.ended or not arrivals:
+            return
+        if self._queue.qsize() > self._limit or self._waiting_bytes > self._limit_bytes:
+            log.warning(
+                "stream reader too slow, dropping it",
+                waiting=self._queue.qsize(),
+                waiting_bytes=self._waiting_bytes,
+            )
+            self.end(
+                reason=f"this reader fell behind by more than {self._limit} entries or"
+                f" {self._limit_bytes} bytes; reconnect with Last-Event-ID to resume"
+            )
+            return
+        for arrival, size in arrivals:
+            self._queue.put_nowait(arrival)
+            self._waiting_bytes += size
+            self._sizes[arrival[0].id] = size
+
+    def end(self, *, reason: str | None = None) -> None:
+        """End the stream at once, entries still queued or not: its client resumes from its last.
+
+        The entries it had not taken are let go at once.
+        """
         if not self.ended:
             self.ended = True
+            self.reason = reason
+            while not self._queue.empty():
+                self._queue.get_nowait()
+            self._waiting_bytes = 0
+            self._sizes.clear()
             self._queue.put_nowait(None)
 
     async def next(self, *, within: float) -> Arrival | None:
         """The next entry; None when the stream ended; TimeoutError after `within` s idle."""
         if self.ended:
             return None
-        return await asyncio.wait_for(self._queue.get(), within)
+        arrival = await asyncio.wait_for(self._queue.get(), within)
+        if arrival is not None:
+            self._waiting_bytes -= self._sizes.pop(arrival[0].id, 0)
+        return arrival
 
 
 class _Feed:
@@ -91,22 +129,27 @@ class _Feed:
 class Feeds:
     """Every live stream of the process, fed from one LISTEN connection."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913  # keyword-only limits and a hook
         self,
         source: ArrivalSource,
         *,
         backlog_limit: int = 1000,
+        backlog_bytes: int = 4 * 1024 * 1024,
         retry_max_seconds: float = 30,
         ping_every: float = 15,
+        on_dropped: Callable[[], None] = lambda: None,
     ) -> None:
-        """Feeds reading from `source`; a watcher ends with more than `backlog_limit` waiting.
+        """Feeds reading from `source`; a watcher ends when its client falls behind.
 
-        The listening connection is pinged every `ping_every` s, and lost unless it answers
-        within as long.
+        Behind means more than `backlog_limit` entries or `backlog_bytes` waiting. The
+        listening connection is pinged every `ping_every` s, and lost unless it answers within
+        as long. `on_dropped` is called for each watcher ended that way.
         """
         self._source = source
         self._ping_every = ping_every
         self._backlog_limit = backlog_limit
+        self._backlog_bytes = backlog_bytes
+        self._on_dropped = on_dropped
         self._retry_max = retry_max_seconds
         self._feeds: dict[UUID, _Feed] = {}
         self._listening = asyncio.Event()
@@ -180,7 +223,7 @@ class Feeds:
             raise DatabaseUnavailableError(
                 "database unavailable: not receiving notifications of new entries"
             ) from None
-        watcher = Watcher(limit=self._backlog_limit)
+        watcher = Watcher(limit=self._backlog_limit, limit_bytes=self._backlog_bytes)
         feed = self._feeds.get(task_id)
         if feed is None:
             feed = self._feeds[task_id] = _Feed()
@@ -227,8 +270,11 @@ class Feeds:
                 first = False
                 feed.ready.set()
             else:
+                sized = [(arrival, size_of(arrival[0])) for arrival in fresh]  # once for all
                 for watcher in list(feed.watchers):
-                    for arrival in fresh:
-                        watcher.offer(arrival)
+                    ended = watcher.ended
+                    watcher.offer(sized)
+                    if watcher.ended and not ended:
+                        self._on_dropped()
             await feed.woken.wait()
             feed.woken.clear()

@@ -124,7 +124,17 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 async def _page(request: Request, query: HistoryQuery) -> Response:
-    page = await application.state_of(request).connected_store().find_page(query)
+    """A page as JSON, stopped at `limit` entries or at the byte budget, whichever comes first.
+
+    The budget is applied by the database: a page of large entries costs about its budget in
+    memory, not `limit` times the largest entry.
+    """
+    state = application.state_of(request)
+    page = await state.connected_store().find_page(
+        query, max_bytes=state.settings.api_page_max_bytes
+    )
+    if page.cut:
+        state.metrics.page_cut.inc()
     body = HistoryPage(entries=page.entries, next=None if page.next is None else page.next.encode())
     return Response(body.model_dump_json(), media_type=JSON)
 
@@ -261,6 +271,8 @@ async def task_stream(
     # Watching starts before the response does: whatever is stored once the client has the
     # response's headers reaches it.
     watcher = await stack.enter_async_context(state.feeds.watch(task_id))
+    state.metrics.streams.inc()
+    stack.callback(state.metrics.streams.dec)
     # A feed shared with other watchers may still hand out entries the client had before it
     # reconnected: those up to the resume cursor are not sent again.
     resumed_at = -1 if resume is None else resume.seq
@@ -281,6 +293,9 @@ async def task_stream(
                     yield ": keep-alive\n\n"
                 elif arrival[0].id not in sent and arrival[1].seq > resumed_at:
                     yield _event(arrival)
+            if watcher.reason is not None:
+                # A comment: readers (EventSource, the page) ignore it; a person sees why.
+                yield f": dropped: {watcher.reason}\n\n"
         except StoreError as exc:
             # The headers are sent: the stream just ends, and the client reconnects.
             log.warning("stream ended", task_id=str(task_id), error=str(exc))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ipaddress
+import resource
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 
@@ -12,6 +14,7 @@ import structlog
 import uvicorn
 
 from consumer.api.app import STARTUP_WAIT_SECONDS, create_app
+from consumer.api.protocol import with_header_timeout
 from consumer.api.state import ApiState
 from consumer.errors import TaskHistoryError
 from consumer.settings import Settings
@@ -20,6 +23,10 @@ from consumer.signals import stop_on_signals
 log = structlog.get_logger()
 # After SIGTERM, how long requests still running may take; the streams end at once.
 GRACE_SECONDS = 5
+KEEP_ALIVE_SECONDS = 5
+HEADER_BYTES = 16 * 1024
+# File descriptors beyond the connections: the database pool, the log, the listener.
+SPARE_DESCRIPTORS = 256
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -90,10 +97,17 @@ def _server(
     config = uvicorn.Config(
         app,
         log_config=None,  # the project's logging (consumer.logs) takes uvicorn's records
-        access_log=False,  # no request lines: keeps the log and its size down
+        access_log=False,  # consumer.api.requests logs each request, in the project's format
         server_header=False,
         timeout_graceful_shutdown=GRACE_SECONDS,
         lifespan="on",
+        # Slow or too many clients: a deadline for each request's line and headers, idle
+        # kept-alive connections closed after 5 s, headers of at most 16 KiB, and past the
+        # connection limit new requests answered 503.
+        http=with_header_timeout(settings.api_header_timeout_seconds),
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        h11_max_incomplete_event_size=HEADER_BYTES,
+        limit_concurrency=settings.api_connection_limit,
     )
     server = _Server(config, state=state, signals=signals)
     host, port = listener.getsockname()[:2]
@@ -104,10 +118,17 @@ def _server(
 async def serve(settings: Settings, *, announce: Callable[[str], None]) -> None:
     """Serve the API until SIGTERM or SIGINT; `announce(url)` once it listens."""
     listener = bind(settings.api_host, settings.api_port)
+    _allow_descriptors(settings.api_connection_limit + SPARE_DESCRIPTORS)
     server, url, _ = _server(settings, listener, signals=True)
 
     def started() -> None:
         log.info("serving", url=url, token=settings.api_token is not None)
+        if settings.api_token is None and not _loopback(listener):
+            log.warning(
+                "listening beyond loopback without a token: whoever reaches this address reads"
+                " every history and dead letter; set TASK_HISTORY_API_TOKEN",
+                url=url,
+            )
         announce(url)
 
     server.on_started = started
@@ -115,6 +136,31 @@ async def serve(settings: Settings, *, announce: Callable[[str], None]) -> None:
         await server.serve(sockets=[listener])
     finally:
         listener.close()
+
+
+def _loopback(listener: socket.socket) -> bool:
+    """Whether `listener` listens on a loopback address only."""
+    address = listener.getsockname()[0]
+    try:
+        return ipaddress.ip_address(address.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _allow_descriptors(needed: int) -> None:
+    """Raise this process's open-file limit to `needed` if it is lower and the system allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    wanted = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    if wanted < needed:
+        log.warning(
+            "the open-file limit is below the connection limit: connections beyond it fail",
+            open_files=wanted,
+            connection_limit=needed - SPARE_DESCRIPTORS,
+        )
 
 
 @contextlib.asynccontextmanager

@@ -8,6 +8,7 @@ import structlog
 from fastapi import Request
 
 from consumer.api.feeds import Feeds
+from consumer.api.requests import ApiMetrics
 from consumer.errors import DatabaseUnavailableError, StoreError
 from consumer.settings import Settings
 from consumer.store import Store
@@ -16,7 +17,7 @@ log = structlog.get_logger()
 
 
 class ApiState:
-    """What the routes share: the settings, a read-only store and the live feeds."""
+    """What the routes share: the settings, a read-only store, the live feeds, the metrics."""
 
     def __init__(self, settings: Settings) -> None:
         """State for `settings`; `connect()` opens the store and starts listening."""
@@ -29,10 +30,13 @@ class ApiState:
             command_timeout=settings.database_timeout_seconds,
             read_only=True,
         )
+        self.metrics = ApiMetrics()
         self.feeds = Feeds(
             self.store,
             retry_max_seconds=settings.retry_backoff_max_seconds,
             ping_every=settings.api_keepalive_seconds,
+            backlog_bytes=settings.api_stream_queue_bytes,
+            on_dropped=self.metrics.streams_dropped.inc,
         )
         self.connected = asyncio.Event()
 

@@ -145,7 +145,10 @@ def settings_from(ctx: click.Context, **overrides: object) -> Settings:
         configure_logging(
             log_format=settings.log_format,
             level=settings.log_level,
-            secrets=url_secrets(settings.database_url, settings.amqp_url),
+            secrets=[
+                *url_secrets(settings.database_url, settings.amqp_url),
+                *([settings.api_token.get_secret_value()] if settings.api_token else []),
+            ],
             quiet_libraries=ctx.command.name not in SERVICES,
         )
         root.obj.settings = settings

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
@@ -18,7 +17,9 @@ from consumer.cli.options import (
 )
 from consumer.cli.output import export_to, output_option, write_lines
 from consumer.cli.progress import progress_bar
+from consumer.cli.questions import can_ask, confirmed
 from consumer.deadletters import Census, exported, refusal_to_replay, shown
+from consumer.inert import inert, inert_json
 
 if TYPE_CHECKING:
     from consumer.deadletters import DeadLetter, Selection
@@ -67,27 +68,29 @@ def dlq_list(ctx: click.Context, *, selection: Selection, as_json: bool, sample:
 
     found = _on_store(ctx, lambda store: replay.census(store, selection, sample_size=sample))
     if as_json:
-        click.echo(json.dumps(found.to_json(), ensure_ascii=False))
+        click.echo(inert_json(json.dumps(found.to_json(), ensure_ascii=False)))
         return
     _print_census(found, selection)
 
 
 def _print_census(found: Census, selection: Selection) -> None:
     # Plain lines rather than a table: ids stay whole on a terminal, in a pipe and in a log.
+    # Codes, ids, routing keys and details come from messages: inert (consumer.inert).
     which = "" if selection.is_everything else f" ({selection.describe()})"
     click.echo(f"{found.total} dead letters{which} in {TABLE}")
     for group in found.groups:
-        click.echo(f"\n{group.count:>9}  {group.error}")
+        click.echo(f"\n{group.count:>9}  {inert(group.error)}")
         for task, count in group.tasks:
-            click.echo(f"{count:>19}  task {task or '-'}")
+            click.echo(f"{count:>19}  task {inert(task or '-')}")
     if found.newest:
         click.echo(f"\nnewest {len(found.newest)}, newest first:")
     for letter in found.newest:
         failed_at = letter.failed_at.isoformat(timespec="seconds") if letter.failed_at else "-"
         click.echo(
-            f"\n  #{letter.id}  {letter.code}  failed {failed_at}  replayed {letter.replay_count}"
-            f"\n    message {letter.message_id or '-'}  task {letter.task_id or '-'}"
-            f"  routing key {letter.routing_key or '-'}\n    {letter.detail}"
+            f"\n  #{letter.id}  {inert(letter.code)}  failed {failed_at}"
+            f"  replayed {letter.replay_count}"
+            f"\n    message {inert(letter.message_id or '-')}  task {inert(letter.task_id or '-')}"
+            f"  routing key {inert(letter.routing_key or '-')}\n    {inert(letter.detail)}"
         )
 
 
@@ -103,7 +106,7 @@ def dlq_show(ctx: click.Context, key: str) -> None:
     from consumer import replay  # noqa: PLC0415  # loads aio-pika: at run time only
 
     letter = _on_store(ctx, lambda store: replay.find(store, key))
-    click.echo(json.dumps(shown(letter), indent=2, ensure_ascii=False))
+    click.echo(inert_json(json.dumps(shown(letter), indent=2, ensure_ascii=False)))
 
 
 @dlq.command(name="replay")
@@ -174,7 +177,7 @@ def dlq_replay(
         click.echo(f"left #{letter.id}: {refusal_to_replay(letter)}")
     _more(outcome.not_whole, "kept only in part")
     for letter, reason in outcome.unroutable.sample:
-        click.echo(f"left #{letter.id}: {reason}")
+        click.echo(f"left #{letter.id}: {inert(reason)}")
     _more(outcome.unroutable, "unroutable")
     partial = f", {outcome.not_whole.count} kept only in part" if outcome.not_whole.count else ""
     click.echo(
@@ -212,7 +215,7 @@ def dlq_purge(  # noqa: PLR0913  # one parameter per flag
         raise click.UsageError("purge needs a filter (--error, --task, --since, --until) or --all")
     if everything and not selection.is_everything:
         raise click.UsageError("--all deletes every dead letter: give it no filter")
-    if not (yes or dry_run or _can_ask()):
+    if not (yes or dry_run or can_ask()):
         raise click.UsageError(
             "purge deletes dead letters: confirm with --yes (no terminal to ask)"
         )
@@ -221,7 +224,7 @@ def dlq_purge(  # noqa: PLR0913  # one parameter per flag
         extent = _on_store(ctx, lambda store: store.dead_letter_extent(selection))
         matching = extent.count if limit is None else min(limit, extent.count)
         # Asked here, outside the event loop: one Ctrl-C is an answer, not a stuck thread.
-        if matching and not _confirmed(f"Delete {matching} dead letters ({selection.describe()})?"):
+        if matching and not confirmed(f"Delete {matching} dead letters ({selection.describe()})?"):
             click.echo("purge cancelled: nothing deleted", err=True)
             ctx.exit(1)
         through = extent.last  # what was counted, not what arrives meanwhile
@@ -241,20 +244,6 @@ def dlq_purge(  # noqa: PLR0913  # one parameter per flag
         _print_sample("would delete", outcome.done)
     verb = "dry run: would delete" if dry_run else "deleted"
     click.echo(f"{verb} {outcome.done.count}; {outcome.left} dead letters left")
-
-
-def _can_ask() -> bool:
-    """Whether there is a terminal to ask on: stdin to read the answer, stderr for the question."""
-    return sys.stdin.isatty() and sys.stderr.isatty()
-
-
-def _confirmed(question: str) -> bool:
-    """Ask on the terminal; Ctrl-C or the end of input is a no."""
-    try:
-        return click.confirm(question, err=True)
-    except click.Abort:
-        click.echo(err=True)  # the prompt's line, ended
-        return False
 
 
 @dlq.command(name="export")
@@ -296,7 +285,7 @@ def _more(tally: Tally[Any], what: str) -> None:
 
 def _line(letter: DeadLetter) -> str:
     """One dead letter on one line."""
-    return (
+    return inert(
         f"#{letter.id} {letter.message_id or '-'} task {letter.task_id or '-'} {letter.code}"
         f" {letter.routing_key}: {letter.detail}"
     )

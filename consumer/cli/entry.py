@@ -10,6 +10,7 @@ import structlog
 from consumer.cli.context import PROG, Invocation
 from consumer.cli.root import cli
 from consumer.errors import ConfigurationError, TaskHistoryError
+from consumer.inert import inert
 from consumer.redaction import redact
 
 log = structlog.get_logger()
@@ -30,7 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if invocation.settings is not None:
             log.debug("command failed", exc_info=exc)
         message, code = _summary(exc)
-        click.echo(f"{PROG}: error: {message}{_notes(exc)}", err=True)
+        # An error may quote data (a message id, a line of a file): inert, like all data shown.
+        click.echo(f"{PROG}: error: {inert(message + _notes(exc))}", err=True)
         return code
     # standalone_mode=False returns the exit code of --help/--version, else the command's None.
     return result if isinstance(result, int) else 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
@@ -11,18 +10,19 @@ from uuid import UUID
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from consumer.cli.context import Command, run_async, settings_from
 from consumer.cli.hints import Absence, absence_of, unknown_task_hint
 from consumer.cli.options import MOST, cursor_option, filter_options, history_query
 from consumer.cli.output import export_to, output_option, write_lines
 from consumer.entries import HistoryEntry
+from consumer.inert import inert, inert_json
 from consumer.pages import Cursor, HistoryQuery, Page
-from consumer.signals import stop_on_signals
+from consumer.signals import run_until_stopped
 
 if TYPE_CHECKING:
     from consumer.settings import Settings
-    from consumer.store import Store
 
 
 def _filtered(query: HistoryQuery) -> bool:
@@ -119,7 +119,7 @@ def _print_nothing(
 
 
 def _print_json(entries: Sequence[HistoryEntry], *, array: bool) -> None:
-    lines = [entry.model_dump_json() for entry in entries]
+    lines = [inert_json(entry.model_dump_json()) for entry in entries]
     if array:
         click.echo("[" + ",\n".join(lines) + "]")
     else:
@@ -145,13 +145,18 @@ def _print_table(subject: str, entries: Sequence[HistoryEntry], *, newest_first:
     console = Console(soft_wrap=False)
     order = "newest first" if newest_first else "oldest first"
     count = f"{len(entries)} {'entry' if len(entries) == 1 else 'entries'}"
-    console.print(f"{subject}: {count}, {order}", highlight=False)
+    # Text, never markup: `[link=...]` or `[/bold]` in data is shown as it is.
+    console.print(Text(inert(f"{subject}: {count}, {order}")))
     table = Table()
     table.add_column("created at (UTC)", no_wrap=True)
     table.add_column("type", no_wrap=True)
     table.add_column("content", overflow="fold")
     for entry in entries:
-        table.add_row(_created(entry), entry.context_type.value, entry.content)
+        table.add_row(
+            Text(_created(entry)),
+            Text(entry.context_type.value),
+            Text(inert(entry.content, multiline=True)),
+        )
     console.print(table)
 
 
@@ -218,15 +223,6 @@ def tail(ctx: click.Context, task_id: UUID, *, from_start: bool, as_json: bool) 
 
     waiting = _Waiting(f"waiting for entries of task {task_id} (Ctrl-C to stop)")
 
-    async def follow(store: Store) -> None:
-        entries = store.follow(task_id, from_start=from_start)
-        try:
-            async for entry in entries:
-                waiting.end()
-                click.echo(entry.model_dump_json() if as_json else line_of(entry))
-        finally:
-            await entries.aclose()
-
     async def run() -> None:
         async with Store(settings.database_url, max_connections=2) as store:
             await store.check_notifications()  # before saying it waits: nothing would wake it
@@ -234,13 +230,16 @@ def tail(ctx: click.Context, task_id: UUID, *, from_start: bool, as_json: bool) 
             if absent is not None:
                 click.echo(unknown_task_hint(task_id, absent, settings)[0], err=True)
             waiting.start()
-            following = asyncio.create_task(follow(store))
-            with stop_on_signals(lambda: _cancel(following)):
-                await asyncio.wait([following])
-            if not following.cancelled():
-                following.result()  # raises what ended it, if not a signal
+            entries = store.follow(task_id, from_start=from_start)
+            try:
+                async for entry in entries:
+                    waiting.end()
+                    click.echo(inert_json(entry.model_dump_json()) if as_json else line_of(entry))
+            finally:
+                await entries.aclose()
 
-    run_async(run)
+    # A signal at any moment, the waiting line shown or not, ends it: exit 0.
+    run_until_stopped(run)
 
 
 class _Waiting:
@@ -265,16 +264,11 @@ class _Waiting:
             self._shown = False
 
 
-def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-
-
 def _created(entry: HistoryEntry) -> str:
     """When an entry was created, to the millisecond."""
     return entry.created_at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
 def line_of(entry: HistoryEntry) -> str:
-    """One entry on one line: time, type, content (a line break in it shown as a backslash-n)."""
-    content = entry.content.replace("\\", "\\\\").replace("\n", "\\n")
-    return f"{_created(entry)}  {entry.context_type.value:<14}  {content}"
+    """One entry on one line: time, type, content, controls shown escaped (consumer.inert)."""
+    return f"{_created(entry)}  {entry.context_type.value:<14}  {inert(entry.content)}"

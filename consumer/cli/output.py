@@ -10,6 +10,7 @@ from typing import TextIO
 import click
 
 from consumer.cli.progress import counting
+from consumer.inert import inert_json
 
 output_option = click.option(
     "--output",
@@ -21,13 +22,14 @@ output_option = click.option(
 
 
 async def write_lines(lines: AsyncIterator[str], sink: TextIO, *, noun: str, output: str) -> int:
-    """Write each line to `sink`, counting on the terminal as they go; how many were written."""
+    """Write each JSON line to `sink`, counting on the terminal as they go; how many written."""
     # A count on the terminal, unless the lines themselves are going to that terminal.
     show = sys.stderr.isatty() and not (output == "-" and sys.stdout.isatty())
     written = 0
     with counting("exporting", show=show) as count:
         async for line in lines:
-            sink.write(line)
+            # The same JSON once parsed; no control character reaches a terminal (consumer.inert).
+            sink.write(inert_json(line))
             sink.write("\n")
             written += 1
             if written % 1000 == 0:

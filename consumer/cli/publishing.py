@@ -18,6 +18,7 @@ from consumer.cli.options import json_object_option
 from consumer.cli.progress import counting
 from consumer.entries import ContextType
 from consumer.errors import InvalidEventError, TaskHistoryError
+from consumer.inert import inert
 from consumer.settings import Settings
 
 if TYPE_CHECKING:
@@ -168,7 +169,7 @@ def _publish_file(settings: Settings, source: BinaryIO) -> tuple[int, int]:
     def refuse(number: int, reason: object) -> None:
         nonlocal refused
         refused += 1
-        click.echo(f"line {number}: {reason}", err=True)
+        click.echo(f"line {number}: {inert(str(reason))}", err=True)
 
     def events() -> Iterator[OutgoingEvent]:
         for number, item in read_event_lines(source):

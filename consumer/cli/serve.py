@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from consumer.cli.context import run_async, settings_from
+from consumer.cli.context import settings_from
+from consumer.signals import run_until_stopped
 
 
 @click.command()
@@ -19,10 +20,11 @@ def serve(ctx: click.Context, *, host: str | None, port: int | None) -> None:
     """Serve the history over HTTP (read-only) and the timeline page, until SIGTERM or SIGINT.
 
     Routes: /tasks/ID/history, /workspaces/ID/history, /sessions/ID/history, the live
-    /tasks/ID/history/stream, /dead-letters, /openapi.json, /healthz, /readyz, and the page
-    at /. With TASK_HISTORY_API_TOKEN set, all but the health checks and the page need
-    `Authorization: Bearer TOKEN`. Give it a database role that can only read: a login role
-    that is a member of task_history_reader.
+    /tasks/ID/history/stream, /dead-letters, /openapi.json, /metrics, /healthz, /readyz, and
+    the page at /. With TASK_HISTORY_API_TOKEN set, all but the health checks and the page need
+    `Authorization: Bearer TOKEN`. It answers only requests for its own names
+    (TASK_HISTORY_API_ALLOWED_HOSTS). Give it a database role that can only read: a login
+    role that is a member of task_history_reader.
     """
     from consumer.api.server import serve as run_server  # noqa: PLC0415  # loads the web stack
 
@@ -31,4 +33,4 @@ def serve(ctx: click.Context, *, host: str | None, port: int | None) -> None:
     def announce(url: str) -> None:
         click.echo(f"serving on {url}")
 
-    run_async(lambda: run_server(settings, announce=announce))
+    run_until_stopped(lambda: run_server(settings, announce=announce))

@@ -14,7 +14,7 @@ from consumer import schedule as expiry_schedule
 from consumer.cli.context import Command, run_async, settings_from
 from consumer.cli.options import MOST, NumberRange
 from consumer.errors import NotConnectedError, TaskHistoryError
-from consumer.signals import stop_on_signals
+from consumer.signals import run_until_stopped, stop_on_signals
 
 
 @click.command(cls=Command)
@@ -61,7 +61,7 @@ def consume(ctx: click.Context, /, **options: int | None) -> None:
 
     settings = settings_from(ctx, **options)
     try:
-        run_async(lambda: worker.consume(settings))
+        run_until_stopped(lambda: worker.consume(settings))
     except Exception as exc:
         if isinstance(exc, NotConnectedError) or not isinstance(exc, TaskHistoryError):
             # A bug, not an outage: the log of a crashed container must say where it was.
@@ -167,10 +167,19 @@ def demo(ctx: click.Context, *, agents: int, rate: float, count: int | None) -> 
     from consumer.demo import run_demo  # noqa: PLC0415  # loads asyncpg and aio-pika: run time
 
     settings = settings_from(ctx)
+    published = 0
 
-    async def run() -> int:
+    def announce() -> None:
+        each = f"about {rate:g} event{'' if rate == 1 else 's'}/s each"
+        click.echo(f"publishing from {agents} agents, {each} (Ctrl-C to stop)", err=True)
+
+    async def run() -> None:
+        nonlocal published
         stop = asyncio.Event()
-        with stop_on_signals(stop.set):
-            return await run_demo(settings, agents=agents, rate=rate, count=count, stop=stop)
+        with stop_on_signals(stop.set):  # a stop ends the agents' stories, then counts
+            published = await run_demo(
+                settings, agents=agents, rate=rate, count=count, stop=stop, started=announce
+            )
 
-    click.echo(f"published {run_async(run)} events")
+    run_until_stopped(run)
+    click.echo(f"published {published} events")

@@ -21,6 +21,8 @@ from consumer.store.queries import FilteredQuery, dead_letter_arguments, dead_le
 
 # The largest id a row can have: "no upper bound" for the batch queries.
 LAST_ID = 2**63 - 1
+# An AMQP message id is a short string: at most 255 bytes.
+MESSAGE_ID_BYTES = 255
 EVERY_LETTER = Selection()
 
 
@@ -159,7 +161,17 @@ class DeadLetterStore(StoreBase):
         )
 
     async def dead_letter(self, key: str) -> DeadLetter | None:
-        """The dead letter whose row id is `key`, else the newest whose message_id is `key`."""
+        """The dead letter whose row id is `key`, else the newest whose message_id is `key`.
+
+        None for a key no letter can have, unasked: longer than an AMQP message id (255
+        bytes), or holding NUL or text that is not UTF-8, which PostgreSQL would refuse.
+        """
+        try:
+            encoded = key.encode()
+        except UnicodeError:
+            return None
+        if len(encoded) > MESSAGE_ID_BYTES or "\x00" in key:
+            return None
         if key.isascii() and key.isdigit() and int(key) <= LAST_ID:
             rows = await self._fetch(queries.DEAD_LETTER_BY_ID, int(key))
             if rows:

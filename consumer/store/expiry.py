@@ -1,4 +1,4 @@
-"""Expiry: delete entries and dead letters past their retention, one replica at a time."""
+"""Expiry: delete entries and dead letters past their retention; forget old received ids."""
 
 from __future__ import annotations
 
@@ -9,12 +9,22 @@ from consumer.store.pool import StoreBase
 
 
 class ExpiryStore(StoreBase):
-    """Deleting expired entries and dead letters."""
+    """Deleting expired entries and dead letters, and received ids past their window."""
 
     async def expire(self, *, batch_size: int = 10_000) -> int:
-        """Delete every expired entry and dead letter, `batch_size` per transaction; how many."""
+        """Delete every expired entry and dead letter, `batch_size` per transaction; how many.
+
+        Received ids older than their window are forgotten too (not counted).
+        """
         async with self._connection() as connection:
-            return await _expire_on(connection, batch_size)
+            deleted = await _expire_on(connection, batch_size)
+            await _repeat(connection, queries.FORGET_RECEIVED_BATCH, batch_size)
+            return deleted
+
+    async def forget_received(self, *, batch_size: int = 10_000) -> int:
+        """Forget the received ids older than the redelivery window; how many."""
+        async with self._connection() as connection:
+            return await _repeat(connection, queries.FORGET_RECEIVED_BATCH, batch_size)
 
     async def expire_exclusively(self, *, batch_size: int = 10_000) -> int | None:
         """Like `expire`, unless another replica is expiring right now: then None at once."""
@@ -28,13 +38,19 @@ class ExpiryStore(StoreBase):
 
 
 async def _expire_on(connection: asyncpg.Connection, batch_size: int) -> int:
+    total = 0
+    for query in (queries.EXPIRE_BATCH, queries.EXPIRE_DEAD_LETTERS_BATCH):
+        total += await _repeat(connection, query, batch_size)
+    return total
+
+
+async def _repeat(connection: asyncpg.Connection, query: str, batch_size: int) -> int:
+    """Run a batch function until it deletes fewer than `batch_size`; the total deleted."""
     # Each batch is its own statement, so its own transaction: locks stay short, and what is
     # deleted stays deleted if a later batch fails.
     total = 0
-    for query in (queries.EXPIRE_BATCH, queries.EXPIRE_DEAD_LETTERS_BATCH):
-        while True:
-            deleted = int(await connection.fetchval(query, batch_size))
-            total += deleted
-            if deleted < batch_size:
-                break
-    return total
+    while True:
+        deleted = int(await connection.fetchval(query, batch_size))
+        total += deleted
+        if deleted < batch_size:
+            return total

@@ -67,16 +67,30 @@ MISSING_TASKS = (
     " WHERE NOT EXISTS (SELECT 1 FROM tasks WHERE tasks.id = t.id)"
 )
 # One statement per batch. Rows keep their array order (the arrival sequence follows it), the
-# retention is read once per statement, and a redelivered id is skipped, not stored twice.
+# retention is read once per statement, and an id stored before is skipped, not stored twice:
+# the ledger of received ids (sql/0009_received_ids.sql) takes each id first, and only the ids
+# it did not hold yet go on to the history, even when the cap has already deleted the first
+# copy. The primary key still turns away an id older than the ledger's window, while its row
+# is there. Both inserts are one statement: one commits or neither does.
 INSERT_ENTRIES = """
+WITH r AS (
+    SELECT *
+    FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[],
+                $7::text[], $8::timestamptz[]) WITH ORDINALITY
+             AS r (id, task_id, workspace_id, session_id, context_type, content, metadata,
+                   created_at, n)
+), first_seen AS (
+    INSERT INTO task_build_history_received (id)
+    SELECT id FROM r ORDER BY n
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id
+)
 INSERT INTO task_build_history (id, task_id, workspace_id, session_id, context_type, content,
                                 metadata, created_at, expires_at)
 SELECT r.id, r.task_id, r.workspace_id, r.session_id, r.context_type, r.content,
        r.metadata::jsonb, r.created_at, r.created_at + s.retention
-FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[],
-            $8::timestamptz[]) WITH ORDINALITY
-         AS r (id, task_id, workspace_id, session_id, context_type, content, metadata,
-               created_at, n)
+FROM r
+JOIN first_seen USING (id)
 CROSS JOIN task_build_history_settings AS s
 ORDER BY r.n
 ON CONFLICT (id) DO NOTHING
@@ -84,20 +98,22 @@ RETURNING id
 """
 DELETE_TASK_HISTORY = "SELECT task_build_history_delete_task_v1($1)"
 
-# Dead letters (sql/0004_dead_letters.sql, 0008): one statement for a batch's, in arrival order.
+# Dead letters (sql/0004_dead_letters.sql, 0008, 0009): one statement for a batch's, in arrival
+# order. A letter whose key is already there (the same message delivered again) is skipped.
 INSERT_DEAD_LETTERS = """
 INSERT INTO task_build_history_dead_letters (message_id, error, detail, routing_key, task_id,
                                              failed_at, replay_count, body, properties, headers,
-                                             original_body_bytes, original_body_sha256)
+                                             original_body_bytes, original_body_sha256, key)
 SELECT r.message_id, r.error, r.detail, r.routing_key, r.task_id, r.failed_at, r.replay_count,
        r.body, r.properties::jsonb, r.headers::jsonb, r.original_body_bytes,
-       r.original_body_sha256
+       r.original_body_sha256, r.key
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::timestamptz[],
             $7::integer[], $8::bytea[], $9::text[], $10::text[], $11::bigint[],
-            $12::bytea[]) WITH ORDINALITY
+            $12::bytea[], $13::bytea[]) WITH ORDINALITY
          AS r (message_id, error, detail, routing_key, task_id, failed_at, replay_count, body,
-               properties, headers, original_body_bytes, original_body_sha256, n)
+               properties, headers, original_body_bytes, original_body_sha256, key, n)
 ORDER BY r.n
+ON CONFLICT (key) DO NOTHING
 """
 # The key the consumer signs its own headers with (sql/0008, consumer/broker/signing.py).
 HEADER_KEY = "SELECT header_key FROM task_build_history_secrets"
@@ -106,6 +122,7 @@ HEADER_KEY = "SELECT header_key FROM task_build_history_secrets"
 
 EXPIRE_BATCH = "SELECT task_build_history_expire_batch_v1($1)"
 EXPIRE_DEAD_LETTERS_BATCH = "SELECT task_build_history_expire_dead_letters_v1($1)"
+FORGET_RECEIVED_BATCH = "SELECT task_build_history_forget_received_v1($1)"
 
 # Reads. Every one hides expired rows, whether or not the expiry job has run yet, and every
 # entry read starts from READ_SELECT: the entry's nine columns and its arrival sequence.
@@ -183,6 +200,35 @@ def read_sql(query: HistoryQuery) -> str:
         parts.append(_READ_AFTER_NEWEST_FIRST if query.newest_first else _READ_AFTER_OLDEST_FIRST)
     parts.append(_READ_NEWEST_FIRST if query.newest_first else _READ_OLDEST_FIRST)
     return "".join(parts)
+
+
+# A page within a byte budget ($10): the read above, and over its rows, in its order, the running
+# total of their sizes (content and metadata in bytes, and 300 for the rest of an entry's JSON);
+# rows past the budget are not sent, but the first always is. `read_rows` says how many the
+# read itself found, so the caller knows whether the budget cut the page.
+_PAGE_HEAD = (
+    "SELECT * FROM (SELECT r.*, count(*) OVER () AS read_rows,"
+    " octet_length(r.content) + coalesce(octet_length(r.metadata::text), 0) + 300 AS entry_bytes,"
+    " sum(octet_length(r.content) + coalesce(octet_length(r.metadata::text), 0) + 300)"
+)
+_PAGE_TAIL = ") AS r) AS p WHERE through_bytes <= $10 OR through_bytes = entry_bytes"
+_PAGE_OLDEST_FIRST = (
+    _PAGE_HEAD + " OVER (ORDER BY r.created_at, r.seq ROWS UNBOUNDED PRECEDING) AS through_bytes"
+    " FROM (",
+    _PAGE_TAIL + " ORDER BY created_at, seq",
+)
+_PAGE_NEWEST_FIRST = (
+    _PAGE_HEAD + " OVER (ORDER BY r.created_at DESC, r.seq DESC ROWS UNBOUNDED PRECEDING)"
+    " AS through_bytes FROM (",
+    _PAGE_TAIL + " ORDER BY created_at DESC, seq DESC",
+)
+PAGE_EXTRA_COLUMNS = ("read_rows", "entry_bytes", "through_bytes")
+
+
+def page_sql(query: HistoryQuery) -> str:
+    """The read `query` asks for, stopped at a byte budget (parameter $10) in the database."""
+    head, tail = _PAGE_NEWEST_FIRST if query.newest_first else _PAGE_OLDEST_FIRST
+    return head + read_sql(query) + tail
 
 
 def read_arguments(query: HistoryQuery, *, limit: int | None) -> tuple[object, ...]:

@@ -17,10 +17,14 @@ from consumer.errors import DatabaseUnavailableError, NotMigratedError, StoreErr
 from consumer.pages import Cursor, HistoryQuery, Page
 from consumer.store import queries
 from consumer.store.pool import StoreBase, translated
-from consumer.store.queries import read_arguments, read_sql
+from consumer.store.queries import PAGE_EXTRA_COLUMNS, page_sql, read_arguments, read_sql
 
 
-def _entry_and_seq(record: asyncpg.Record) -> tuple[HistoryEntry, int]:
+def _without(record: asyncpg.Record, columns: tuple[str, ...]) -> dict[str, object]:
+    return {name: value for name, value in record.items() if name not in columns}
+
+
+def _entry_and_seq(record: asyncpg.Record | dict[str, object]) -> tuple[HistoryEntry, int]:
     values = dict(record.items())
     seq = values.pop("seq")
     return HistoryEntry.model_validate(values), seq
@@ -55,17 +59,33 @@ class ReadStore(StoreBase):
         """A session's entries, oldest first."""
         return await self._entries(HistoryQuery(session_id=session_id, limit=limit))
 
-    async def find_page(self, query: HistoryQuery) -> Page:
-        """One page of the entries `query` selects, and the cursor of the next, if any."""
+    async def find_page(self, query: HistoryQuery, *, max_bytes: int | None = None) -> Page:
+        """One page of the entries `query` selects, and the cursor of the next, if any.
+
+        With `max_bytes`, the page also stops, in the database, once its entries' content and
+        metadata (and 300 bytes each for the rest) would pass that many bytes; it always holds
+        at least one entry. Memory then follows the budget, not the count of entries.
+        """
         # One row more than asked says whether another page follows.
         limit = None if query.limit is None else query.limit + 1
-        rows = [_entry_and_seq(record) for record in await self._read(query, limit=limit)]
-        following = None
+        arguments = read_arguments(query, limit=limit)
+        if max_bytes is None:
+            records = await self._fetch(read_sql(query), *arguments)
+            found = len(records)
+        else:
+            records = await self._fetch(page_sql(query), *arguments, max_bytes)
+            found = records[0]["read_rows"] if records else 0
+            records = [_without(record, PAGE_EXTRA_COLUMNS) for record in records]
+        rows = [_entry_and_seq(record) for record in records]
+        more = len(rows) < found  # the budget stopped the page
         if query.limit is not None and len(rows) > query.limit:
             rows = rows[: query.limit]
+            more = True
+        following = None
+        if more and rows:
             last, seq = rows[-1]
             following = Cursor(last.created_at, seq, newest_first=query.newest_first)
-        return Page(entries=[entry for entry, _ in rows], next=following)
+        return Page(entries=[entry for entry, _ in rows], next=following, cut=len(rows) < found - 1)
 
     async def stream(
         self, query: HistoryQuery, *, prefetch: int = 1000

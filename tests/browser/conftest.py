@@ -151,17 +151,46 @@ async def browser() -> AsyncIterator[Browser]:
 
 @pytest.fixture
 async def page(browser: Browser) -> AsyncIterator[Page]:
-    """A desktop-sized tab in UTC; the test fails if the page's script throws."""
+    """A desktop-sized tab in UTC; fails the test if the script throws or the CSP refuses.
+
+    Anything the page does that the server's Content-Security-Policy refuses counts.
+    """
     context = await browser.new_context(
         viewport={"width": 1280, "height": 900}, timezone_id="UTC", locale="en-GB"
     )
     context.set_default_timeout(WAIT_MS)
+    # Each refusal by the policy, as the browser reports it to the page.
+    await context.add_init_script(CSP_WATCH)
     opened = await context.new_page()
     thrown: list[str] = []
+    refused: list[str] = []
     opened.on("pageerror", lambda error: thrown.append(str(error)))
+    opened.on(
+        "console",
+        lambda message: (
+            refused.append(message.text)
+            if "Content Security Policy" in message.text or message.text.startswith(CSP_MARK)
+            else None
+        ),
+    )
     yield opened
+    if not opened.is_closed():
+        with contextlib.suppress(Exception):  # a page gone with its server: its list is lost
+            refused.extend(await opened.evaluate("window.cspRefusals || []"))
     await context.close()
     assert not thrown, f"the page's script threw: {thrown}"
+    assert not refused, f"the Content-Security-Policy refused: {refused}"
+
+
+CSP_MARK = "csp refused:"
+CSP_WATCH = """
+window.cspRefusals = [];
+document.addEventListener('securitypolicyviolation', event => {
+    const what = `${event.violatedDirective} ${event.blockedURI}`;
+    window.cspRefusals.push(what);
+    console.error(`csp refused: ${what}`);
+});
+"""
 
 
 # Entries of the demo tasks are this far apart, so time filters have room between them.

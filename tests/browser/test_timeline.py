@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Awaitable
 from pathlib import Path
+from urllib.parse import urlencode
 
 import asyncpg
 import pytest
@@ -189,6 +190,74 @@ class TestShowsTheHistory:
         await page.get_by_label("Task id").fill("build-42")
         await page.get_by_label("Task id").press("Enter")
         await expect(page.locator("#state")).to_contain_text("is not a task id")
+
+
+# What an attacker publishes as content or metadata, or puts in a link to the page.
+XSS_PAYLOADS = (
+    "<script>window.pwned=1</script>",
+    '<img src=x onerror="window.pwned=1">',
+    '<svg onload="window.pwned=1"></svg>',
+    '"><script>window.pwned=1</script>',
+    "javascript:window.pwned=1",
+    '<iframe src="javascript:window.pwned=1"></iframe>',
+    '<a href="javascript:window.pwned=1">click</a>',
+    "</pre><script>window.pwned=1</script>",
+    "{{constructor.constructor('window.pwned=1')()}}",
+    "<style>@import 'http://evil.example/x.css';</style>",
+)
+ACTIVE = "#timeline script, #timeline img, #timeline svg, #timeline iframe, #timeline style"
+
+
+class TestHostileContent:
+    """Stored and reflected script payloads are text on the page; nothing runs or loads."""
+
+    async def test_stored_payloads_in_content_and_metadata(
+        self, server: TimelineServer, page: Page, sql: asyncpg.Connection
+    ) -> None:
+        """Each payload as content and as a metadata value shows as written; none runs."""
+        task_id = await new_task(sql)
+        for payload in XSS_PAYLOADS:
+            await add_entry(sql, task_id, content=payload, metadata={"note": payload})
+        requested: list[str] = []
+        page.on("request", lambda sent: requested.append(sent.url))
+        await page.goto(server.page_url(task_id))
+        await wait_for_count(page, len(XSS_PAYLOADS))
+        contents = await page.locator("#timeline > li .content").all_inner_texts()
+        assert sorted(contents) == sorted(XSS_PAYLOADS)
+        for details in await page.locator("#timeline > li .details summary").all():
+            await details.click()
+        notes = [
+            json.loads(text)["note"]
+            for text in await page.locator("#timeline > li .metadata").all_inner_texts()
+        ]
+        assert sorted(notes) == sorted(XSS_PAYLOADS)
+        assert await page.locator(ACTIVE).count() == 0
+        assert await page.locator('#timeline a[href^="javascript:"]').count() == 0
+        assert await page.evaluate("window.pwned") is None
+        assert not [url for url in requested if "evil.example" in url]
+
+    @pytest.mark.parametrize(
+        "query",
+        [
+            {"task": '<img src=x onerror="window.pwned=1">'},
+            {
+                "task": "6f1c2a1e-7d4b-4c8e-9a0f-1b2c3d4e5f60",
+                "limit": "<script>window.pwned=1</script>",
+            },
+            {
+                "task": "6f1c2a1e-7d4b-4c8e-9a0f-1b2c3d4e5f60",
+                "since": '<svg onload="window.pwned=1">',
+            },
+        ],
+    )
+    async def test_reflected_payloads_in_the_address(
+        self, server: TimelineServer, page: Page, query: dict[str, str]
+    ) -> None:
+        """A link to the page with a payload in its query shows text at most; nothing runs."""
+        await page.goto(f"{server.url}/?" + urlencode(query))
+        await expect(page.locator("#state")).to_be_visible()
+        assert await page.locator("main script, main img, main svg, main iframe").count() == 0
+        assert await page.evaluate("window.pwned") is None
 
 
 class TestKeyboardAndSmallScreens:

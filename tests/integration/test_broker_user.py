@@ -15,20 +15,24 @@ import pytest
 
 from consumer.settings import Settings, load_settings
 from consumer.topology import Topology
-from tests.compose import load_compose
+from tests.compose import EXAMPLE_ENV, load_compose
 from tests.harness import Bus, count_dead_letters, event, running, wait_for
 from tests.helpers import new_task, run_sync
-from tests.servers import BrokerTools
+from tests.rabbit_cluster import PrivateBroker
 
 
 @pytest.fixture
-def limited_amqp_url(amqp_url: str, broker_tools: BrokerTools) -> Iterator[str]:
-    """The compose file's definitions, renamed for this test, imported; the history user's URL."""
+def limited_amqp_url(private_broker: PrivateBroker) -> Iterator[str]:
+    """The compose file's definitions, renamed for this test, imported; the history user's URL.
+
+    Imported into a node of the suite's own: users are the broker's, not a vhost's.
+    """
     suffix = uuid.uuid4().hex[:10]
     user, admin, vhost = f"th_user_{suffix}", f"th_admin_{suffix}", f"th_vhost_{suffix}"
     password = uuid.uuid4().hex
     compose = load_compose(
-        {
+        EXAMPLE_ENV
+        | {
             "RABBITMQ_USER": user,
             "RABBITMQ_PASSWORD": password,
             "RABBITMQ_ADMIN_USER": admin,
@@ -39,17 +43,17 @@ def limited_amqp_url(amqp_url: str, broker_tools: BrokerTools) -> Iterator[str]:
     definitions["vhosts"] = [{"name": vhost}]
     for permission in definitions["permissions"]:
         permission["vhost"] = vhost
-    # The broker under test's own rabbitmqctl (tests/servers.py), wherever that broker runs.
-    broker_tools.import_definitions(definitions)
+    tools = private_broker.tools
+    tools.import_definitions(definitions)
     try:
-        host = urlsplit(amqp_url).netloc.rsplit("@", 1)[-1]
+        host = urlsplit(private_broker.url).netloc.rsplit("@", 1)[-1]
         url = urlunsplit(("amqp", f"{user}:{password}@{host}", f"/{vhost}", "", ""))
         run_sync(wait_for(lambda: _can_connect(url), bool, what="the imported user"))
         yield url
     finally:
-        broker_tools.run("delete_user", user)
-        broker_tools.run("delete_user", admin)
-        broker_tools.run("delete_vhost", vhost)
+        tools.run("delete_user", user)
+        tools.run("delete_user", admin)
+        tools.run("delete_vhost", vhost)
 
 
 async def _can_connect(url: str) -> bool:

@@ -65,7 +65,13 @@ def figures(request: pytest.FixtureRequest) -> Iterator[Figures]:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Print the figures; write them as JSON where $TASK_HISTORY_RELIABILITY_REPORT says."""
+    """Print the figures and fault schedules; write the figures as JSON where asked."""
+    reports = terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])
+    for report in reports:
+        for name, value in getattr(report, "user_properties", []):
+            if name == "schedule":
+                terminalreporter.section(f"fault schedule of {report.nodeid}")
+                terminalreporter.write_line(str(value))
     if not _recorded:
         return
     terminalreporter.section("reliability figures")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import AsyncIterator
 
 import pytest
 
+from consumer.broker.client import Broker
 from consumer.settings import Settings
 from tests.conftest import Env
 from tests.harness import (
@@ -19,8 +21,8 @@ from tests.harness import (
     proxied,
     wait_for,
 )
+from tests.rabbit_cluster import PrivateBroker
 from tests.reliability.conftest import Figures, check_stored
-from tests.servers import BrokerTools
 
 # How long each outage lasts; the issue's figure, shorter only to try the suite quickly.
 OUTAGE_SECONDS = float(os.environ.get("TASK_HISTORY_TEST_OUTAGE_SECONDS", "30"))
@@ -101,20 +103,31 @@ class TestProxiedOutages:
         await check_stored(env.sql, ids, figures, dead=dead)
 
 
+@pytest.fixture
+async def env_on_private_broker(env: Env, private_broker: PrivateBroker) -> AsyncIterator[Env]:
+    """This test's settings and names on a broker node of the suite's own, declared there."""
+    async with Broker(private_broker.url, topology=env.topology) as broker:
+        await broker.declare()
+    settings = env.settings.model_copy(update={"amqp_url": private_broker.url})
+    yield Env(settings, private_broker.url, env.topology, env.sql, env.tmp_path)
+    async with Broker(private_broker.url, topology=env.topology) as broker:
+        await broker.delete()
+
+
 class TestBrokerRestart:
-    """The broker itself restarts under a running consumer."""
+    """The broker itself restarts under a running consumer (a node of the suite's own)."""
 
     async def test_the_consumer_reconnects_and_stores_everything(
-        self, env: Env, figures: Figures, broker_tools: BrokerTools
+        self, env_on_private_broker: Env, figures: Figures, private_broker: PrivateBroker
     ) -> None:
         """Messages published before and after a restart are all stored once; exit 0 after."""
+        env = env_on_private_broker
         consumer = ConsumerProcess(env.settings, env.tmp_path / "consumer.log")
         consumer.start()
         try:
             async with Bus(env.amqp_url, env.topology) as bus:
                 ids = await backlog(bus, env.sql, EVENTS, tasks=40)
-            # The broker under test's own rabbitmqctl (tests/servers.py), never another one's.
-            await asyncio.to_thread(broker_tools.restart)
+            await asyncio.to_thread(private_broker.tools.restart)
             async with Bus(env.amqp_url, env.topology) as bus:
                 ids += await backlog(bus, env.sql, EVENTS, tasks=40)
                 dead = await drained(env.settings, bus, what="restart")

@@ -169,13 +169,15 @@ class TestTrouble:
     async def test_a_slow_watcher_is_ended_not_the_others(
         self, feeds: Feeds, source: FakeSource
     ) -> None:
-        """Past 5 entries waiting, a watcher ends (its client resumes); a reading one goes on."""
+        """With over 5 entries waiting when more come, a watcher ends; a reading one goes on."""
         task = uuid.uuid4()
         async with feeds.watch(task) as slow, feeds.watch(task) as quick:
-            for n in range(6):
+            for n in range(7):
                 source.store(task, f"entry {n}")
                 assert await contents(quick, 1) == [f"entry {n}"]
             assert slow.ended
+            assert slow.reason is not None
+            assert "reconnect with Last-Event-ID" in slow.reason
             assert await slow.next(within=1) is None
 
     async def test_entries_stored_while_not_listening_arrive_after_listening_again(
@@ -245,7 +247,7 @@ class TestStreamRoute:
             "raw_path": f"/tasks/{task}/history/stream".encode(),
             "root_path": "",
             "query_string": b"",
-            "headers": [(b"host", b"test")],
+            "headers": [(b"host", b"127.0.0.1")],
             "client": ("127.0.0.1", 1),
             "server": ("test", 80),
         }

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from starlette.types import Message, Receive, Scope, Send
 
-from consumer.api.security import BearerToken, is_open
+from consumer.api.security import BearerToken, host_allowed, host_name, is_open
 from consumer.errors import ConfigurationError
 from consumer.settings import load_settings
 
@@ -79,9 +79,11 @@ class TestApiSettings:
         assert settings.api_token is None
         assert settings.cors_origins == ()
 
-    def test_an_empty_token_is_no_token_and_a_token_is_kept_secret(self) -> None:
-        """TASK_HISTORY_API_TOKEN= means unset; a token never shows in the settings' repr."""
-        assert load_settings(api_token="").api_token is None
+    def test_an_empty_token_is_an_error_and_a_token_is_kept_secret(self) -> None:
+        """TASK_HISTORY_API_TOKEN= is refused (it would serve everyone); a token stays secret."""
+        with pytest.raises(ConfigurationError, match="TASK_HISTORY_API_TOKEN: is empty"):
+            load_settings(api_token="")
+        assert load_settings().api_token is None
         settings = load_settings(api_token=TOKEN)
         assert settings.api_token is not None
         assert settings.api_token.get_secret_value() == TOKEN
@@ -100,9 +102,56 @@ class TestApiSettings:
             ("api_cors_origins", "a.example"),
             ("api_port", 65_536),
             ("api_token", "has space"),
+            ("api_token", ""),
+            ("api_allowed_hosts", "http://board.example"),
+            ("api_allowed_hosts", "board.example:8080"),
+            ("api_allowed_hosts", "two words"),
+            ("api_page_max_bytes", 1000),
         ],
     )
     def test_bad_values_name_their_variable(self, name: str, value: object) -> None:
         """A bad value is a ConfigurationError naming TASK_HISTORY_<NAME> (exit 2)."""
         with pytest.raises(ConfigurationError, match=f"TASK_HISTORY_{name.upper()}"):
             load_settings(**{name: value})
+
+
+class TestAllowedHostNames:
+    """Which Host headers the API answers: the parsing and the defaults."""
+
+    @pytest.mark.parametrize(
+        ("header", "name"),
+        [
+            (b"localhost", "localhost"),
+            (b"LocalHost:8080", "localhost"),
+            (b"127.0.0.1:80", "127.0.0.1"),
+            (b"[::1]:8080", "::1"),
+            (b"[::1]", "::1"),
+            (b"board.example.com.", "board.example.com"),
+            (b" evil.example ", "evil.example"),
+        ],
+    )
+    def test_the_name_of_a_host_header(self, header: bytes, name: str) -> None:
+        """Lower case, without port, brackets or a final dot."""
+        assert host_name(header) == name
+
+    def test_patterns(self) -> None:
+        """Exact names, `*.` for subdomains only, `*` for any."""
+        allowed = ("board.example.com", "*.corp.example")
+        assert host_allowed("board.example.com", allowed)
+        assert host_allowed("ci.corp.example", allowed)
+        assert not host_allowed("corp.example", allowed)
+        assert not host_allowed("evilcorp.example", allowed)
+        assert not host_allowed("board.example.com.evil.example", allowed)
+        assert host_allowed("anything", ("*",))
+
+    def test_defaults_are_loopback_and_the_listening_address(self) -> None:
+        """Loopback names, plus the address listened on unless it is a wildcard."""
+        assert load_settings().allowed_hosts == ("localhost", "127.0.0.1", "::1")
+        assert load_settings(api_host="10.0.0.5").allowed_hosts[-1] == "10.0.0.5"
+        assert load_settings(api_host="0.0.0.0").allowed_hosts == (  # noqa: S104  # the point
+            "localhost",
+            "127.0.0.1",
+            "::1",
+        )
+        given = load_settings(api_allowed_hosts="Board.Example.com, [::1]").allowed_hosts
+        assert given == ("board.example.com", "::1")

@@ -161,7 +161,8 @@ class TestFailures:
             ),
             (
                 with_notes(TaskHistoryError("two\nlines"), "a note\non two lines"),
-                "task-history: error: two\nlines (a note on two lines)",
+                # A line break in a message is shown escaped: the error stays one line.
+                "task-history: error: two\\nlines (a note on two lines)",
                 1,
             ),
         ],

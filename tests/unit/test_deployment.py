@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -16,11 +17,20 @@ import pytest
 from consumer.cli import cli
 from consumer.incoming import KEPT_BODY_BYTES
 from consumer.settings import Settings
-from tests.compose import COMPOSE_FILE, DOCKERFILE, interpolate, load_compose
+from tests.compose import (
+    COMPOSE_FILE,
+    DOCKERFILE,
+    EXAMPLE_ENV,
+    MissingVariableError,
+    interpolate,
+    load_compose,
+)
 
 SETTING = re.compile(r"TASK_HISTORY_[A-Z0-9_]+")
 APP_SERVICES = ("migrate", "schedule", "consumer", "api", "demo")
 OPERATING = COMPOSE_FILE.parent / "docs" / "operating.md"
+README = COMPOSE_FILE.parent / "README.md"
+DOCKERIGNORE = COMPOSE_FILE.parent / ".dockerignore"
 
 
 def check_command(argv: list[str]) -> None:
@@ -151,7 +161,7 @@ class TestComposeShape:
 
     def test_the_consumer_is_not_the_superuser(self) -> None:
         """The consumer's PostgreSQL user is a login member of task_history_consumer."""
-        compose = load_compose({"HISTORY_DB_USER": "app_login"})
+        compose = load_compose(EXAMPLE_ENV | {"HISTORY_DB_USER": "app_login"})
         url = urlsplit(compose["services"]["consumer"]["environment"]["TASK_HISTORY_DATABASE_URL"])
         assert url.username == "app_login"
         roles = compose["configs"]["postgres-roles"]["content"]
@@ -169,12 +179,71 @@ class TestComposeShape:
         assert [p["vhost"] for p in granted] == [url.path.lstrip("/")]
 
     def test_credentials_come_from_the_environment(self) -> None:
-        """Passwords given in the environment replace the development defaults everywhere."""
-        compose = load_compose({"HISTORY_DB_PASSWORD": "s3cret", "RABBITMQ_PASSWORD": "hunter2"})
+        """Passwords given in the environment (.env) are used everywhere they belong."""
+        compose = load_compose(
+            EXAMPLE_ENV | {"HISTORY_DB_PASSWORD": "s3cret", "RABBITMQ_PASSWORD": "hunter2"}
+        )
         environment = compose["services"]["consumer"]["environment"]
         assert ":s3cret@" in environment["TASK_HISTORY_DATABASE_URL"]
         assert ":hunter2@" in environment["TASK_HISTORY_AMQP_URL"]
         assert "PASSWORD 's3cret'" in compose["configs"]["postgres-roles"]["content"]
+        api = compose["services"]["api"]["environment"]
+        assert api["TASK_HISTORY_API_TOKEN"] == EXAMPLE_ENV["API_TOKEN"]
+
+    @pytest.mark.parametrize("name", sorted(EXAMPLE_ENV))
+    def test_no_default_password(self, name: str) -> None:
+        """Each password and the token must be given: without it the stack does not start."""
+        with pytest.raises(MissingVariableError, match=f"{name}: set {name} in .env"):
+            load_compose({key: value for key, value in EXAMPLE_ENV.items() if key != name})
+
+    def test_no_default_for_any_secret_in_the_file(self) -> None:
+        """No `${...PASSWORD:-default}` or `${...TOKEN:-default}` anywhere in the file."""
+        text = COMPOSE_FILE.read_text(encoding="utf-8")
+        assert re.findall(r"\$\{[A-Z_]*(?:PASSWORD|TOKEN)[A-Z_]*:?-", text) == []
+        assert sorted(
+            set(re.findall(r"\$\{([A-Z_]*(?:PASSWORD|TOKEN)[A-Z_]*):\?", text))
+        ) == sorted(EXAMPLE_ENV)
+
+    def test_the_readme_says_how_to_make_the_env_file(self) -> None:
+        """README.md creates .env with every variable the stack requires."""
+        readme = README.read_text(encoding="utf-8")
+        (block,) = re.findall(r"```sh\n(cat > \.env <<.*?)```", readme, re.DOTALL)
+        assert sorted(re.findall(r"^([A-Z_]+)=", block, re.MULTILINE)) == sorted(EXAMPLE_ENV)
+
+    def test_rabbitmq_keeps_its_node_name(self) -> None:
+        """A fixed host name: the node's name, and so its data directory, survive down and up."""
+        assert load_compose()["services"]["rabbitmq"]["hostname"] == "rabbitmq"
+
+    def test_one_image_for_every_task_history_service(self) -> None:
+        """One service builds the image; the others run that image and never pull it."""
+        services = load_compose()["services"]
+        builders = [name for name in APP_SERVICES if "build" in services[name]]
+        assert builders == ["migrate"]
+        assert services["migrate"]["build"]["target"] == "app"
+        images = {services[name]["image"] for name in APP_SERVICES}
+        assert len(images) == 1
+        for name in APP_SERVICES:
+            if name != "migrate":
+                assert services[name]["pull_policy"] == "never", name
+                assert "migrate" in services[name]["depends_on"], name
+
+    def test_the_build_context_leaves_out_secrets_and_clutter(self) -> None:
+        """.dockerignore lets in only what the image is built from: no .env, .git or .venv."""
+        rules = [
+            line.strip()
+            for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
+            if line.strip() and not line.startswith("#")
+        ]
+        assert rules[0] == "*"  # everything out, then only what the Dockerfile copies
+        allowed = {rule.removeprefix("!") for rule in rules[1:] if rule.startswith("!")}
+        copied = {
+            part.rstrip("/").removeprefix("./")
+            for line in dockerfile_instructions("COPY")
+            if not line.startswith("--from")
+            for part in line.split()[:-1]
+        }
+        assert copied <= allowed
+        assert not {".env", ".git", ".venv", "tests", "docs"} & allowed
 
 
 class TestDockerfile:
@@ -192,8 +261,11 @@ class TestDockerfile:
         assert dockerfile_instructions("ENTRYPOINT") == ['["task-history"]']
 
     def test_interpolation_helper(self) -> None:
-        """The test's own interpolation follows Compose: defaults, given values, `$$`."""
+        """The test's own interpolation follows Compose: defaults, given values, `$$`, `:?`."""
         assert interpolate("${A:-x}/${B}/$$/${C:-}", {"B": "y"}) == "x/y/$/"
+        assert interpolate("${A:?needed}", {"A": "z"}) == "z"
+        with pytest.raises(MissingVariableError, match="A: needed"):
+            interpolate("${A:?needed}", {"A": ""})
 
 
 def published(service: dict[str, Any]) -> list[tuple[str, range, int]]:
@@ -207,7 +279,16 @@ def published(service: dict[str, Any]) -> list[tuple[str, range, int]]:
 
 
 class TestUsableFromTheHost:
-    """Metrics, the API and the servers can be reached from the host, as the guide says."""
+    """Only the API and the metrics are published, on loopback; the guide works without more."""
+
+    def test_only_the_api_and_metrics_are_published_on_loopback(self) -> None:
+        """No port of PostgreSQL or RabbitMQ is published; every published port is 127.0.0.1."""
+        services = load_compose()["services"]
+        publishing = sorted(name for name, service in services.items() if "ports" in service)
+        assert publishing == ["api", "consumer"]
+        for name in publishing:
+            for address, _, _ in published(services[name]):
+                assert address == "127.0.0.1", name
 
     def test_every_consumer_replica_gets_a_metrics_port(self) -> None:
         """The consumers' metrics port is published on loopback, one host port per replica."""
@@ -217,7 +298,9 @@ class TestUsableFromTheHost:
         assert (address, container) == ("127.0.0.1", 9464)
         assert ports.start == 9464
         assert len(ports) >= int(consumer["deploy"]["replicas"])
-        more = load_compose({"CONSUMER_METRICS_PORTS": "19464-19467"})["services"]["consumer"]
+        more = load_compose(EXAMPLE_ENV | {"CONSUMER_METRICS_PORTS": "19464-19467"})["services"][
+            "consumer"
+        ]
         assert published(more)[0][1] == range(19464, 19468)
 
     def test_the_api_is_published_on_loopback(self) -> None:
@@ -230,7 +313,9 @@ class TestUsableFromTheHost:
 
     def test_the_api_reads_as_the_reader_role(self) -> None:
         """The api's PostgreSQL user is a login member of task_history_reader, not the owner."""
-        compose = load_compose({"HISTORY_READER_USER": "board", "HISTORY_READER_PASSWORD": "pw"})
+        compose = load_compose(
+            EXAMPLE_ENV | {"HISTORY_READER_USER": "board", "HISTORY_READER_PASSWORD": "pw"}
+        )
         url = urlsplit(compose["services"]["api"]["environment"]["TASK_HISTORY_DATABASE_URL"])
         assert (url.username, url.password) == ("board", "pw")
         roles = compose["configs"]["postgres-roles"]["content"]
@@ -239,31 +324,21 @@ class TestUsableFromTheHost:
             roles.split()
         )
 
-    def test_the_guide_gives_the_stacks_own_urls(self) -> None:
-        """The exports in docs/operating.md reach the stack's database, users and vhost."""
+    def test_the_guide_runs_commands_inside_the_stack(self) -> None:
+        """Each `docker compose exec|run ... SERVICE task-history ...` of the guide parses."""
         guide = OPERATING.read_text(encoding="utf-8")
-        exports = dict(re.findall(r"^export (TASK_HISTORY_\w+)=(\S+)$", guide, re.MULTILINE))
-        compose = load_compose()
-        environment = compose["services"]["consumer"]["environment"]
-        ports = {
-            name: published(compose["services"][name])[0][1].start
-            for name in ("postgres", "rabbitmq")
-        }
-        for name, server in (("DATABASE_URL", "postgres"), ("AMQP_URL", "rabbitmq")):
-            given = urlsplit(exports[f"TASK_HISTORY_{name}"])
-            inside = urlsplit(environment[f"TASK_HISTORY_{name}"])
-            assert (given.username, given.password, given.path) == (
-                inside.username,
-                inside.password,
-                inside.path,
-            ), name
-            assert (given.hostname, given.port) == ("localhost", ports[server]), name
-
-    def test_the_guide_gives_the_owners_url_for_migrate(self) -> None:
-        """The owner URL docs/operating.md gives for migrate is the migrate service's."""
-        guide = OPERATING.read_text(encoding="utf-8")
-        (given,) = re.findall(r"--database-url (\S+) migrate", guide)
-        inside = load_compose()["services"]["migrate"]["environment"]["TASK_HISTORY_DATABASE_URL"]
-        assert urlsplit(given)._replace(netloc="") == urlsplit(inside)._replace(netloc="")
-        assert urlsplit(given).password == urlsplit(inside).password
-        assert urlsplit(given).username == urlsplit(inside).username
+        services = load_compose()["services"]
+        found = re.findall(
+            r"^docker compose (exec|run --rm) (\w+) (.+?)(?:\s+#.*)?$", guide, re.MULTILINE
+        )
+        commands = [(how, service, rest) for how, service, rest in found if service in APP_SERVICES]
+        assert len(commands) >= 3
+        for how, service, rest in commands:
+            assert service in services
+            argv = shlex.split(rest)
+            if how == "exec":  # a command run in the container: the program named
+                assert argv[0] == "task-history", rest
+                argv = argv[1:]
+            else:  # a new container of the image, whose entry point is task-history
+                assert argv[0] != "task-history", rest
+            check_command(argv)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 import click
 import pytest
@@ -165,6 +167,23 @@ class TestTheGroup:
 
 
 @pytest.fixture
+def answering(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str | None], None]]:
+    """A function that makes stdin a pipe holding an answer, then its end (None: at once)."""
+    pipes: list[TextIO] = []
+
+    def answer(text: str | None) -> None:
+        reading, writing = os.pipe()
+        os.write(writing, (text or "").encode())
+        os.close(writing)
+        pipes.append(os.fdopen(reading))
+        monkeypatch.setattr(sys, "stdin", pipes[-1])
+
+    yield answer
+    for pipe in pipes:
+        pipe.close()
+
+
+@pytest.fixture
 def purge_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """`dlq purge` as on a terminal, 10 letters matching (of any number); no database.
 
@@ -178,7 +197,7 @@ def purge_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> list[str]:
             return Extent(count=10, last=99)
         pytest.fail("purge went on to delete after the question was not answered yes")
 
-    monkeypatch.setattr("consumer.cli.deadletters._can_ask", lambda: True)
+    monkeypatch.setattr("consumer.cli.deadletters.can_ask", lambda: True)
     monkeypatch.setattr("consumer.cli.deadletters._on_store", on_store)
     return calls
 
@@ -186,46 +205,48 @@ def purge_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 class TestPurgeQuestion:
     """On a terminal purge asks, saying how many match; anything but yes deletes nothing."""
 
-    @pytest.mark.parametrize("answer", [KeyboardInterrupt, EOFError])
-    def test_one_ctrl_c_cancels(
+    def test_ctrl_c_cancels(
         self,
-        answer: type[BaseException],
         purge_on_a_terminal: list[str],
         monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str],
     ) -> None:
-        """Ctrl-C (or the end of input) at the question: exit 1, nothing deleted, no traceback."""
-        asked: list[str] = []
+        """Ctrl-C at the question (its handler raising in the wait): exit 1, nothing deleted."""
 
-        def interrupted(prompt: str) -> str:
-            asked.append(prompt)
-            raise answer
+        def interrupted(_wakeup: int) -> str:
+            raise KeyboardInterrupt
 
-        monkeypatch.setattr(click.termui, "visible_prompt_func", interrupted)
+        monkeypatch.setattr("consumer.cli.questions._read_line", interrupted)
         assert main(["dlq", "purge", "--error", "invalid_json"]) == 1
         assert len(purge_on_a_terminal) == 1  # counted, never purged
-        (question,) = asked
-        assert "Delete 10 dead letters (error invalid_json)?" in question
         err = capsys.readouterr().err
+        assert "Delete 10 dead letters (error invalid_json)? [y/N]: \n" in err
         assert err.endswith("\npurge cancelled: nothing deleted\n")
         assert "Traceback" not in err
 
-    def test_no(
+    @pytest.mark.parametrize("answer", [None, "n\n", "\n", "maybe\n"])
+    def test_anything_but_yes_cancels(
         self,
+        answer: str | None,
         purge_on_a_terminal: list[str],
-        monkeypatch: pytest.MonkeyPatch,
+        answering: Callable[[str | None], None],
         capsys: pytest.CaptureFixture[str],
     ) -> None:
-        """Answering no: the same. The question counts what --limit leaves."""
-        asked: list[str] = []
-
-        def no(prompt: str) -> str:
-            asked.append(prompt)
-            return "n"
-
-        monkeypatch.setattr(click.termui, "visible_prompt_func", no)
+        """The end of input, no, nothing or another word: the same. The count obeys --limit."""
+        answering(answer)
         task = uuid.uuid4()
         assert main(["dlq", "purge", "--task", str(task), "--limit", "3"]) == 1
         assert len(purge_on_a_terminal) == 1
-        assert f"Delete 3 dead letters (task {task})?" in asked[0]
-        assert capsys.readouterr().err.endswith("purge cancelled: nothing deleted\n")
+        err = capsys.readouterr().err
+        assert f"Delete 3 dead letters (task {task})? [y/N]: " in err
+        assert err.endswith("purge cancelled: nothing deleted\n")
+
+    @pytest.mark.parametrize("answer", ["y\n", "YES\n", " yes \n"])
+    def test_yes_purges(
+        self, answer: str, purge_on_a_terminal: list[str], answering: Callable[[str | None], None]
+    ) -> None:
+        """A y or a yes, in any case: it goes on to purge."""
+        answering(answer)
+        with pytest.raises(pytest.fail.Exception, match="went on to delete"):
+            main(["dlq", "purge", "--error", "invalid_json"])
+        assert len(purge_on_a_terminal) == 2

@@ -1,0 +1,125 @@
+"""Each request accounted for: one access log line, and the Prometheus metrics of `serve`."""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = structlog.get_logger("access")
+
+# A path or query longer than this is cut in the log line: they come from the client.
+_LOGGED_CHARACTERS = 200
+_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class ApiMetrics:
+    """The API's metrics, in a registry of their own (one per application)."""
+
+    def __init__(self) -> None:
+        """Create every metric at zero."""
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        self.requests = Counter(
+            "task_history_api_requests",
+            "HTTP requests answered, by route and status",
+            ["route", "status"],
+            registry=r,
+        )
+        self.seconds = Histogram(
+            "task_history_api_request_seconds",
+            "Time from a request to the end of its answer (a stream: until it ends), by route",
+            ["route"],
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.streams = Gauge("task_history_api_streams", "Live streams open now", registry=r)
+        self.streams_dropped = Counter(
+            "task_history_api_streams_dropped",
+            "Live streams ended because their reader fell too far behind",
+            registry=r,
+        )
+        self.page_cut = Counter(
+            "task_history_api_pages_cut",
+            "History pages that stopped at the byte budget before their limit",
+            registry=r,
+        )
+
+
+def route_of(scope: Scope) -> str:
+    """The route template a request matched (`/tasks/{task_id}/history`), else `other`.
+
+    Templates, not paths: a label per task id would grow without bound. The router leaves
+    the route it matched in the request's scope.
+    """
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if isinstance(path, str):
+        return path
+    return "/static" if scope["path"].startswith("/static/") else "other"
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= _LOGGED_CHARACTERS else text[:_LOGGED_CHARACTERS] + "..."
+
+
+class Accounting:
+    """ASGI middleware: one log line per request when its answer ends, and its metrics.
+
+    The line has the method, path, query, status, bytes sent, milliseconds and client address;
+    never a header, so never the token (the log masks it anywhere else too).
+    """
+
+    def __init__(self, app: ASGIApp, *, metrics: ApiMetrics) -> None:
+        """Account for every request `app` answers in `metrics`."""
+        self._app = app
+        self._metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer as `app` does; log and count once the answer has ended, however it ended."""
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        started = time.monotonic()
+        status = 0
+        sent = 0
+
+        async def counting(message: Message) -> None:
+            nonlocal status, sent
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self._app(scope, receive, counting)
+        finally:
+            seconds = time.monotonic() - started
+            route = route_of(scope)
+            self._metrics.requests.labels(route, str(status)).inc()
+            self._metrics.seconds.labels(route).observe(seconds)
+            client = scope.get("client")
+            log.info(
+                "request",
+                method=scope["method"],
+                path=_cut(scope["path"]),
+                query=_cut(scope["query_string"].decode("latin-1")),
+                status=status,
+                bytes=sent,
+                ms=round(seconds * 1000, 1),
+                client=f"{client[0]}:{client[1]}" if client else None,
+            )
