@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Protocol, TypeVar
 from uuid import UUID
 
 import structlog
@@ -51,12 +51,16 @@ from consumer.unknown_tasks import CREATE_MISSING_TASKS, create_task_hint
 log = structlog.get_logger("consumer")
 
 RETENTION_REFRESH_SECONDS = 30.0
+# While the database can't be reached, how often a batch waiting to be retried asks it.
+PROBE_INTERVAL = 0.5
 # How many tasks the consumer remembers having logged the unknown-task hint for, and how many
 # distinct reasons for refusing rows, or kinds of ignored values, it warns of.
 HINTED_TASKS = 10_000
 WARNED_REASONS = 100
 
 __all__ = ["Delivery", "HistoryWriter", "Outbox", "Pipeline"]
+
+T = TypeVar("T")
 
 
 class HistoryWriter(Protocol):
@@ -78,6 +82,9 @@ class HistoryWriter(Protocol):
 
     async def reconnect(self) -> None:
         """Use fresh connections from now on."""
+
+    async def ping(self, *, within: float = 2) -> None:
+        """Raise DatabaseUnavailableError unless the database answers within `within` seconds."""
 
 
 class Outbox(Protocol):
@@ -109,14 +116,29 @@ class Outcome:
     valid: list[tuple[Delivery, NewEntry]] = field(default_factory=list)
     parked: list[Parked] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
+    # How many of `rejected` are written, and which of `parked` the broker has confirmed: what
+    # follows the commit is retried apart from it, and never does the same thing twice.
+    letters_written: int = 0
+    sent: set[int] = field(default_factory=set)
+    # When the batch was sorted: the time its decisions were taken at.
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def finished(self) -> bool:
+        """Whether every parked message is sent and every dead letter written."""
+        return self.letters_written == len(self.rejected) and all(
+            id(p) in self.sent for p in self.parked
+        )
 
     def add(self, other: Outcome) -> None:
-        """Take in the outcome of another part of the batch."""
+        """Take in the outcome of another part of the batch (each part finished)."""
         self.settled += other.settled
         self.stored |= other.stored
         self.valid += other.valid
         self.parked += other.parked
         self.rejected += other.rejected
+        self.letters_written += other.letters_written
+        self.sent |= other.sent
 
 
 class Pipeline:
@@ -193,33 +215,48 @@ class Pipeline:
     async def _bury(self, delivery: Delivery, exc: Exception) -> Outcome:
         """The last resort for one message: an `internal_error` dead letter of it, and no more."""
         burial = internal_error(delivery, failure(exc), datetime.now(UTC))
-
-        async def attempt() -> Outcome:
-            await self._write_letters([burial.letter])
-            return Outcome(settled=[delivery], rejected=[burial])
-
-        return await self._retrying([delivery], attempt)
+        outcome = Outcome(settled=[delivery], rejected=[burial])
+        return await self._retrying([delivery], lambda _held: self._finish(outcome)) or Outcome()
 
     async def _with_retries(self, batch: list[Delivery]) -> Outcome:
-        return await self._retrying(batch, lambda: self._attempt(batch))
+        """Write the batch, then park and bury what the write left: each step retried alone.
+
+        A failure after the commit (a retry copy the broker did not confirm, a dead letter the
+        database refused) never runs the write again: its rows are committed, and a second
+        write would only make copies for the ledger to turn away.
+        """
+        outcome = await self._retrying(batch, self._attempt)
+        if outcome is None or outcome.finished:
+            return outcome or Outcome()
+        # Not acked unless finished: a parked message not yet in the retry queue would be lost.
+        return await self._retrying(outcome.settled, lambda _held: self._finish(outcome)) or (
+            Outcome()
+        )
 
     async def _retrying(
-        self, batch: list[Delivery], attempt: Callable[[], Awaitable[Outcome]]
-    ) -> Outcome:
-        """Run `attempt` until it works; waits out what the servers refuse for a while."""
+        self, batch: list[Delivery], attempt: Callable[[list[Delivery]], Awaitable[T | None]]
+    ) -> T | None:
+        """Run `attempt` on what is still held of `batch` until it works; None if it can't.
+
+        Waits out what the servers refuse for a while. Gives up (None) once none of `batch` can
+        be acked any more (its channel closed: the broker has the messages again, perhaps
+        already in another consumer's hands), when `attempt` says so, or at the shutdown
+        deadline.
+        """
         failures = 0
         while True:
+            held = [d for d in batch if self._broker.holds_any([d.message])]
             try:
-                outcome = await attempt()
-            except TaskHistoryError as exc:
-                if not exc.retryable:
-                    raise
-                if not self._broker.holds_any([d.message for d in batch]):
+                outcome = await attempt(held) if held else None
+                if outcome is None:
                     log.warning(
                         "batch dropped: its channel closed, the broker redelivers it",
                         size=len(batch),
                     )
-                    return Outcome()
+                    return None
+            except TaskHistoryError as exc:
+                if not exc.retryable:
+                    raise
                 failures += 1
                 self._metrics.batch_retries.inc()
                 delay = backoff(failures, cap=self._settings.retry_backoff_max_seconds)
@@ -229,16 +266,35 @@ class Pipeline:
                         size=len(batch),
                         error=str(exc),
                     )
-                    return Outcome()
+                    return None
                 self._note_failure(exc, attempt=failures, delay=delay, size=len(batch))
                 if isinstance(exc, StoreError):
                     # Fresh connections next time: after a failover the old ones may still
                     # point at a server that went read-only.
                     await self._store.reconnect()
-                await self._shutdown.pause(delay)
+                if isinstance(exc, DatabaseUnavailableError):
+                    await self._until_database_answers(within=delay)
+                else:
+                    await self._shutdown.pause(delay)
             else:
                 self._accepted()
                 return outcome
+
+    async def _until_database_answers(self, *, within: float) -> None:
+        """Wait `within` seconds at most, asking the database every PROBE_INTERVAL.
+
+        A batch retried only after its full backoff would sit in hand for up to the backoff's
+        cap after the database came back; a probe lets it go as soon as the database answers.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while (left := deadline - loop.time()) > 0:
+            await self._shutdown.pause(min(PROBE_INTERVAL, left))
+            try:
+                await self._store.ping(within=PROBE_INTERVAL)
+            except TaskHistoryError:
+                continue
+            return
 
     def _note_failure(
         self, exc: TaskHistoryError, *, attempt: int, delay: float, size: int
@@ -271,10 +327,17 @@ class Pipeline:
             self.refusal = None
             self._metrics.database_refusing.set(0)
 
-    async def _attempt(self, batch: list[Delivery]) -> Outcome:
-        """One attempt: sort, write rows and dead letters, park retries; nothing acked yet."""
+    async def _attempt(self, batch: list[Delivery]) -> Outcome | None:
+        """Sort and write: rows, and the dead letters known so far, in one commit if it can.
+
+        None, with nothing written, if the batch's channel closed meanwhile.
+        """
         now = datetime.now(UTC)
         triage = await self._sort(batch, now)
+        # Asked before the write, not only after a failure: a delivery whose channel closed is
+        # the broker's again, maybe in another consumer's hands, and writing it makes a copy.
+        if not self._broker.holds_any([d.message for d in batch]):
+            return None
         write_started = asyncio.get_running_loop().time()
         stored, refused, letters_written = await self._write(triage)
         self._metrics.write_seconds.observe(asyncio.get_running_loop().time() - write_started)
@@ -286,22 +349,30 @@ class Pipeline:
                 self._warn_once("refused", "the database refuses rows; they wait", error=reason)
             else:
                 triage.rejected.append(decided)
-        if refused:
-            refused_ids = {id(delivery) for delivery, _, _ in refused}
-            triage.valid = [(d, e) for d, e in triage.valid if id(d) not in refused_ids]
-        unwritten = triage.rejected[letters_written:]
-        unwritten += await self._park(triage.parked, now)
-        triage.parked = [p for p in triage.parked if not _among(p.delivery, unwritten)]
-        triage.rejected = triage.rejected[:letters_written] + unwritten
-        if unwritten:
-            await self._write_letters([r.letter for r in unwritten])
+        refused_ids = {id(delivery) for delivery, _, _ in refused}
+        triage.valid = [(d, e) for d, e in triage.valid if id(d) not in refused_ids]
         return Outcome(
             settled=list(batch),
             stored=stored,
             valid=triage.valid,
             parked=triage.parked,
             rejected=triage.rejected,
+            letters_written=letters_written,
+            now=now,
         )
+
+    async def _finish(self, outcome: Outcome) -> Outcome:
+        """Send the parked messages not sent yet, then write the dead letters not written yet.
+
+        Run again after a failure, it sends and writes only what is left: a copy confirmed once
+        is never sent again, and no dead letter written twice.
+        """
+        await self._park(outcome)
+        unwritten = outcome.rejected[outcome.letters_written :]
+        if unwritten:
+            await self._write_letters([r.letter for r in unwritten])
+            outcome.letters_written = len(outcome.rejected)
+        return outcome
 
     async def _sort(self, batch: list[Delivery], now: datetime) -> Triage:
         """Each message to a valid entry or a dead letter, then entries of unknown tasks parked."""
@@ -421,12 +492,17 @@ class Pipeline:
             log.warning("dead letters refused; kept without headers and properties", error=str(exc))
             await self._write_letters([_stripped(letter, exc) for letter in letters])
 
-    async def _park(self, parked: list[Parked], now: datetime) -> list[Rejected]:
-        """Send parked messages round the retry queue; those that can't be, as dead letters.
+    async def _park(self, outcome: Outcome) -> None:
+        """Send the parked messages not yet confirmed round the retry queue, together.
 
-        Confirms overlap, and a broker failure (retryable) fails the attempt. Any other error
-        fails only its message.
+        Each publish runs to its confirm or its failure before anything is decided, so none is
+        left running while the step is tried again; those confirmed are noted and never sent
+        again. A broker failure (retryable) is raised once all have ended; any other error
+        makes its message a dead letter instead.
         """
+        pending = [p for p in outcome.parked if id(p) not in outcome.sent]
+        if not pending:
+            return
         results = await asyncio.gather(
             *(
                 self._broker.retry_later(
@@ -435,22 +511,28 @@ class Pipeline:
                     waiting_since=p.waiting_since,
                     refused_since=p.refused_since,
                 )
-                for p in parked
+                for p in pending
             ),
             return_exceptions=True,
         )
-        failed: list[Rejected] = []
-        for item, result in zip(parked, results, strict=True):
-            if isinstance(result, TaskHistoryError):
+        retryable: TaskHistoryError | None = None
+        for item, result in zip(pending, results, strict=True):
+            if result is None:
+                outcome.sent.add(id(item))
+            elif isinstance(result, TaskHistoryError):
+                retryable = retryable or result
+            elif isinstance(result, asyncio.CancelledError):
                 raise result
-            if isinstance(result, BaseException):
+            else:
                 log.error(
                     "internal error parking one message; it becomes a dead letter",
                     message_id=item.delivery.message.message_id,
                     exc_info=result,
                 )
-                failed.append(internal_error(item.delivery, failure(result), now))
-        return failed
+                outcome.parked.remove(item)
+                outcome.rejected.append(internal_error(item.delivery, failure(result), outcome.now))
+        if retryable is not None:
+            raise retryable
 
     def _report(self, outcome: Outcome, *, unacked: int, started: float) -> None:
         """Add a batch's outcome, acked just now, to the metrics and the log."""

@@ -26,6 +26,7 @@ from consumer.incoming import KEPT_BODY_BYTES, Incoming
 from consumer.metrics import HealthServer, Metrics
 from consumer.pipeline import HistoryWriter, Outbox, Pipeline
 from consumer.readiness import PROBE_TIMEOUT, ReadinessWatch, Signs
+from consumer.redaction import redact
 from consumer.retry import backoff
 from consumer.settings import Settings
 from consumer.shutdown import Shutdown
@@ -304,6 +305,9 @@ class Worker:
             if current is not None and current.cancelling():
                 raise
             return None, "the broker connection was lost"
+        except Exception as exc:  # noqa: BLE001  # aiormq raises bare Exception on a lost channel
+            # Whatever the client raised, the answer is the same: the broker did not say.
+            return None, f"the broker did not answer: {redact(str(exc)) or type(exc).__name__}"
 
     async def _consume(self) -> None:
         # What the broker dead-letters itself (a poison message past the delivery limit) comes

@@ -121,6 +121,8 @@ class InMemoryStore:
     breaks_on: Callable[[NewEntry], bool] = lambda _entry: False
     # Errors the next calls raise, one each, before the store works again.
     failures: list[Exception] = field(default_factory=list)
+    # An outage: every call before this moment (the event loop's clock) can't reach it.
+    unreachable_until: float = 0.0
     # True plays a server that stopped answering: inserts wait forever.
     hangs: bool = False
     statements: int = 0
@@ -138,6 +140,8 @@ class InMemoryStore:
             raise DatabaseUnavailableError("connections dropped at the shutdown deadline")
         if not self.opened:
             raise NotConnectedError("the store is not open")
+        if asyncio.get_running_loop().time() < self.unreachable_until:
+            raise DatabaseUnavailableError("database unavailable: the outage is not over")
         if self.failures:
             raise self.failures.pop(0)
 

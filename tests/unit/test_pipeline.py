@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import math
 import uuid
@@ -451,12 +452,26 @@ class TestFailures:
         bench.store.failures = [DatabaseUnavailableError(), DatabaseUnavailableError()]
         await bench.handle(bench.message("patient"))
         assert bench.store.contents == ["patient"]
-        assert bench.store.reconnects == 2
-        assert bench.sample("task_history_batch_retries_total") == 2
+        # The second failure is the probe's: the write is tried again once a probe answers.
+        assert bench.store.reconnects == 1
+        assert bench.sample("task_history_batch_retries_total") == 1
         assert [kind for kind, _ in bench.store.journal] == ["commit", "ack"]
 
+    async def test_written_as_soon_as_the_database_answers(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A probe, not the backoff, says when to try again: 1 s of outage, not 30 s of wait."""
+        monkeypatch.setattr("consumer.pipeline.backoff", lambda _attempt, **_cap: 30.0)
+        bench = Bench(retry_backoff_max_seconds=30)
+        loop = asyncio.get_running_loop()
+        bench.store.unreachable_until = loop.time() + 1.0
+        async with asyncio.timeout(10):  # a bound: the backoff alone would take 30 s
+            await bench.handle(bench.message("patient"))
+        assert bench.store.contents == ["patient"]
+        assert bench.sample("task_history_batch_retries_total") == 1
+
     async def test_a_broker_refusal_of_a_retry_copy_is_retried(self) -> None:
-        """An unconfirmed retry copy means no ack; the batch is tried again, stored once."""
+        """An unconfirmed retry copy means no ack; the copy is sent again, the write is not."""
         bench = Bench(unknown_task_retry_seconds=300)
         bench.broker.failures = [BrokerUnavailableError()]
         stranger = FakeMessage.of(
@@ -466,7 +481,75 @@ class TestFailures:
         assert len(bench.broker.retries) == 1
         assert len(bench.broker.acked) == 2
         assert bench.store.contents == ["fine"]
+        assert bench.store.statements == 1  # committed once: the retry is the broker step's
         assert bench.store.reconnects == 0  # a broker failure leaves the database alone
+        kinds = [kind for kind, _ in bench.store.journal]
+        assert kinds == ["commit", "retry", "ack", "ack"]
+
+    async def test_copies_confirmed_are_not_sent_again(self) -> None:
+        """Of three parked copies one is refused: only that one is sent again, and acks wait."""
+        bench = Bench(unknown_task_retry_seconds=300)
+        bench.broker.failures = [BrokerUnavailableError()]
+        strangers = [
+            FakeMessage.of({"task_id": str(uuid.uuid4()), "context_type": "error", "content": n})
+            for n in ("one", "two", "three")
+        ]
+        await bench.handle(*strangers)
+        retried = [receipt for receipt, _ in bench.broker.retries]
+        assert len(retried) == 3
+        assert len(set(map(id, retried))) == 3  # each sent once: no extra copy in the queue
+        assert len(bench.broker.acked) == 3
+        assert [kind for kind, _ in bench.store.journal][-3:] == ["ack", "ack", "ack"]
+
+    async def test_a_dead_letter_failing_after_the_commit_is_retried_alone(self) -> None:
+        """The rows are committed; the dead letters written after them fail once: not the rows."""
+        bench = Bench(refused_row_retry_seconds=0)
+        bench.store.refuses = lambda entry: entry.content == "refused"
+        write = bench.store.write_batch
+        letters_failed: list[int] = []
+        with_entries: list[int] = []
+
+        async def flaky(entries: Any, letters: Any) -> set[uuid.UUID]:  # noqa: ANN401  # the store's
+            if entries:
+                with_entries.append(len(entries))
+            elif not letters_failed:
+                letters_failed.append(len(letters))
+                raise DatabaseUnavailableError
+            return await write(entries, letters)
+
+        bench.store.write_batch = flaky  # type: ignore[method-assign,assignment]
+        await bench.handle(bench.message("fine"), bench.message("refused"))
+        assert bench.store.contents == ["fine"]
+        assert bench.codes() == ["database_rejected"]
+        assert letters_failed == [1]
+        # The batch, then its halves (bisection): never the rows again after the failure.
+        assert with_entries == [2, 1, 1]
+        assert len(bench.broker.acked) == 2
+
+    async def test_a_channel_closed_before_the_write_writes_nothing(self) -> None:
+        """Its deliveries are the broker's again (perhaps another consumer's): no row, no ack."""
+        bench = Bench()
+        bench.broker.channel_open = False
+        with structlog.testing.capture_logs() as logs:
+            await bench.handle(bench.message("someone else's now"))
+        assert bench.store.statements == 0
+        assert bench.store.contents == []
+        assert bench.broker.acked == []
+        assert any("broker redelivers it" in line["event"] for line in logs)
+
+    async def test_a_channel_closing_while_the_batch_is_sorted(self) -> None:
+        """Closed during the look-up of its tasks: the write that would follow is not made."""
+        bench = Bench()
+        missing = bench.store.missing_tasks
+
+        async def closing(task_ids: Any) -> set[uuid.UUID]:  # noqa: ANN401  # the store's own
+            bench.broker.channel_open = False
+            return await missing(task_ids)
+
+        bench.store.missing_tasks = closing  # type: ignore[method-assign]
+        await bench.handle(bench.message("redelivered instead"))
+        assert bench.store.statements == 0
+        assert bench.broker.acked == []
 
     async def test_a_closed_channel_drops_the_batch_for_redelivery(self) -> None:
         """Once its channel closed, a failing batch is let go: the broker delivers it again."""

@@ -191,6 +191,18 @@ class TestWorkerSigns:
             assert await rig.worker.readiness() == "the broker connection was lost"
             assert await rig.worker.readiness() is None
 
+    async def test_whatever_the_client_raises_is_a_verdict(self) -> None:
+        """A bare Exception from the client (a channel it lost): not ready, and no traceback."""
+        rig = Rig()
+        async with rig.running():
+            await rig.until_consuming()
+            rig.broker.probe_failures = [Exception("Channel closed by RPC timeout")]
+            with structlog.testing.capture_logs() as logs:
+                verdict = await rig.worker.readiness()
+            assert verdict == "the broker did not answer: Channel closed by RPC timeout"
+            assert not [line for line in logs if "exc_info" in line]
+            assert await rig.worker.readiness() is None
+
     async def test_the_database_is_asked_too(self) -> None:
         """The database's error is the reason while the broker answers."""
         rig = Rig()
