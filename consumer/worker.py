@@ -21,8 +21,8 @@ from consumer.errors import (
     TaskHistoryError,
 )
 from consumer.expiry import ExpiryBackend, ExpiryLoop
-from consumer.flow import PrefetchBySize
-from consumer.incoming import KEPT_BODY_BYTES, Incoming
+from consumer.flow import ASSUMED_BYTES, PrefetchBySize
+from consumer.incoming import Incoming
 from consumer.metrics import HealthServer, Metrics
 from consumer.pipeline import HistoryWriter, Outbox, Pipeline
 from consumer.readiness import PROBE_TIMEOUT, ReadinessWatch, Signs
@@ -137,7 +137,7 @@ class Worker:
         self._prefetch = PrefetchBySize(
             high_bytes=settings.inbox_high_bytes,
             most=settings.effective_prefetch,
-            assumed_bytes=KEPT_BODY_BYTES,
+            assumed_bytes=ASSUMED_BYTES,
         )
         self._flow: asyncio.Task[None] | None = None
         self._flow_due = asyncio.Event()
