@@ -233,9 +233,11 @@ def tail(ctx: click.Context, task_id: UUID, *, from_start: bool, as_json: bool) 
             absent = await absence_of(store, task_id)
             if absent is not None:
                 click.echo(unknown_task_hint(task_id, absent, settings)[0], err=True)
-            waiting.start()
             following = asyncio.create_task(follow(store))
             with stop_on_signals(lambda: _cancel(following)):
+                # Said only once a signal stops it: a Ctrl-C as soon as this line shows is a
+                # stop, not an interruption.
+                waiting.start()
                 await asyncio.wait([following])
             if not following.cancelled():
                 following.result()  # raises what ended it, if not a signal
