@@ -77,6 +77,25 @@ class Triage:
     rejected: list[Rejected] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class Outcome:
+    """What became of the messages of a batch that were settled (stored, parked or buried)."""
+
+    settled: list[Delivery] = field(default_factory=list)
+    stored: set[UUID] = field(default_factory=set)
+    valid: list[tuple[Delivery, NewEntry]] = field(default_factory=list)
+    parked: list[Parked] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+
+    def add(self, other: Outcome) -> None:
+        """Take in the outcome of another part of the batch."""
+        self.settled += other.settled
+        self.stored |= other.stored
+        self.valid += other.valid
+        self.parked += other.parked
+        self.rejected += other.rejected
+
+
 def too_large(size: int) -> InvalidEventError:
     """The reason a body over the limit is refused unread, as parse_event words it."""
     return InvalidEventError(
