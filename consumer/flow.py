@@ -4,12 +4,21 @@ AMQP counts prefetch in messages, and RabbitMQ ignores a prefetch in bytes; so a
 1,000 lets the broker push 1,000 of the largest messages at once (a gigabyte in flight), which
 no pause of the subscription can call back. Instead the count follows the size of what arrives:
 at most `high_bytes` over the largest body seen lately, never more than the configured prefetch.
-Before anything has arrived every message is taken to be as large as an event can be.
+Before anything has arrived every message is taken to be as large as the largest event worth
+storing (ASSUMED_BYTES); a body padded past that, to the 1 MiB limit, is seen and counted as
+soon as it arrives.
 """
 
 from __future__ import annotations
 
 from typing import Final
+
+from consumer.rules import MAX_CONTENT_CHARS, MAX_METADATA_BYTES
+
+# The largest event that keeps everything it carries: content of four-byte characters and
+# metadata at their limits (320 KiB). 204 of them in a 64 MiB budget: more than the two
+# batches the default prefetch holds.
+ASSUMED_BYTES: Final = 4 * MAX_CONTENT_CHARS + MAX_METADATA_BYTES
 
 # Deliveries over which the largest body is remembered: a burst of large messages narrows the
 # prefetch at once, and it widens again once that many smaller ones have come.

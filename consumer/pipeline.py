@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, TypeVar
 from uuid import UUID
 
 import structlog
 
+from consumer.bookkeeping import Bookkeeping
 from consumer.deadletters import DeadLetter, letter_row, one_line
 from consumer.entries import NewEntry
 from consumer.errors import (
@@ -30,13 +30,13 @@ from consumer.errors import (
     TaskHistoryError,
 )
 from consumer.incoming import Incoming
-from consumer.metrics import Metrics, metric_code
+from consumer.metrics import Metrics
 from consumer.retry import backoff
 from consumer.settings import Settings
 from consumer.shutdown import Shutdown
-from consumer.topology import RoutingKeyCheck
 from consumer.triage import (
     Delivery,
+    Outcome,
     Parked,
     Rejected,
     Triage,
@@ -46,17 +46,12 @@ from consumer.triage import (
     refused_row,
     unknown_task,
 )
-from consumer.unknown_tasks import CREATE_MISSING_TASKS, create_task_hint
 
 log = structlog.get_logger("consumer")
 
 RETENTION_REFRESH_SECONDS = 30.0
 # While the database can't be reached, how often a batch waiting to be retried asks it.
 PROBE_INTERVAL = 0.5
-# How many tasks the consumer remembers having logged the unknown-task hint for, and how many
-# distinct reasons for refusing rows, or kinds of ignored values, it warns of.
-HINTED_TASKS = 10_000
-WARNED_REASONS = 100
 
 __all__ = ["Delivery", "HistoryWriter", "Outbox", "Pipeline"]
 
@@ -107,40 +102,6 @@ class Outbox(Protocol):
         """Whether any of `messages` can still be acked."""
 
 
-@dataclass(slots=True)
-class Outcome:
-    """What became of the messages of a batch that were settled (stored, parked or buried)."""
-
-    settled: list[Delivery] = field(default_factory=list)
-    stored: set[UUID] = field(default_factory=set)
-    valid: list[tuple[Delivery, NewEntry]] = field(default_factory=list)
-    parked: list[Parked] = field(default_factory=list)
-    rejected: list[Rejected] = field(default_factory=list)
-    # How many of `rejected` are written, and which of `parked` the broker has confirmed: what
-    # follows the commit is retried apart from it, and never does the same thing twice.
-    letters_written: int = 0
-    sent: set[int] = field(default_factory=set)
-    # When the batch was sorted: the time its decisions were taken at.
-    now: datetime = field(default_factory=lambda: datetime.now(UTC))
-
-    @property
-    def finished(self) -> bool:
-        """Whether every parked message is sent and every dead letter written."""
-        return self.letters_written == len(self.rejected) and all(
-            id(p) in self.sent for p in self.parked
-        )
-
-    def add(self, other: Outcome) -> None:
-        """Take in the outcome of another part of the batch (each part finished)."""
-        self.settled += other.settled
-        self.stored |= other.stored
-        self.valid += other.valid
-        self.parked += other.parked
-        self.rejected += other.rejected
-        self.letters_written += other.letters_written
-        self.sent |= other.sent
-
-
 class Pipeline:
     """Writes batches of deliveries to the history and acks them, nothing lost on the way."""
 
@@ -161,10 +122,7 @@ class Pipeline:
         self._shutdown = shutdown
         self._retention = timedelta(0)
         self._retention_read_at = float("-inf")
-        self._routing = RoutingKeyCheck()
-        # Tasks whose waiting events were explained in the log: once each, not per message.
-        self._hinted: dict[UUID, None] = {}
-        self._warned: set[str] = set()
+        self._books = Bookkeeping(metrics)
         # Why the database refuses writes that are not any row's fault (a revoked grant), while
         # it does; None once a write goes through. /readyz and a gauge show it.
         self.refusal: str | None = None
@@ -189,7 +147,7 @@ class Pipeline:
             return
         unacked = await self._broker.ack([d.message for d in outcome.settled])
         try:
-            self._report(outcome, unacked=unacked, started=started)
+            self._books.report(outcome, unacked=unacked, started=started)
         except Exception:  # the batch is acked: counting it must not undo that
             log.exception("batch bookkeeping failed")
 
@@ -346,7 +304,9 @@ class Pipeline:
             decided = refused_row(delivery, entry, reason, now=now, window=window)
             if isinstance(decided, Parked):
                 triage.parked.append(decided)
-                self._warn_once("refused", "the database refuses rows; they wait", error=reason)
+                self._books.warn_once(
+                    "refused", "the database refuses rows; they wait", error=reason
+                )
             else:
                 triage.rejected.append(decided)
         refused_ids = {id(delivery) for delivery, _, _ in refused}
@@ -410,25 +370,9 @@ class Pipeline:
             decided = unknown_task(delivery, entry, now=now, window=window)
             if isinstance(decided, Parked):
                 triage.parked.append(decided)
-                self._hint_unknown_task(entry.task_id, window)
+                self._books.hint_unknown_task(entry.task_id, window)
             else:
                 triage.rejected.append(_storable(decided))
-
-    def _hint_unknown_task(self, task_id: UUID, window: float) -> None:
-        """Log, once per task, that its events wait for it and how to create it."""
-        if task_id in self._hinted:
-            return
-        if len(self._hinted) >= HINTED_TASKS:
-            del self._hinted[next(iter(self._hinted))]  # the oldest: dicts keep their order
-        self._hinted[task_id] = None
-        log.warning(
-            "events wait for a task that doesn't exist",
-            task_id=str(task_id),
-            waits_seconds=window,
-            then="dead-lettered as unknown_task",
-            create_it=create_task_hint(task_id),
-            or_set=CREATE_MISSING_TASKS,
-        )
 
     async def _write(
         self, triage: Triage
@@ -533,87 +477,6 @@ class Pipeline:
                 outcome.rejected.append(internal_error(item.delivery, failure(result), outcome.now))
         if retryable is not None:
             raise retryable
-
-    def _report(self, outcome: Outcome, *, unacked: int, started: float) -> None:
-        """Add a batch's outcome, acked just now, to the metrics and the log."""
-        metrics = self._metrics
-        stored = outcome.stored
-        duplicates = len(outcome.valid) - len(stored)
-        metrics.batch_size.observe(len(outcome.settled))
-        metrics.stored.inc(len(stored))
-        metrics.duplicates.inc(duplicates)
-        waiting = [p for p in outcome.parked if p.refused_since is None]
-        metrics.waiting_for_task.inc(len(waiting))
-        metrics.refused_parked.inc(len(outcome.parked) - len(waiting))
-        for r in outcome.rejected:
-            metrics.dead_lettered.labels(code=metric_code(r.letter.code)).inc()
-            log.warning(
-                "dead-lettered",
-                message_id=r.letter.message_id,
-                code=r.letter.code,
-                detail=r.letter.detail,
-            )
-        for delivery in outcome.settled:
-            if delivery.message.ignored:
-                self._count_ignored(delivery.message)
-        self._check_routing_keys(outcome.valid)
-        # One lag per stored row: a batch may hold the same event twice (a republish).
-        created = {e.id: e.created_at for _, e in outcome.valid if e.id in stored}
-        metrics.observe_lag(list(created.values()), now=datetime.now(UTC))
-        log.info(
-            "batch",
-            size=len(outcome.settled),
-            stored=len(stored),
-            duplicates=duplicates,
-            dead_lettered=len(outcome.rejected),
-            waiting_for_task=len(waiting),
-            refused_waiting=len(outcome.parked) - len(waiting),
-            unacked=unacked,
-            ms=round((asyncio.get_running_loop().time() - started) * 1000, 1),
-        )
-
-    def _count_ignored(self, message: Incoming) -> None:
-        """Count what a message carried that was not believed; warn once per kind."""
-        for ignored in message.ignored:
-            self._metrics.ignored_values.labels(kind=ignored.kind).inc()
-            self._warn_once(
-                f"ignored:{ignored.kind}",
-                "values a message carried were ignored (warned once per kind)",
-                kind=ignored.kind,
-                example=ignored.what,
-                message_id=message.message_id,
-            )
-
-    def _warn_once(self, key: str, event: str, **fields: object) -> None:
-        """Log `event` the first time `key` (with its fields) is seen, for a bounded number."""
-        seen = key + repr(fields.get("error", ""))
-        if seen in self._warned or len(self._warned) >= WARNED_REASONS:
-            return
-        self._warned.add(seen)
-        log.warning(event, **fields)
-
-    def _check_routing_keys(self, valid: list[tuple[Delivery, NewEntry]]) -> None:
-        """Count events whose routing key is not history.<context_type>; warn once per key.
-
-        They are stored all the same: the body's context_type is what counts (RoutingKeyCheck).
-        """
-        mismatches = 0
-        for delivery, entry in valid:
-            found = self._routing.mismatch(delivery.message.routing_key, entry.context_type)
-            if found is None:
-                continue
-            mismatches += 1
-            key, expected = found
-            if self._routing.first_sighting(key):
-                log.warning(
-                    "routing key does not match the event's context_type; stored by its"
-                    " context_type (warned once per key)",
-                    routing_key=key,
-                    expected=expected,
-                    message_id=delivery.message.message_id,
-                )
-        if mismatches:
-            self._metrics.routing_key_mismatches.inc(mismatches)
 
     async def _current_retention(self) -> timedelta:
         """The retention setting, read again every half minute so a change applies soon."""

@@ -7,7 +7,7 @@ time, so that whatever one message carries can fail only that message.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 from consumer.deadletters import DeadLetter, bare_letter, dead_letter_of, transit_letter
@@ -75,6 +75,40 @@ class Triage:
     valid: list[tuple[Delivery, NewEntry]] = field(default_factory=list)
     parked: list[Parked] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What became of the messages of a batch that were settled (stored, parked or buried)."""
+
+    settled: list[Delivery] = field(default_factory=list)
+    stored: set[UUID] = field(default_factory=set)
+    valid: list[tuple[Delivery, NewEntry]] = field(default_factory=list)
+    parked: list[Parked] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    # How many of `rejected` are written, and which of `parked` the broker has confirmed: what
+    # follows the commit is retried apart from it, and never does the same thing twice.
+    letters_written: int = 0
+    sent: set[int] = field(default_factory=set)
+    # When the batch was sorted: the time its decisions were taken at.
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def finished(self) -> bool:
+        """Whether every parked message is sent and every dead letter written."""
+        return self.letters_written == len(self.rejected) and all(
+            id(p) in self.sent for p in self.parked
+        )
+
+    def add(self, other: Outcome) -> None:
+        """Take in the outcome of another part of the batch (each part finished)."""
+        self.settled += other.settled
+        self.stored |= other.stored
+        self.valid += other.valid
+        self.parked += other.parked
+        self.rejected += other.rejected
+        self.letters_written += other.letters_written
+        self.sent |= other.sent
 
 
 def too_large(size: int) -> InvalidEventError:

@@ -21,8 +21,9 @@ from consumer.errors import (
     TaskHistoryError,
 )
 from consumer.expiry import ExpiryBackend, ExpiryLoop
-from consumer.flow import PrefetchBySize
-from consumer.incoming import KEPT_BODY_BYTES, Incoming
+from consumer.flow import ASSUMED_BYTES, PrefetchBySize
+from consumer.incoming import Incoming
+from consumer.intake import Intake, Subscription
 from consumer.metrics import HealthServer, Metrics
 from consumer.pipeline import HistoryWriter, Outbox, Pipeline
 from consumer.readiness import PROBE_TIMEOUT, ReadinessWatch, Signs
@@ -66,7 +67,7 @@ class ConsumerStore(HistoryWriter, ExpiryBackend, Protocol):
         """This deployment's key for signing the consumer's own headers."""
 
 
-class ConsumerBroker(Outbox, Protocol):
+class ConsumerBroker(Outbox, Subscription, Protocol):
     """The broker as the worker uses it: the pipeline's outbox, and a subscription."""
 
     @property
@@ -92,19 +93,6 @@ class ConsumerBroker(Outbox, Protocol):
         trust: Trust | None = None,
     ) -> None:
         """Deliver the events queue to `handler`, and the dead-letter queue with `transit`."""
-
-    async def pause(self) -> None:
-        """Take no more deliveries for now."""
-
-    async def resume(self) -> None:
-        """Take deliveries again."""
-
-    @property
-    def paused(self) -> bool:
-        """Whether deliveries are stopped on purpose."""
-
-    async def set_prefetch(self, count: int) -> None:
-        """Let the broker send `count` messages ahead from now on."""
 
     async def waiting(self) -> int:
         """How many messages wait in the events queue, ready to be delivered."""
@@ -138,14 +126,19 @@ class Worker:
         self._prefetch = PrefetchBySize(
             high_bytes=settings.inbox_high_bytes,
             most=settings.effective_prefetch,
-            assumed_bytes=KEPT_BODY_BYTES,
+            assumed_bytes=ASSUMED_BYTES,
         )
-        self._flow: asyncio.Task[None] | None = None
-        self._flow_due = asyncio.Event()
         self._shutdown = Shutdown()
         self._shutdown_timer: asyncio.Timeout | None = None
         self._abandon: asyncio.TimerHandle | None = None
         self.metrics = Metrics()
+        self._intake = Intake(
+            subscription=broker,
+            inbox=self._inbox,
+            prefetch=self._prefetch,
+            metrics=self.metrics,
+            shutdown=self._shutdown,
+        )
         self._pipeline = Pipeline(
             store=store,
             broker=broker,
@@ -343,7 +336,7 @@ class Worker:
                     if batch:
                         await self._handle(batch)
                         self._progressed = time.monotonic()
-                await self._settle_flow()
+                await self._intake.settle()
                 with contextlib.suppress(BrokerError):
                     await self._broker.cancel()  # after this no delivery comes
                 while len(self._inbox):
@@ -355,8 +348,7 @@ class Worker:
         finally:
             self._shutdown_timer = None
             await _cancelled(expiry)
-            if self._flow is not None:
-                await _cancelled(self._flow)
+            await self._intake.close()
         log.info("stopped")
 
     async def _handle(self, batch: list[Delivery]) -> None:
@@ -367,66 +359,14 @@ class Worker:
             self._inbox.release(batch)
             self._trust.retention = self._pipeline.retention or self._trust.retention
             self.metrics.inbox_bytes.set(self._inbox.held_bytes)
-            self._nudge_flow()
+            self._intake.nudge()
 
     async def _deliver(self, message: Incoming) -> None:
         self._progressed = time.monotonic()
         self._prefetch.observe(message.body.size)
         self._inbox.put(Delivery(message))
         if self._inbox.full and not self._broker.paused:
-            self._nudge_flow()
-
-    def _nudge_flow(self) -> None:
-        """Have the subscription looked at again: paused, resumed or its prefetch changed."""
-        if self._shutdown.begun:
-            return
-        self._flow_due.set()
-        if self._flow is None or self._flow.done():
-            self._flow = asyncio.create_task(self._keep_flow())
-
-    async def _keep_flow(self) -> None:
-        """Bring the subscription in line with the bytes in hand, one change at a time.
-
-        Whatever changed while a change was under way is looked at again right after it.
-        """
-        while self._flow_due.is_set() and not self._shutdown.begun:
-            self._flow_due.clear()
-            try:
-                if self._inbox.full and not self._broker.paused:
-                    await self._pause()
-                elif self._broker.paused and self._inbox.roomy:
-                    await self._resume()
-                elif (count := self._prefetch.change()) is not None:
-                    await self._set_prefetch(count)
-            except BrokerError as exc:  # the connection is being made again: it resubscribes
-                log.warning("changing the subscription failed", error=str(exc))
-            self.metrics.paused.set(1 if self._broker.paused else 0)
-
-    async def _pause(self) -> None:
-        await self._broker.pause()
-        log.warning(
-            "messages in hand over the byte budget; taking no more deliveries until they are"
-            " written",
-            bytes_in_hand=self._inbox.held_bytes,
-            high=self._settings.inbox_high_bytes,
-            low=self._settings.inbox_low_bytes,
-        )
-
-    async def _resume(self) -> None:
-        await self._broker.resume()
-        log.info("taking deliveries again", bytes_in_hand=self._inbox.held_bytes)
-
-    async def _set_prefetch(self, count: int) -> None:
-        """Let the broker send `count` messages ahead from now on."""
-        await self._broker.set_prefetch(count)
-        log.info("prefetch fitted to the size of the messages", prefetch=count)
-        self._prefetch.current = count
-
-    async def _settle_flow(self) -> None:
-        """Let a pause or resume under way finish before the subscription is cancelled."""
-        if self._flow is not None:
-            with contextlib.suppress(asyncio.CancelledError, BrokerError):
-                await self._flow
+            self._intake.nudge()
 
     async def _until_up(self, name: str, connect: Callable[[], Awaitable[None]]) -> bool:
         """Connect, retrying with backoff while the server is down; False if stopped first."""

@@ -161,6 +161,8 @@ class _Decoding:
         vouched = self._vouched(own, raw_headers, body)
         message_id = kept.get("message_id")
         if vouched and own.get(NO_MESSAGE_ID) is True:
+            # A copy of a message that had none: the id aiormq gave the copy is nobody's.
+            kept.pop("message_id", None)
             message_id = None
         believed = own if vouched else {}
         original_key = self._text_header(believed, ORIGINAL_ROUTING_KEY)

@@ -408,3 +408,20 @@ class TestDeadLetterQueueLimit:
         finally:
             async with Broker(amqp_url, topology=names) as broker:
                 await broker.delete()
+
+    async def test_one_an_earlier_release_declared_is_used_as_it_is(self, amqp_url: str) -> None:
+        """No limit (3.x) or -1 (4.x), as before: declaring the topology over it is no error."""
+        names = Topology.named(f"th_olddead_{uuid.uuid4().hex[:8]}")
+        try:
+            async with Broker(amqp_url, topology=names) as broker:
+                old: dict[str, Any] = {"x-queue-type": "quorum"}
+                if not broker.broker_version.startswith("3."):
+                    old["x-delivery-limit"] = -1
+                await broker.channel.declare_queue(
+                    names.dead_letter_queue, durable=True, arguments=old
+                )
+                await broker.declare()
+                await broker.declare()
+        finally:
+            async with Broker(amqp_url, topology=names) as broker:
+                await broker.delete()

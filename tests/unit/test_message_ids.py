@@ -50,6 +50,7 @@ class TestReading:
         message = received(message_id="4f1c0e", headers=headers)
         assert message.message_id is None
         assert message.headers == {"a": 1}
+        assert "message_id" not in message.properties
 
     def test_a_publishers_mark_changes_nothing(self) -> None:
         """The mark on a message the consumer did not sign is ignored, and says so."""

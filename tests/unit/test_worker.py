@@ -102,11 +102,11 @@ class TestMemoryBudget:
         assert rig.broker.consuming is False  # cancelled at the stop, not left paused
 
     async def test_the_prefetch_follows_the_size_of_the_messages(self) -> None:
-        """64 ahead at first; small messages widen it to the configured count."""
+        """204 ahead at first; small messages widen it to the configured count."""
         rig = Rig(prefetch=500)
         async with rig.running():
             await rig.until_consuming()
-            assert rig.broker.prefetch == 64  # each unseen message taken as 1 MiB
+            assert rig.broker.prefetch == 204  # each unseen message taken as 320 KiB
             await rig.broker.deliver(*(rig.message(f"small {n}") for n in range(40)))
             await until(lambda: rig.broker.prefetch == 500)
         assert len(rig.store.rows) == 40
