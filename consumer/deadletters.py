@@ -12,23 +12,9 @@ from datetime import UTC, datetime
 from typing import Any, overload
 from uuid import UUID
 
-from consumer.broker.headers import (
-    BROKER_HEADERS,
-    ERROR,
-    ERROR_DETAIL,
-    FAILED_AT,
-    REPLAY_COUNT,
-    RETRY_COUNT,
-    WAITING_SINCE,
-    MessageLike,
-    header_text,
-    header_time,
-    original_routing_key,
-)
 from consumer.errors import ErrorCode
-from consumer.rules import (
-    MAX_BODY_BYTES,
-)
+from consumer.incoming import KEPT_BODY_BYTES, Incoming
+from consumer.rules import MAX_BODY_BYTES
 
 # What the broker's own x-death reasons mean, as x-error codes. `expired` is taken (an event
 # older than the retention), so a message whose TTL ran out in a queue is `ttl_expired`.
@@ -43,10 +29,10 @@ UNKNOWN_CODE = "unknown"
 ERROR_CODES = tuple(
     sorted({*(code.value for code in ErrorCode), *BROKER_REASONS.values(), UNKNOWN_CODE})
 )
-
-# Headers a replayed copy leaves behind: the failure they describe is over, and an unknown-task
-# event gets a fresh retry window (with the old one it would fail again at once).
-_CLEARED_ON_REPLAY = frozenset({ERROR, ERROR_DETAIL, FAILED_AT, WAITING_SINCE, RETRY_COUNT})
+# Characters of a detail kept: one readable line.
+MAX_DETAIL = 1000
+# Columns of a letter's row (letter_row).
+_COLUMNS = 13
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,27 +48,40 @@ class DeadLetter:
     replay_count: int
     headers: Mapping[str, Any]
     properties: Mapping[str, Any]
+    # The body byte for byte, or its first BODY_PREFIX_BYTES when it was over KEPT_BODY_BYTES.
     body: bytes
     # Its row's number in the dead-letter table; None until stored.
     id: int | None = None
+    # The whole body's length and SHA-256 when `body` is only its prefix; else None.
+    body_bytes: int | None = None
+    body_sha256: bytes | None = None
+
+    @property
+    def body_whole(self) -> bool:
+        """Whether `body` is the whole body as received (and the letter can be replayed)."""
+        return self.body_sha256 is None
 
     @property
     def key(self) -> bytes:
         """What identifies this message, however often it was delivered: a SHA-256.
 
-        Of its message_id, first routing key, replay count and body: two deliveries of one
-        message have the same key, whatever they failed of; a replayed copy has another.
+        Of its message_id, first routing key, replay count and whole body (the SHA-256 of a
+        body kept only as its prefix): two deliveries of one message have the same key,
+        whatever they failed of; a replayed copy has another.
         """
         digest = hashlib.sha256()
         for part in (self.message_id or "", self.routing_key, str(self.replay_count)):
             encoded = part.encode("utf-8", "surrogatepass")
             digest.update(len(encoded).to_bytes(8, "big") + encoded)
-        digest.update(self.body)
+        if self.body_sha256 is None:
+            digest.update(b"body" + self.body)
+        else:
+            digest.update(b"sha256" + self.body_sha256)
         return digest.digest()
 
     def summary(self) -> dict[str, Any]:
         """The fields `dlq list` shows, JSON-ready."""
-        return {
+        summary: dict[str, Any] = {
             "id": self.id,
             "message_id": self.message_id,
             "task_id": self.task_id,
@@ -92,10 +91,17 @@ class DeadLetter:
             "failed_at": self.failed_at.isoformat() if self.failed_at else None,
             "replay_count": self.replay_count,
         }
+        if not self.body_whole:
+            summary["body_truncated"] = {
+                "bytes": self.body_bytes,
+                "sha256": (self.body_sha256 or b"").hex(),
+                "kept": len(self.body),
+            }
+        return summary
 
 
 def dead_letter_of(
-    message: MessageLike,
+    message: Incoming,
     *,
     code: str,
     detail: str,
@@ -105,74 +111,82 @@ def dead_letter_of(
     """The dead letter of a message the consumer refused, as it was received.
 
     `task_id` is the event's, when validation got that far; else it is read from the body.
+    Headers are the publisher's and the broker's (the consumer's own are never kept: a replay
+    writes them anew from the row), properties as they were decoded.
     """
-    headers = dict(message.headers or {})
+    body = message.body
     return DeadLetter(
         message_id=message.message_id,
-        task_id=str(task_id) if task_id is not None else _task_of(message.body),
-        routing_key=original_routing_key(message),
+        task_id=str(task_id) if task_id is not None else _task_of(body.data, whole=body.whole),
+        routing_key=message.routing_key,
         code=code,
-        detail=" ".join(detail.split())[:1000],  # one line, of a readable length
+        detail=one_line(detail),
         failed_at=failed_at,
-        replay_count=replay_count(headers),
-        headers=headers,
-        properties=_properties(message),
-        body=message.body,
+        replay_count=message.replay_count,
+        headers={**message.headers, **message.broker_headers},
+        properties=dict(message.properties),
+        body=body.data,
+        body_bytes=None if body.whole else body.size,
+        body_sha256=body.sha256,
     )
 
 
-def read_dead_letter(message: MessageLike) -> DeadLetter:
-    """What a message in the dead-letter queue says about itself, from its headers and body.
+def bare_letter(message: Incoming, *, code: str, detail: str, failed_at: datetime) -> DeadLetter:
+    """A dead letter with only what can't fail to be stored: body, ids, routing key, reason.
 
-    Copies published by an earlier consumer or another tool carry x-error and friends; a
-    message the broker dead-lettered itself (a poison message past the delivery limit) carries
-    only x-death, read instead. Nothing here can fail on a malformed body or header.
+    For a message whose full dead letter could not be written: it still ends somewhere an
+    operator sees it.
     """
-    headers = dict(message.headers or {})
-    code = header_text(headers.get(ERROR))
-    detail = header_text(headers.get(ERROR_DETAIL))
-    failed_at = header_time(message, FAILED_AT)
-    if not code:
-        code, detail, failed_at = _from_x_death(headers.get("x-death"))
+    body = message.body
     return DeadLetter(
         message_id=message.message_id,
-        task_id=_task_of(message.body),
-        routing_key=original_routing_key(message) or _x_death_routing_key(headers),
+        task_id=None,
+        routing_key=message.routing_key,
         code=code,
-        detail=detail,
+        detail=one_line(detail),
         failed_at=failed_at,
-        replay_count=replay_count(headers),
-        headers=headers,
-        properties=_properties(message),
-        body=message.body,
+        replay_count=0,
+        headers={},
+        properties={},
+        body=body.data,
+        body_bytes=None if body.whole else body.size,
+        body_sha256=body.sha256,
     )
 
 
-# The AMQP properties a dead letter keeps (those a message read from a queue may have).
-_PROPERTIES = (
-    "exchange",
-    "routing_key",
-    "message_id",
-    "content_type",
-    "content_encoding",
-    "delivery_mode",
-    "priority",
-    "correlation_id",
-    "reply_to",
-    "expiration",
-    "timestamp",
-    "type",
-    "app_id",
-    "user_id",
-)
+def transit_letter(message: Incoming, *, now: datetime) -> DeadLetter:
+    """The dead letter of a message from the dead-letter queue: why the broker put it there.
+
+    The reason is the broker's x-death, believed only on a copy the broker dead-lettered
+    itself (`message.death`); a message published straight to the queue gets `unknown`.
+    Nothing here can fail on a malformed body or header.
+    """
+    code, detail, failed_at = _from_death(message)
+    return dead_letter_of(message, code=code, detail=detail, failed_at=failed_at or now)
 
 
-def _properties(message: MessageLike) -> dict[str, Any]:
-    """The message's AMQP properties that are set, as `dlq show` prints them."""
-    properties = {name: getattr(message, name, None) for name in _PROPERTIES}
-    if properties["delivery_mode"] is not None:
-        properties["delivery_mode"] = int(properties["delivery_mode"])
-    return {name: value for name, value in properties.items() if value not in (None, "")}
+def one_line(detail: str) -> str:
+    """A detail as one line of a readable length."""
+    return " ".join(detail.split())[:MAX_DETAIL]
+
+
+def _from_death(message: Incoming) -> tuple[str, str, datetime | None]:
+    death = message.death
+    if death is None:
+        detail = (
+            "published straight to the dead-letter queue: not dead-lettered by the broker"
+            " or by this consumer"
+        )
+        return UNKNOWN_CODE, detail, None
+    reason, queue = death.reason, death.queue
+    if reason == "delivery_limit":
+        detail = (
+            f"the broker dead-lettered it from {queue}: delivered too many times without an ack"
+            " (it crashed or stalled the consumer each time)"
+        )
+    else:
+        detail = f"the broker dead-lettered it from {queue} (reason: {reason or 'not given'})"
+    return BROKER_REASONS.get(reason, reason or UNKNOWN_CODE), detail, death.time
 
 
 def jsonable(value: object) -> object:
@@ -199,8 +213,9 @@ def jsonable(value: object) -> object:
 
 def shown(letter: DeadLetter) -> dict[str, Any]:
     """The whole message, JSON-ready: properties, headers, and the body (parsed if JSON)."""
+    body: object
     try:
-        body: object = json.loads(letter.body)
+        body = json.loads(letter.body) if letter.body_whole else _kept_text(letter.body)
     except (ValueError, RecursionError):
         body = letter.body.decode("utf-8", "replace")
     return {
@@ -211,40 +226,14 @@ def shown(letter: DeadLetter) -> dict[str, Any]:
     }
 
 
-def _first_death(x_death: object) -> Mapping[str, Any] | None:
-    """The newest entry of an x-death header (the broker puts it first)."""
-    if isinstance(x_death, list | tuple) and x_death and isinstance(x_death[0], Mapping):
-        return x_death[0]
-    return None
+def _kept_text(prefix: bytes) -> str:
+    """A body's kept prefix as text (a character cut at its end is dropped)."""
+    return prefix.decode("utf-8", "ignore") if prefix else ""
 
 
-def _from_x_death(x_death: object) -> tuple[str, str, datetime | None]:
-    death = _first_death(x_death)
-    if death is None:
-        return UNKNOWN_CODE, "no x-error or x-death header: not dead-lettered by this system", None
-    reason = header_text(death.get("reason"))
-    queue = header_text(death.get("queue"))
-    when = death.get("time")
-    failed_at = when if isinstance(when, datetime) else None
-    if reason == "delivery_limit":
-        detail = (
-            f"the broker dead-lettered it from {queue}: delivered too many times without an ack"
-            " (it crashed or stalled the consumer each time)"
-        )
-    else:
-        detail = f"the broker dead-lettered it from {queue} (reason: {reason or 'not given'})"
-    return BROKER_REASONS.get(reason, reason or UNKNOWN_CODE), detail, failed_at
-
-
-def _x_death_routing_key(headers: Mapping[str, Any]) -> str:
-    death = _first_death(headers.get("x-death"))
-    keys = death.get("routing-keys") if death is not None else None
-    return header_text(keys[0]) if isinstance(keys, list | tuple) and keys else ""
-
-
-def _task_of(body: bytes) -> str | None:
+def _task_of(body: bytes, *, whole: bool) -> str | None:
     """The body's task_id, if the body is a JSON object that has one (valid or not)."""
-    if len(body) > MAX_BODY_BYTES:
+    if not whole or len(body) > MAX_BODY_BYTES:
         return None
     try:
         parsed = json.loads(body)
@@ -254,23 +243,14 @@ def _task_of(body: bytes) -> str | None:
     return task if isinstance(task, str) else None
 
 
-def replay_count(headers: Mapping[str, Any]) -> int:
-    """How many times a message was replayed; a malformed count reads as 0."""
-    try:
-        return max(0, int(headers.get(REPLAY_COUNT) or 0))
-    except (TypeError, ValueError):
-        return 0
-
-
-def replay_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
-    """The headers a replayed copy carries: the failure's cleared, the replay counted."""
-    kept = {
-        name: value
-        for name, value in headers.items()
-        if name not in _CLEARED_ON_REPLAY and name not in BROKER_HEADERS
-    }
-    kept[REPLAY_COUNT] = replay_count(headers) + 1
-    return kept
+def refusal_to_replay(letter: DeadLetter) -> str | None:
+    """Why `letter` can't be sent back, or None if it can: only a whole body can be replayed."""
+    if letter.body_whole:
+        return None
+    return (
+        f"its body was {letter.body_bytes:,} bytes, over the {KEPT_BODY_BYTES:,}-byte limit, and"
+        f" only the first {len(letter.body):,} were kept: it can't be sent back (purge it)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,6 +364,7 @@ def exported(letter: DeadLetter) -> dict[str, Any]:
         body = {"body": letter.body.decode("utf-8")}
     except UnicodeDecodeError:
         body = {"body_base64": base64.b64encode(letter.body).decode("ascii")}
+    # A kept prefix is exported as it is: `body_truncated` in the summary says so.
     return {
         **letter.summary(),
         **body,
@@ -393,23 +374,34 @@ def exported(letter: DeadLetter) -> dict[str, Any]:
 
 
 def dead_letter_columns(letters: Sequence[DeadLetter]) -> tuple[list[Any], ...]:
-    """The letters as the dead-letter table's columns, one list each, for one INSERT.
+    """The letters as the dead-letter table's columns, one list each, for one INSERT."""
+    rows = [letter_row(letter) for letter in letters]
+    if not rows:
+        return tuple([] for _ in range(_COLUMNS))
+    return tuple(list(column) for column in zip(*rows, strict=True))
+
+
+def letter_row(letter: DeadLetter) -> tuple[Any, ...]:
+    """One letter as the dead-letter table's columns; raises if a value can't be encoded.
 
     Text loses any NUL character (PostgreSQL's text holds none), a task id that is not a UUID
-    is left out, headers and properties become JSON text, and each gets its key.
+    is left out, the replay count is kept within the column's integer, headers and properties
+    become JSON text, and the letter's key is added.
     """
     return (
-        [_text(letter.message_id) for letter in letters],
-        [_text(letter.code) for letter in letters],
-        [_text(letter.detail) for letter in letters],
-        [_text(letter.routing_key) for letter in letters],
-        [_uuid(letter.task_id) for letter in letters],
-        [letter.failed_at or datetime.now(UTC) for letter in letters],
-        [letter.replay_count for letter in letters],
-        [letter.body for letter in letters],
-        [json.dumps(jsonable(letter.properties)) for letter in letters],
-        [json.dumps(jsonable(letter.headers)) for letter in letters],
-        [letter.key for letter in letters],
+        _text(letter.message_id),
+        _text(letter.code),
+        _text(letter.detail),
+        _text(letter.routing_key),
+        _uuid(letter.task_id),
+        letter.failed_at or datetime.now(UTC),
+        min(max(letter.replay_count, 0), 2**31 - 1),
+        letter.body,
+        json.dumps(jsonable(letter.properties)),
+        json.dumps(jsonable(letter.headers)),
+        letter.body_bytes,
+        letter.body_sha256,
+        letter.key,
     )
 
 

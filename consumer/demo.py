@@ -127,9 +127,12 @@ async def run_demo(  # noqa: PLR0913  # keyword-only options
         watcher = asyncio.create_task(watch_stop())
         started()
         try:
-            await asyncio.gather(
-                *(agent(f"agent-{n + 1}", publisher, store) for n in range(agents))
-            )
+            # One agent failing stops the others before the clients they share are closed.
+            async with asyncio.TaskGroup() as group:
+                for n in range(agents):
+                    group.create_task(agent(f"agent-{n + 1}", publisher, store))
+        except ExceptionGroup as failed:
+            raise failed.exceptions[0] from None  # the first failure, as one error line says
         finally:
             watcher.cancel()
     return sent

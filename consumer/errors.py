@@ -86,14 +86,6 @@ class DataRejectedError(StoreError):
         self.reason = reason or str(self)
 
 
-class SystemicRefusalError(StoreError):
-    """The database refuses every row of a batch for one reason: not the rows' fault."""
-
-    default_message = (
-        "The database refuses every row of the batch for the same reason; waiting as for an outage."
-    )
-
-
 class PgCronUnavailableError(StoreError):
     """pg_cron is missing on the server."""
 
@@ -146,6 +138,8 @@ class ErrorCode(StrEnum):
     EXPIRED = "expired"
     DELIVERY_LIMIT = "delivery_limit"
     DATABASE_REJECTED = "database_rejected"
+    INVALID_PROPERTIES = "invalid_properties"
+    INTERNAL_ERROR = "internal_error"
 
 
 class InvalidEventError(TaskHistoryError):

@@ -85,6 +85,21 @@ class Metrics:
             "Events parked in the retry queue because their task does not exist yet",
             registry=r,
         )
+        self.refused_parked = Counter(
+            "task_history_events_refused_waiting",
+            "Events whose row the database refused, parked in the retry queue to be tried again"
+            " (dead-lettered as database_rejected once TASK_HISTORY_REFUSED_ROW_RETRY_SECONDS"
+            " have passed)",
+            registry=r,
+        )
+        self.ignored_values = Counter(
+            "task_history_ignored_values",
+            "Property and header values a message carried that the consumer did not believe or"
+            " keep, by kind: unsigned (its own header on a copy it did not sign), out_of_range"
+            " (a wrong type or out of bounds), too_deep (headers nested past 32 levels)",
+            ["kind"],
+            registry=r,
+        )
         self.batch_retries = Counter(
             "task_history_batch_retries",
             "Batch attempts that failed on a server error and were tried again",
@@ -137,6 +152,23 @@ class Metrics:
             "1 while /readyz says ready: consuming, both servers answering, no stall; else 0",
             registry=r,
         )
+        self.database_refusing = Gauge(
+            "task_history_database_refusing",
+            "1 while the database refuses the consumer's writes for a reason that is not any"
+            " row's (a revoked grant, a read-only server); the batch waits meanwhile; else 0",
+            registry=r,
+        )
+        self.paused = Gauge(
+            "task_history_inbox_paused",
+            "1 while the consumer takes no deliveries because the messages in hand are over"
+            " TASK_HISTORY_INBOX_HIGH_BYTES, until they are under TASK_HISTORY_INBOX_LOW_BYTES",
+            registry=r,
+        )
+        self.inbox_bytes = Gauge(
+            "task_history_inbox_bytes",
+            "Bytes of message bodies the consumer holds: waiting in its inbox or being written",
+            registry=r,
+        )
         self.asynchronous_standbys = Gauge(
             "task_history_database_asynchronous_standbys",
             "Standbys the database streams to while none is synchronous (read at start-up):"
@@ -148,6 +180,8 @@ class Metrics:
             self.dead_lettered.labels(code=code)
         for outcome in ("done", "locked", "scheduled", "failed"):
             self.expiry_runs.labels(outcome=outcome)
+        for kind in ("unsigned", "out_of_range", "too_deep"):
+            self.ignored_values.labels(kind=kind)
 
     def show_dead_letters(self, counts: Mapping[str, int], *, replayed: int, purged: int) -> None:
         """Set the dead-letter gauges to what the database holds now."""

@@ -36,21 +36,24 @@ class Signs:
     # write, whichever came last.
     waiting: int | None = None
     idle_seconds: float = 0.0
+    # Why the database refuses the writes (a revoked grant), while it does.
+    refusal: str | None = None
 
 
 def judge(signs: Signs, *, stall_after: float) -> str | None:
     """None if ready; else why not, in a few words that stay the same while the cause does."""
-    if signs.stopping:
-        return "stopping"
-    if not signs.consuming:
-        return "not consuming from the broker"
-    if signs.broker_problem is not None:
-        return signs.broker_problem
-    if signs.database_problem is not None:
-        return signs.database_problem
-    if signs.waiting and signs.idle_seconds >= stall_after:
-        return f"messages wait in the queue, and none was delivered for {stall_after:g} s"
-    return None
+    stalled = bool(signs.waiting) and signs.idle_seconds >= stall_after
+    reasons = (
+        "stopping" if signs.stopping else None,
+        None if signs.consuming else "not consuming from the broker",
+        signs.broker_problem,
+        signs.database_problem,
+        None if signs.refusal is None else f"the database refuses the writes: {signs.refusal}",
+        f"messages wait in the queue, and none was delivered for {stall_after:g} s"
+        if stalled
+        else None,
+    )
+    return next((reason for reason in reasons if reason is not None), None)
 
 
 class ReadinessWatch:

@@ -23,8 +23,9 @@ from consumer.broker.amqp import (
     connect_confirming,
     translated_errors,
 )
-from consumer.broker.headers import with_id_absence
-from consumer.deadletters import Census, DeadLetter, Selection, replay_headers
+from consumer.broker.headers import replay_headers
+from consumer.broker.signing import HeaderSigner
+from consumer.deadletters import Census, DeadLetter, Selection, refusal_to_replay
 from consumer.errors import DeadLetterNotFoundError, TaskHistoryError, UnroutableError
 from consumer.store import Store
 from consumer.store.deadletters import Claim
@@ -66,6 +67,8 @@ class Outcome:
     selected: int = 0
     done: Tally[DeadLetter] = field(default_factory=Tally)
     at_max_replays: Tally[DeadLetter] = field(default_factory=Tally)
+    # Letters whose body was kept only in part: they can't be sent back (refusal_to_replay).
+    not_whole: Tally[DeadLetter] = field(default_factory=Tally)
     unroutable: Tally[tuple[DeadLetter, str]] = field(default_factory=Tally)
     left: int = 0
 
@@ -83,17 +86,22 @@ async def find(store: Store, key: str) -> DeadLetter:
     return letter
 
 
-def replay_message(letter: DeadLetter) -> aio_pika.Message:
+def replay_message(letter: DeadLetter, signer: HeaderSigner) -> aio_pika.Message:
     """The copy a replay publishes: body and properties as received, x-replay-count plus one.
 
-    The copy is persistent, and the failure's headers are cleared (see replay_headers).
-    user_id is left out (the broker refuses one other than the publishing connection's), and
-    so is expiration (the copy must not expire on its way back).
+    The copy is persistent, and carries the publisher's headers and the replay count, signed
+    (see replay_headers and consumer.broker.signing); none of the consumer's own headers comes
+    from the letter's stored headers, which a publisher may have written. user_id is left out
+    (the broker refuses one other than the publishing connection's), and so is expiration
+    (the copy must not expire on its way back).
     """
     properties = letter.properties
+    headers = replay_headers(
+        letter.headers, replay_count=letter.replay_count, message_id=letter.message_id
+    )
     return aio_pika.Message(
         body=letter.body,
-        headers=with_id_absence(replay_headers(letter.headers), message_id=letter.message_id),
+        headers=signer.sign(headers, body=letter.body),
         content_type=_text(properties.get("content_type")),
         content_encoding=_text(properties.get("content_encoding")),
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
@@ -125,13 +133,20 @@ def _time(value: object) -> datetime | None:
 class Republisher:
     """A confirming channel to the main exchange: sends replayed copies, mandatory."""
 
-    def __init__(self, connection: AbstractRobustConnection, exchange: AbstractExchange) -> None:
-        """Send through `exchange` of `connection`."""
+    def __init__(
+        self,
+        connection: AbstractRobustConnection,
+        exchange: AbstractExchange,
+        *,
+        signer: HeaderSigner,
+    ) -> None:
+        """Send through `exchange` of `connection`, the copies' headers signed by `signer`."""
         self._connection = connection
         self._exchange = exchange
+        self._signer = signer
 
     @classmethod
-    async def connect(cls, url: str, exchange: str) -> Republisher:
+    async def connect(cls, url: str, exchange: str, *, signer: HeaderSigner) -> Republisher:
         """Connect to the broker at `url` and find `exchange` (BrokerError if it is missing)."""
         connection, channel = await connect_confirming(url)
         try:
@@ -140,7 +155,7 @@ class Republisher:
         except BaseException:
             await close_connection(connection, grace=CLOSE_GRACE)
             raise
-        return cls(connection, target)
+        return cls(connection, target, signer=signer)
 
     async def close(self) -> None:
         """Disconnect."""
@@ -149,7 +164,9 @@ class Republisher:
     async def _send(self, letter: DeadLetter) -> None:
         with translated_errors():
             await self._exchange.publish(
-                replay_message(letter), routing_key=letter.routing_key, mandatory=True
+                replay_message(letter, self._signer),
+                routing_key=letter.routing_key,
+                mandatory=True,
             )
 
     async def send(
@@ -310,10 +327,15 @@ async def _replay_batches(  # noqa: PLR0913  # replay()'s options, passed on
 def _due(
     letters: Sequence[DeadLetter], max_replays: int | None, outcome: Outcome
 ) -> list[DeadLetter]:
-    """The letters to send; those replayed `max_replays` times already are counted and left."""
+    """The letters to send; those replayed `max_replays` times already are counted and left.
+
+    So are those whose body was kept only in part (refusal_to_replay).
+    """
     due = []
     for letter in letters:
-        if max_replays is not None and letter.replay_count >= max_replays:
+        if refusal_to_replay(letter) is not None:
+            outcome.not_whole.add(letter)
+        elif max_replays is not None and letter.replay_count >= max_replays:
             outcome.at_max_replays.add(letter)
         else:
             due.append(letter)

@@ -59,6 +59,15 @@ class Settings(BaseSettings):
     shutdown_timeout_seconds: float = Field(default=30, ge=0)
     database_timeout_seconds: float = Field(default=60, gt=0)
     unknown_task_retry_delay_seconds: float = Field(default=10, gt=0)
+    # A row the database refuses (a constraint the host application added, say) is parked in the
+    # retry queue like an event of an unknown task, and tried again every retry delay above,
+    # for this long; then it is dead-lettered as database_rejected. 0: at once.
+    refused_row_retry_seconds: float = Field(default=300, ge=0)
+
+    # Memory by bytes: above the high mark of message bodies in hand (waiting to be written or
+    # being written) the consumer stops taking deliveries, and takes them again below the low.
+    inbox_high_bytes: int = Field(default=64 << 20, ge=1 << 20, le=1 << 40)
+    inbox_low_bytes: int = Field(default=32 << 20, ge=0, le=1 << 40)
 
     # The AMQP topology of contract §2.
     exchange: str = "task_build_history"
@@ -114,6 +123,14 @@ class Settings(BaseSettings):
     # A search of every task (GET /tasks?q=) looks at this many tasks per page at most, most
     # recently active first, each through its own index: its time is bounded whatever the text.
     api_search_tasks_per_page: int = Field(default=150, ge=10, le=100_000)
+
+    @model_validator(mode="after")
+    def _inbox_marks(self) -> Settings:
+        if self.inbox_low_bytes >= self.inbox_high_bytes:
+            raise ValueError(
+                "TASK_HISTORY_INBOX_LOW_BYTES must be below TASK_HISTORY_INBOX_HIGH_BYTES"
+            )
+        return self
 
     @field_validator("api_token", "api_operator_token")
     @classmethod

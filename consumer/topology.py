@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from consumer.broker.headers import MessageLike, original_routing_key, routing_key
+from consumer.broker.headers import routing_key
 from consumer.entries import ContextType
 
 # How many distinct mismatched routing keys a consumer process warns of; then it only counts.
@@ -46,18 +46,17 @@ class Topology:
             "x-overflow": "reject-publish",
         }
 
-    def dead_letter_queue_arguments(self, *, broker_version: str) -> dict[str, Any]:
-        """The dead-letter queue: quorum, and never a delivery limit.
+    def dead_letter_queue_arguments(self) -> dict[str, Any]:
+        """The dead-letter queue: quorum, with the same delivery limit as the events queue.
 
-        Looking at dead letters takes them and gives them back, which counts as a delivery.
-        From RabbitMQ 4.0 a quorum queue declared without a limit gets one of 20, and this
-        queue has nowhere to send a message past it: it would be dropped, so 4.x gets -1
-        ("none"). 3.x has no default limit and reads -1 as "no delivery allowed".
+        It is only a way in: the consumer moves each message into the dead-letter table as it
+        comes, and nothing else reads it. Without a limit, a message that stopped the consumer
+        every time it was delivered would be delivered for ever (3.x has no default limit; an
+        earlier release declared it with -1, "none", on 4.x). Past the limit the broker drops
+        it, with a line in its log: it had stopped a consumer that many times in a row.
+        The same number on 3.x and 4.x, where -1 means different things, so never -1.
         """
-        arguments: dict[str, Any] = {"x-queue-type": "quorum"}
-        if _major(broker_version) >= 4:  # noqa: PLR2004  # the release that added the default
-            arguments["x-delivery-limit"] = -1
-        return arguments
+        return {"x-queue-type": "quorum", "x-delivery-limit": self.delivery_limit}
 
     def retry_queue_arguments(self) -> dict[str, Any]:
         """The retry queue: each message waits its own TTL, then goes back to the main queue."""
@@ -85,16 +84,13 @@ class RoutingKeyCheck:
         self._expected = {kind.value: routing_key(kind.value) for kind in ContextType}
         self._warned: set[str] = set()
 
-    def mismatch(self, message: MessageLike, context_type: str) -> tuple[str, str] | None:
-        """(its key, the expected key) when `message` was published with the wrong key, else None.
+    def mismatch(self, key: str, context_type: str) -> tuple[str, str] | None:
+        """(`key`, the expected key) when an event was published with the wrong key, else None.
 
-        One string comparison for a message with the right key. A copy back from the retry
-        queue carries the queue's name as its key: its first key is in a header.
+        `key` is the one it was first published with (a copy back from the retry queue has
+        the queue's name as its delivery key; decoding reads the first from a signed header).
         """
         expected = self._expected.get(context_type) or routing_key(context_type)
-        if message.routing_key == expected:
-            return None
-        key = original_routing_key(message)
         return None if key == expected else (key, expected)
 
     def first_sighting(self, key: str) -> bool:
@@ -103,9 +99,3 @@ class RoutingKeyCheck:
             return False
         self._warned.add(key)
         return True
-
-
-def _major(version: str) -> int:
-    """The major number of a version string such as "3.10.8"; 0 when it has none."""
-    head = version.split(".", 1)[0]
-    return int(head) if head.isdigit() else 0

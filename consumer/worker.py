@@ -6,14 +6,14 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Protocol
 
 import structlog
 
 from consumer.batcher import Inbox
 from consumer.broker.client import Broker
-from consumer.broker.headers import MessageLike
+from consumer.broker.decoding import Trust
+from consumer.broker.signing import HeaderSigner
 from consumer.errors import (
     BrokerError,
     BrokerUnavailableError,
@@ -21,15 +21,20 @@ from consumer.errors import (
     TaskHistoryError,
 )
 from consumer.expiry import ExpiryBackend, ExpiryLoop
+from consumer.flow import ASSUMED_BYTES, PrefetchBySize
+from consumer.incoming import Incoming
+from consumer.intake import Intake, Subscription
 from consumer.metrics import HealthServer, Metrics
-from consumer.pipeline import Delivery, HistoryWriter, Outbox, Pipeline
+from consumer.pipeline import HistoryWriter, Outbox, Pipeline
 from consumer.readiness import PROBE_TIMEOUT, ReadinessWatch, Signs
+from consumer.redaction import redact
 from consumer.retry import backoff
 from consumer.settings import Settings
 from consumer.shutdown import Shutdown
 from consumer.signals import stop_on_signals
 from consumer.store import Store
 from consumer.topology import Topology
+from consumer.triage import Delivery
 
 log = structlog.get_logger("consumer")
 
@@ -58,8 +63,11 @@ class ConsumerStore(HistoryWriter, ExpiryBackend, Protocol):
     async def replication(self) -> tuple[int, bool]:
         """How many standbys the database streams to, and whether commits wait for one."""
 
+    async def header_key(self) -> bytes:
+        """This deployment's key for signing the consumer's own headers."""
 
-class ConsumerBroker(Outbox, Protocol):
+
+class ConsumerBroker(Outbox, Subscription, Protocol):
     """The broker as the worker uses it: the pipeline's outbox, and a subscription."""
 
     @property
@@ -78,12 +86,13 @@ class ConsumerBroker(Outbox, Protocol):
 
     async def consume(
         self,
-        handler: Callable[[MessageLike], Awaitable[None]],
+        handler: Callable[[Incoming], Awaitable[None]],
         *,
         prefetch: int,
-        transit: Callable[[MessageLike], Awaitable[None]] | None = None,
+        transit: bool = False,
+        trust: Trust | None = None,
     ) -> None:
-        """Deliver the events queue to `handler`, and the dead-letter queue to `transit`."""
+        """Deliver the events queue to `handler`, and the dead-letter queue with `transit`."""
 
     async def waiting(self) -> int:
         """How many messages wait in the events queue, ready to be delivered."""
@@ -104,12 +113,32 @@ class Worker:
         self._store = store
         self._broker = broker
         self._inbox: Inbox[Delivery] = Inbox(
-            max_size=settings.batch_size, max_wait=settings.batch_wait_ms / 1000
+            max_size=settings.batch_size,
+            max_wait=settings.batch_wait_ms / 1000,
+            size_of=_body_bytes,
+            high_bytes=settings.inbox_high_bytes,
+            low_bytes=settings.inbox_low_bytes,
+            max_batch_bytes=settings.inbox_high_bytes // 4,
+        )
+        # What decoding believes with: the key and the retention, read from the database.
+        self._trust = Trust(dead_letter_exchange=settings.topology.dead_letter_exchange)
+        # How many messages the broker sends ahead, fitted to their size (consumer.flow).
+        self._prefetch = PrefetchBySize(
+            high_bytes=settings.inbox_high_bytes,
+            most=settings.effective_prefetch,
+            assumed_bytes=ASSUMED_BYTES,
         )
         self._shutdown = Shutdown()
         self._shutdown_timer: asyncio.Timeout | None = None
         self._abandon: asyncio.TimerHandle | None = None
         self.metrics = Metrics()
+        self._intake = Intake(
+            subscription=broker,
+            inbox=self._inbox,
+            prefetch=self._prefetch,
+            metrics=self.metrics,
+            shutdown=self._shutdown,
+        )
         self._pipeline = Pipeline(
             store=store,
             broker=broker,
@@ -184,6 +213,8 @@ class Worker:
                 return
             await self._store.check_schema()
             await self._check_replication()
+            self._trust.signer = HeaderSigner(await self._store.header_key())
+            _, self._trust.retention = await self._store.limits()
             if not await self._until_up("broker", self._broker.connect):
                 return
             await self._broker.declare()
@@ -236,6 +267,8 @@ class Worker:
         """What readiness is judged from; the servers are asked only while consuming."""
         if self._shutdown.begun or not self._broker.consuming:
             return Signs(stopping=self._shutdown.begun, consuming=self._broker.consuming)
+        if self._pipeline.refusal is not None:
+            return Signs(refusal=self._pipeline.refusal)
         waiting, broker_problem = await self._ask_broker()
         database_problem = None
         try:
@@ -265,12 +298,18 @@ class Worker:
             if current is not None and current.cancelling():
                 raise
             return None, "the broker connection was lost"
+        except Exception as exc:  # noqa: BLE001  # aiormq raises bare Exception on a lost channel
+            # Whatever the client raised, the answer is the same: the broker did not say.
+            return None, f"the broker did not answer: {redact(str(exc)) or type(exc).__name__}"
 
     async def _consume(self) -> None:
         # What the broker dead-letters itself (a poison message past the delivery limit) comes
         # through the same pipeline into the dead-letter table: the queue is only a way in.
         await self._broker.consume(
-            self._deliver, prefetch=self._settings.effective_prefetch, transit=self._deliver_transit
+            self._deliver,
+            prefetch=self._prefetch.current,
+            transit=True,
+            trust=self._trust,
         )
         log.info(
             "consuming",
@@ -278,6 +317,7 @@ class Worker:
             batch_size=self._settings.batch_size,
             batch_wait_ms=self._settings.batch_wait_ms,
             prefetch=self._settings.effective_prefetch,
+            prefetch_at_first=self._prefetch.current,
         )
         expiry = asyncio.create_task(self._expiry.run())
         # No limit while running; stop() sets one at the shutdown deadline. It bounds the batch
@@ -294,12 +334,13 @@ class Worker:
                 while not self._shutdown.begun:
                     batch = await self._inbox.take()
                     if batch:
-                        await self._pipeline.handle(batch)
+                        await self._handle(batch)
                         self._progressed = time.monotonic()
+                await self._intake.settle()
                 with contextlib.suppress(BrokerError):
                     await self._broker.cancel()  # after this no delivery comes
                 while len(self._inbox):
-                    await self._pipeline.handle(self._inbox.take_nowait())
+                    await self._handle(self._inbox.take_nowait())
         except TimeoutError:
             if not timer.expired():
                 raise
@@ -307,15 +348,25 @@ class Worker:
         finally:
             self._shutdown_timer = None
             await _cancelled(expiry)
+            await self._intake.close()
         log.info("stopped")
 
-    async def _deliver(self, message: MessageLike) -> None:
-        self._progressed = time.monotonic()
-        self._inbox.put(Delivery(message, datetime.now(UTC)))
+    async def _handle(self, batch: list[Delivery]) -> None:
+        """Write a batch; its bytes are let go after, and the subscription fitted to what came."""
+        try:
+            await self._pipeline.handle(batch)
+        finally:
+            self._inbox.release(batch)
+            self._trust.retention = self._pipeline.retention or self._trust.retention
+            self.metrics.inbox_bytes.set(self._inbox.held_bytes)
+            self._intake.nudge()
 
-    async def _deliver_transit(self, message: MessageLike) -> None:
+    async def _deliver(self, message: Incoming) -> None:
         self._progressed = time.monotonic()
-        self._inbox.put(Delivery(message, datetime.now(UTC), transit=True))
+        self._prefetch.observe(message.body.size)
+        self._inbox.put(Delivery(message))
+        if self._inbox.full and not self._broker.paused:
+            self._intake.nudge()
 
     async def _until_up(self, name: str, connect: Callable[[], Awaitable[None]]) -> bool:
         """Connect, retrying with backoff while the server is down; False if stopped first."""
@@ -339,6 +390,11 @@ class Worker:
             else:
                 return True
         return False
+
+
+def _body_bytes(delivery: Delivery) -> int:
+    """What a delivery holds in memory, as the byte budget counts it: its body as kept."""
+    return len(delivery.message.body.data)
 
 
 async def _cancelled(task: asyncio.Task[None]) -> None:

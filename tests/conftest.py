@@ -231,6 +231,7 @@ def settings(database_url: str, amqp_url: str, topology: Topology) -> Settings:
         retry_queue=topology.retry_queue,
         batch_wait_ms=20,
         unknown_task_retry_seconds=0,
+        refused_row_retry_seconds=0,
         expire_interval_seconds=0,
         retry_backoff_max_seconds=1,
         log_format="json",

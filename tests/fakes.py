@@ -12,18 +12,24 @@ import json
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from consumer.broker.headers import MessageLike
-from consumer.deadletters import DeadLetter
+from consumer.broker.decoding import Trust, decode
+from consumer.broker.signing import HeaderSigner
+from consumer.deadletters import DeadLetter, letter_row
 from consumer.entries import NewEntry
 from consumer.errors import (
     DatabaseUnavailableError,
     DataRejectedError,
     NotConnectedError,
 )
+from consumer.incoming import Incoming
 from consumer.topology import Topology
+
+# The key the fakes sign and check the consumer's own headers with.
+TEST_KEY = bytes(range(32))
+SIGNER = HeaderSigner(TEST_KEY)
 
 Journal = list[tuple[str, str]]
 """What happened, in order: ("commit", content), ("dead_letter", code), ("ack", message_id)."""
@@ -48,14 +54,52 @@ class FakeMessage:
     # Read from dead letters only.
     exchange: str | None = None
     delivery_mode: int | None = None
-    expiration: float | None = None
+    expiration: str | None = None
     user_id: str | None = None
+
+    # What a lenient reading of its frames left out (consumer.broker.frames).
+    unreadable: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, event: dict[str, Any], **properties: Any) -> FakeMessage:  # noqa: ANN401  # the properties above
         """A message carrying `event` as JSON, its message_id a new UUID unless given."""
         properties.setdefault("message_id", str(uuid.uuid4()))
         return cls(json.dumps(event).encode(), **properties)
+
+    def signed(self) -> FakeMessage:
+        """This message, its headers signed as the consumer signs its own (with TEST_KEY)."""
+        self.headers = SIGNER.sign(self.headers, body=self.body)
+        return self
+
+    def incoming(
+        self, *, trust: Trust | None = None, transit: bool = False, now: datetime | None = None
+    ) -> Incoming:
+        """This message as the broker adapter hands it over; its receipt is this object."""
+        return decode(
+            self.body,
+            exchange=self.exchange,
+            routing_key=self.routing_key,
+            properties={
+                "content_type": self.content_type,
+                "content_encoding": self.content_encoding,
+                "headers": self.headers,
+                "delivery_mode": self.delivery_mode,
+                "priority": self.priority,
+                "correlation_id": self.correlation_id,
+                "reply_to": self.reply_to,
+                "expiration": self.expiration,
+                "message_id": self.message_id,
+                "timestamp": self.timestamp,
+                "type": self.type,
+                "user_id": self.user_id,
+                "app_id": self.app_id,
+            },
+            unreadable=self.unreadable,
+            transit=transit,
+            trust=trust or Trust(signer=SIGNER),
+            now=now or datetime.now(UTC),
+            receipt=self,
+        )
 
 
 @dataclass
@@ -71,8 +115,14 @@ class InMemoryStore:
     retention: timedelta = timedelta(days=20)
     # A row the database refuses, as a CHECK constraint or an encoding error would.
     refuses: Callable[[NewEntry], bool] = lambda _entry: False
+    # A dead letter the database refuses (a value its columns can't hold).
+    refuses_letter: Callable[[DeadLetter], bool] = lambda _letter: False
+    # A row the driver fails on with an error nobody expected (a bug, not a refusal).
+    breaks_on: Callable[[NewEntry], bool] = lambda _entry: False
     # Errors the next calls raise, one each, before the store works again.
     failures: list[Exception] = field(default_factory=list)
+    # An outage: every call before this moment (the event loop's clock) can't reach it.
+    unreachable_until: float = 0.0
     # True plays a server that stopped answering: inserts wait forever.
     hangs: bool = False
     statements: int = 0
@@ -90,6 +140,8 @@ class InMemoryStore:
             raise DatabaseUnavailableError("connections dropped at the shutdown deadline")
         if not self.opened:
             raise NotConnectedError("the store is not open")
+        if asyncio.get_running_loop().time() < self.unreachable_until:
+            raise DatabaseUnavailableError("database unavailable: the outage is not over")
         if self.failures:
             raise self.failures.pop(0)
 
@@ -147,8 +199,14 @@ class InMemoryStore:
         self.statements += 1
         if self.hangs:
             await asyncio.Event().wait()
+        if any(self.breaks_on(entry) for entry in entries):
+            raise TypeError("the driver could not encode a value")
         if any(self.refuses(entry) for entry in entries):
             raise DataRejectedError("value violates a check constraint")
+        for letter in dead_letters:
+            letter_row(letter)  # as the real store encodes them: a value that can't be, raises
+        if any(self.refuses_letter(letter) for letter in dead_letters):
+            raise DataRejectedError("dead letter refused", reason="a value out of range")
         new = {entry.id for entry in entries if entry.id not in self.received}
         for entry in entries:
             if entry.id in new and entry.id not in self.rows:
@@ -159,6 +217,11 @@ class InMemoryStore:
             self.dead_letters.append(letter)
             self.journal.append(("dead_letter", letter.code))
         return new
+
+    async def header_key(self) -> bytes:
+        """The key the fakes sign with."""
+        self._maybe_fail()
+        return TEST_KEY
 
     async def dead_letter_totals(self) -> tuple[dict[str, int], int, int]:
         """The dead letters by code; none replayed or purged here."""
@@ -200,16 +263,20 @@ class InMemoryBroker:
 
     journal: Journal = field(default_factory=list)
     topology: Topology = field(default_factory=Topology)
-    retries: list[tuple[MessageLike, datetime]] = field(default_factory=list)
-    acked: list[MessageLike] = field(default_factory=list)
+    # (the message retried, its window's start), as the test delivered it.
+    retries: list[tuple[object, datetime | None]] = field(default_factory=list)
+    acked: list[object] = field(default_factory=list)
+    trust: Trust = field(default_factory=lambda: Trust(signer=SIGNER))
     # Errors the next publishes raise, one each.
     failures: list[Exception] = field(default_factory=list)
     # False plays a closed channel: nothing delivered before can be acked any more.
     channel_open: bool = True
     connected: bool = False
     declared: bool = False
-    handler: Callable[[MessageLike], Awaitable[None]] | None = None
-    transit: Callable[[MessageLike], Awaitable[None]] | None = None
+    handler: Callable[[Incoming], Awaitable[None]] | None = None
+    transit: bool = False
+    paused: bool = False
+    prefetch: int = 0
     # Messages the queue holds, as a passive declare reports them; None plays a broker that
     # does not answer (a frozen connection, a node cut off from the queue's leader).
     ready_messages: int | None = 0
@@ -230,14 +297,33 @@ class InMemoryBroker:
 
     async def consume(
         self,
-        handler: Callable[[MessageLike], Awaitable[None]],
+        handler: Callable[[Incoming], Awaitable[None]],
         *,
-        prefetch: int,  # noqa: ARG002  # no flow control here
-        transit: Callable[[MessageLike], Awaitable[None]] | None = None,
+        prefetch: int,
+        transit: bool = False,
+        trust: Trust | None = None,
     ) -> None:
-        """Deliver what the test pushes to `handler`, and to `transit` as dead-queue messages."""
+        """Deliver what the test pushes to `handler`, dead-queue messages too with `transit`."""
+        self.prefetch = prefetch
         self.handler = handler
         self.transit = transit
+        if trust is not None:
+            self.trust = trust
+
+    async def pause(self) -> None:
+        """Take no more deliveries (the test stops pushing)."""
+        self.paused = True
+        self.journal.append(("pause", "-"))
+
+    async def resume(self) -> None:
+        """Take deliveries again."""
+        self.paused = False
+        self.journal.append(("resume", "-"))
+
+    async def set_prefetch(self, count: int) -> None:
+        """Note the prefetch asked for."""
+        self.prefetch = count
+        self.journal.append(("prefetch", str(count)))
 
     async def waiting(self) -> int:
         """`ready_messages`; while it is None, no answer (the caller's timeout ends the wait)."""
@@ -249,24 +335,26 @@ class InMemoryBroker:
 
     async def cancel(self) -> None:
         """Stop deliveries."""
-        self.handler = self.transit = None
+        self.handler = None
+        self.transit = False
 
     @property
     def consuming(self) -> bool:
         """Whether a handler is subscribed."""
         return self.handler is not None and self.channel_open
 
-    async def deliver(self, *messages: MessageLike) -> None:
-        """Hand messages to the subscribed consumer, as the broker would."""
+    async def deliver(self, *messages: FakeMessage) -> None:
+        """Hand messages to the subscribed consumer, decoded as the broker adapter does."""
         assert self.handler is not None, "nothing is consuming"
         for message in messages:
-            await self.handler(message)
+            await self.handler(message.incoming(trust=self.trust))
 
-    async def deliver_dead(self, *messages: MessageLike) -> None:
+    async def deliver_dead(self, *messages: FakeMessage) -> None:
         """Hand messages to the consumer as the dead-letter queue would."""
-        assert self.transit is not None, "nothing is consuming the dead-letter queue"
+        assert self.handler is not None, "nothing is consuming"
+        assert self.transit, "nothing consumes the dead-letter queue"
         for message in messages:
-            await self.transit(message)
+            await self.handler(message.incoming(trust=self.trust, transit=True))
 
     def _maybe_fail(self) -> None:
         if self.failures:
@@ -274,26 +362,26 @@ class InMemoryBroker:
 
     async def retry_later(
         self,
-        message: MessageLike,
+        message: Incoming,
         *,
         delay: float,  # noqa: ARG002  # the real one sets the copy's TTL
-        since: datetime,
-        received_at: datetime,  # noqa: ARG002  # the real one writes it in a header
+        waiting_since: datetime | None = None,
+        refused_since: datetime | None = None,
     ) -> None:
         """Keep a confirmed retry copy."""
         self._maybe_fail()
-        self.retries.append((message, since))
+        self.retries.append((message.receipt, waiting_since or refused_since))
         self.journal.append(("retry", message.message_id or "-"))
 
-    async def ack(self, messages: Sequence[MessageLike]) -> int:
+    async def ack(self, messages: Sequence[Incoming]) -> int:
         """Ack what the channel still holds; how many could not be."""
         if not self.channel_open:
             return len(messages)
-        self.acked.extend(messages)
+        self.acked.extend(message.receipt for message in messages)
         self.journal.extend(("ack", message.message_id or "-") for message in messages)
         return 0
 
-    def holds_any(self, messages: Sequence[MessageLike]) -> bool:
+    def holds_any(self, messages: Sequence[Incoming]) -> bool:
         """Whether the channel that delivered them is open."""
         return self.channel_open and bool(messages)
 

@@ -31,6 +31,14 @@ class ErrorCount(BaseModel):
     tasks: list[TaskCount]
 
 
+class TruncatedBody(BaseModel):
+    """A body over 1 MiB, of which only the start was kept: its whole length and SHA-256."""
+
+    bytes: int
+    sha256: str
+    kept: int
+
+
 class DeadLetterSummary(BaseModel):
     """One dead letter, without its message: why it failed, when, and where it was going."""
 
@@ -42,6 +50,9 @@ class DeadLetterSummary(BaseModel):
     detail: str
     failed_at: str | None
     replay_count: int
+    body_truncated: TruncatedBody | None = Field(
+        default=None, description="Set when the body was over 1 MiB: only its start was kept."
+    )
 
 
 class DeadLetterCensus(BaseModel):

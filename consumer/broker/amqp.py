@@ -24,8 +24,10 @@ from consumer.broker.failover import (
     failover_connection_class,
     with_heartbeat,
 )
-from consumer.broker.headers import BROKER_HEADERS, MessageLike
+from consumer.broker.frames import install as read_frames_leniently
+from consumer.broker.headers import BROKER_HEADERS
 from consumer.errors import BrokerError, BrokerUnavailableError, UnroutableError
+from consumer.incoming import Incoming
 from consumer.redaction import redact
 
 # Seconds a close waits for the broker's reply before it stops waiting.
@@ -217,6 +219,7 @@ async def connect_confirming(
     the channel can't be opened the connection is closed before the error is raised: a robust
     connection left open keeps reconnecting on its own, for as long as the process runs.
     """
+    read_frames_leniently()  # a message no client can read must not drop the connection
     urls = [with_heartbeat(address, heartbeat) for address in amqp_urls(url)]
     unavailable: list[BrokerUnavailableError] = []
     for at, candidate in enumerate(urls):
@@ -247,26 +250,29 @@ async def connect_confirming(
     ) from unavailable[-1]
 
 
-def copy_message(
-    message: MessageLike, headers: dict[str, Any], *, expiration: float | None = None
+def copy_of(
+    message: Incoming, headers: dict[str, Any], *, expiration: float | None = None
 ) -> aio_pika.Message:
     """The same body and properties, persistent, with new headers.
 
     user_id is left out: the broker refuses a user_id other than the publishing connection's;
-    so are the broker's own headers (BROKER_HEADERS).
+    so are the broker's own headers (BROKER_HEADERS). Only a whole body can be copied.
     """
+    if not message.body.whole:
+        raise ValueError("only the prefix of this body was kept: it can't be copied")
+    properties = message.properties
     return aio_pika.Message(
-        body=message.body,
+        body=message.body.data,
         headers={name: value for name, value in headers.items() if name not in BROKER_HEADERS},
-        content_type=message.content_type,
-        content_encoding=message.content_encoding,
+        content_type=properties.get("content_type"),
+        content_encoding=properties.get("content_encoding"),
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        priority=message.priority,
-        correlation_id=message.correlation_id,
-        reply_to=message.reply_to,
+        priority=properties.get("priority"),
+        correlation_id=properties.get("correlation_id"),
+        reply_to=properties.get("reply_to"),
         expiration=expiration,
         message_id=message.message_id,
-        timestamp=message.timestamp,
-        type=message.type,
-        app_id=message.app_id,
+        timestamp=properties.get("timestamp"),
+        type=properties.get("type"),
+        app_id=properties.get("app_id"),
     )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Final
 
 import aio_pika
 import aio_pika.exceptions
@@ -15,24 +17,23 @@ from consumer.broker.amqp import (
     CLOSE_GRACE,
     close_connection,
     connect_confirming,
-    copy_message,
+    copy_of,
     probe_channel,
     translated_errors,
 )
-from consumer.broker.deliveries import MessageHandler, Received, plan_acks
-from consumer.broker.headers import (
-    MessageLike,
-    header_text,
-    original_routing_key,
-    retry_headers,
-    with_id_absence,
-)
+from consumer.broker.decoding import Trust
+from consumer.broker.deliveries import MessageHandler, Receipt, incoming_of, plan_acks
+from consumer.broker.headers import retry_headers
 from consumer.errors import BrokerUnavailableError, NotConnectedError
+from consumer.incoming import Incoming
 from consumer.lifecycle import AsyncResource
 from consumer.redaction import redact
 from consumer.topology import Topology
 
 log = structlog.get_logger("consumer")
+
+# Seconds a pause or resume of the subscription may take before it is left for the next try.
+FLOW_TIMEOUT: Final = 10.0
 
 
 class Broker(AsyncResource):
@@ -52,7 +53,10 @@ class Broker(AsyncResource):
         self._queue: AbstractQueue | None = None
         self._consumer_tags: list[str] = []
         self._handler: MessageHandler | None = None
-        self._transit: MessageHandler | None = None
+        self._transit = False
+        self._trust = Trust(dead_letter_exchange=topology.dead_letter_exchange)
+        # Deliveries stopped on purpose (too many bytes in hand), until resume().
+        self._paused = False
         # Delivery tags handed to us and not yet acked, on the channel that delivered them.
         self._outstanding: set[int] = set()
         self._delivering_channel: object = None
@@ -98,7 +102,10 @@ class Broker(AsyncResource):
         """The RabbitMQ version the connection reported, such as "3.10.8"."""
         if self._connection is None or self._connection.transport is None:
             raise NotConnectedError("the broker is not connected")
-        return header_text(self._connection.transport.connection.server_properties.get("version"))
+        version = self._connection.transport.connection.server_properties.get("version")
+        if isinstance(version, bytes):
+            version = version.decode("utf-8", "replace")
+        return version if isinstance(version, str) else ""
 
     async def declare(self) -> None:
         """Declare the exchanges and queues, idempotently; the same arguments every time."""
@@ -154,10 +161,9 @@ class Broker(AsyncResource):
     async def _declare_dead_letter_queue(self) -> AbstractQueue:
         """The dead-letter queue as it is, or declared anew with this broker's arguments.
 
-        Its arguments depend on the broker's version: one declared before an upgrade from 3.x
-        to 4.x has none, and declaring it again with -1 would fail. An existing queue is used
-        as it is (on 4.x, give it the limit with a policy: docs/operating.md, "RabbitMQ
-        topology").
+        A queue's arguments can't change once it exists: one declared by an earlier release
+        (with no delivery limit) is used as it is, and docs/operating.md ("RabbitMQ topology")
+        says how to give it the limit.
         """
         assert self._connection is not None  # noqa: S101  # declare() runs connected
         name = self.topology.dead_letter_queue
@@ -168,9 +174,7 @@ class Broker(AsyncResource):
                 return await self.channel.declare_queue(
                     name,
                     durable=True,
-                    arguments=self.topology.dead_letter_queue_arguments(
-                        broker_version=self.broker_version
-                    ),
+                    arguments=self.topology.dead_letter_queue_arguments(),
                 )
         return await self.channel.declare_queue(name, passive=True)
 
@@ -198,18 +202,27 @@ class Broker(AsyncResource):
                 await self.channel.exchange_delete(exchange)
 
     async def consume(
-        self, handler: MessageHandler, *, prefetch: int, transit: MessageHandler | None = None
+        self,
+        handler: MessageHandler,
+        *,
+        prefetch: int,
+        transit: bool = False,
+        trust: Trust | None = None,
     ) -> None:
         """Start delivering messages of the main queue to `handler`, `prefetch` unacked at most.
 
         With `transit`, the dead-letter queue's messages (what the broker dead-lettered itself)
-        go to it. The subscriptions are made on the client's own channel (see Received) and
-        made again each time the robust channel reopens after a reconnect.
+        go to it too, marked as such. Each delivery is decoded with `trust` (this deployment's
+        key, the retention); without one, none of the consumer's own headers is believed. The
+        subscriptions are made on the client's own channel (see consumer.broker.deliveries)
+        and made again each time the robust channel reopens after a reconnect.
         """
         if self._queue is None:
             await self.declare()
         self._handler = handler
         self._transit = transit
+        if trust is not None:
+            self._trust = trust
         with translated_errors():
             await self.channel.set_qos(prefetch_count=prefetch)  # kept, and restored, by aio-pika
             await self._subscribe(self.channel)
@@ -217,11 +230,11 @@ class Broker(AsyncResource):
 
     async def _subscribe(self, _channel: object) -> None:
         """Subscribe on the open channel (also the robust channel's reopen callback)."""
-        if self._handler is None:  # cancelled meanwhile
+        if self._handler is None or self._paused:  # cancelled, or paused, meanwhile
             return
         underlay = await self.channel.get_underlay_channel()
         subscriptions = [(self.topology.queue, self._deliver)]
-        if self._transit is not None:
+        if self._transit:
             subscriptions.append((self.topology.dead_letter_queue, self._deliver_transit))
         self._consumer_tags = []
         for queue, deliver in subscriptions:
@@ -230,33 +243,91 @@ class Broker(AsyncResource):
 
     async def _deliver(self, delivered: aiormq.abc.DeliveredMessage) -> None:
         if self._handler is not None:
-            await self._handler(self._received(delivered))
+            await self._handler(self._received(delivered, transit=False))
 
     async def _deliver_transit(self, delivered: aiormq.abc.DeliveredMessage) -> None:
-        if self._transit is not None:
-            await self._transit(self._received(delivered))
+        if self._handler is not None:
+            await self._handler(self._received(delivered, transit=True))
 
-    def _received(self, delivered: aiormq.abc.DeliveredMessage) -> Received:
-        """A delivery, its tag noted as outstanding on the channel that delivered it."""
-        message = Received(delivered)
-        if message.channel is not self._delivering_channel:
+    def _received(self, delivered: aiormq.abc.DeliveredMessage, *, transit: bool) -> Incoming:
+        """A delivery decoded, its tag noted as outstanding on the channel that delivered it."""
+        message = incoming_of(delivered, trust=self._trust, transit=transit)
+        receipt = message.receipt
+        assert isinstance(receipt, Receipt)  # noqa: S101  # incoming_of makes one
+        if receipt.channel is not self._delivering_channel:
             # A new channel after a reconnect: tags restart, the old ones are void.
-            self._delivering_channel = message.channel
+            self._delivering_channel = receipt.channel
             self._outstanding = set()
-        if message.delivery_tag is not None:
-            self._outstanding.add(message.delivery_tag)
+        if receipt.delivery_tag is not None:
+            self._outstanding.add(receipt.delivery_tag)
         return message
+
+    async def pause(self) -> None:
+        """Take no more deliveries until `resume()`; what was delivered stays in hand, unacked.
+
+        Returns once the broker has confirmed that no more will come (a basic.cancel of each
+        subscription, which leaves the deliveries in hand with this channel).
+        """
+        if self._paused or self._handler is None:
+            return
+        self._paused = True
+        tags, self._consumer_tags = self._consumer_tags, []
+        if tags and self._channel is not None and not self._channel.is_closed:
+            with translated_errors():
+                underlay = await self.channel.get_underlay_channel()
+                async with asyncio.timeout(FLOW_TIMEOUT):
+                    for tag in tags:
+                        await underlay.basic_cancel(tag)
+
+    async def resume(self) -> None:
+        """Take deliveries again after `pause()`."""
+        if not self._paused:
+            return
+        self._paused = False
+        if self._channel is not None and not self._channel.is_closed:
+            with translated_errors():
+                async with asyncio.timeout(FLOW_TIMEOUT):
+                    await self._subscribe(self._channel)
+
+    @property
+    def paused(self) -> bool:
+        """Whether deliveries are stopped on purpose (see `pause`)."""
+        return self._paused
+
+    async def set_prefetch(self, count: int) -> None:
+        """Let the broker send `count` messages ahead from now on, on each subscription.
+
+        A prefetch applies to subscriptions made after it: each is cancelled (what it
+        delivered stays in hand) and made again, unless deliveries are paused (then resume()
+        makes them with it).
+        """
+        if self._handler is None or self._channel is None or self._channel.is_closed:
+            return
+        tags, self._consumer_tags = self._consumer_tags, []
+        with translated_errors():
+            underlay = await self.channel.get_underlay_channel()
+            async with asyncio.timeout(FLOW_TIMEOUT):
+                for tag in tags:
+                    await underlay.basic_cancel(tag)
+                await self.channel.set_qos(prefetch_count=count)  # also what a reconnect restores
+                await self._subscribe(self.channel)
 
     @property
     def consuming(self) -> bool:
-        """Whether the subscription is on and its channel open (false while reconnecting)."""
+        """Whether the subscription is on (or paused on purpose) and its channel open.
+
+        False while reconnecting.
+        """
         return (
-            bool(self._consumer_tags) and self._channel is not None and not self._channel.is_closed
+            bool(self._consumer_tags or self._paused)
+            and self._channel is not None
+            and not self._channel.is_closed
         )
 
     async def cancel(self) -> None:
         """Stop deliveries; returns when the broker has confirmed that no more will come."""
-        self._handler = self._transit = None
+        self._handler = None
+        self._paused = False
         tags, self._consumer_tags = self._consumer_tags, []
         if tags:
             with translated_errors():
@@ -264,14 +335,14 @@ class Broker(AsyncResource):
                 for tag in tags:
                     await underlay.basic_cancel(tag)
 
-    async def ack(self, messages: Sequence[MessageLike]) -> int:
+    async def ack(self, messages: Sequence[Incoming]) -> int:
         """Ack messages, in one frame where that is safe; return how many could not be acked.
 
         A message from a channel that has since closed can't be acked: the broker redelivers
         it, and the idempotent insert absorbs the copy.
         """
         live = self._live(messages)
-        by_tag = {m.delivery_tag: m for m in live if m.delivery_tag is not None}
+        by_tag = {r.delivery_tag: r for r in live if r.delivery_tag is not None}
         multiple, singles = plan_acks(list(by_tag), outstanding=list(self._outstanding))
         try:
             with translated_errors():
@@ -284,36 +355,45 @@ class Broker(AsyncResource):
         self._outstanding.difference_update(by_tag)
         return len(messages) - len(live)
 
-    def holds_any(self, messages: Sequence[MessageLike]) -> bool:
+    def holds_any(self, messages: Sequence[Incoming]) -> bool:
         """Whether any of `messages` can still be acked: delivered on the channel open now."""
         return bool(self._live(messages))
 
-    def _live(self, messages: Sequence[MessageLike]) -> list[Received]:
+    def _live(self, messages: Sequence[Incoming]) -> list[Receipt]:
+        receipts = [message.receipt for message in messages]
         return [
-            message
-            for message in messages
-            if isinstance(message, Received)
-            and message.channel is self._delivering_channel
-            and not message.channel.is_closed
-            and message.delivery_tag is not None
+            receipt
+            for receipt in receipts
+            if isinstance(receipt, Receipt)
+            and receipt.channel is self._delivering_channel
+            and not receipt.channel.is_closed
+            and receipt.delivery_tag is not None
         ]
 
     async def retry_later(
         self,
-        message: MessageLike,
+        message: Incoming,
         *,
         delay: float,
-        since: datetime,
-        received_at: datetime,
+        waiting_since: datetime | None = None,
+        refused_since: datetime | None = None,
     ) -> None:
-        """Park a copy in the retry queue for `delay` seconds; wait for the confirm."""
+        """Park a copy in the retry queue for `delay` seconds; wait for the confirm.
+
+        The copy carries the consumer's own headers (when it was first received, its window,
+        its first routing key), signed so that they are believed when it comes back.
+        """
         headers = retry_headers(
-            dict(message.headers or {}),
-            routing_key=original_routing_key(message),
-            since=since,
-            received_at=received_at,
+            message.headers,
+            routing_key=message.routing_key,
+            received_at=message.received_at,
+            retry_count=message.retry_count,
+            waiting_since=waiting_since,
+            refused_since=refused_since,
+            message_id=message.message_id,
         )
-        headers = with_id_absence(headers, message_id=message.message_id)
-        copy = copy_message(message, headers, expiration=delay)
+        if self._trust.signer is not None:
+            headers = self._trust.signer.sign(headers, body=message.body.data)
+        copy = copy_of(message, headers, expiration=delay)
         with translated_errors():
             await self.channel.default_exchange.publish(copy, routing_key=self.topology.retry_queue)

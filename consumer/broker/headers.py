@@ -1,24 +1,46 @@
-"""The headers of dead letters and retries: their names, and how they are read and written."""
+"""The headers of retries, replays and dead letters: their names, and what a copy carries.
+
+Reading them is `decoding`'s job (believed only when signed, `signing`); this module names
+them and writes them.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
-# Headers of contract §2, and the consumer's own for unknown-task retries.
+# Headers of contract §2, and the consumer's own for the retry queue.
 ERROR = "x-error"
 ERROR_DETAIL = "x-error-detail"
 ORIGINAL_ROUTING_KEY = "x-original-routing-key"
 FAILED_AT = "x-failed-at"
 REPLAY_COUNT = "x-replay-count"
 WAITING_SINCE = "x-unknown-task-since"
+REFUSED_SINCE = "x-database-refused-since"
 RECEIVED_AT = "x-received-at"
 RETRY_COUNT = "x-retry-count"
 # aiormq gives every message it publishes a message_id, a random one when it has none. A copy
 # (a retry, a replay) of a message that had none carries this header instead, and is read as
 # having none: a dead letter keeps the original's absence, and logs and rows agree.
 NO_MESSAGE_ID = "x-no-message-id"
+# The consumer's signature over its own headers and the body (consumer.broker.signing).
+SIGNATURE = "x-task-history-signature"
+# Headers only this consumer and its tools write: on any message, believed only when signed.
+OWN_HEADERS = frozenset(
+    {
+        ERROR,
+        ERROR_DETAIL,
+        ORIGINAL_ROUTING_KEY,
+        FAILED_AT,
+        REPLAY_COUNT,
+        WAITING_SINCE,
+        REFUSED_SINCE,
+        RECEIVED_AT,
+        RETRY_COUNT,
+        NO_MESSAGE_ID,
+    }
+)
 # Headers the broker writes when it dead-letters or redelivers a message. A copy leaves them
 # out: they describe the original's journey, and from 3.13 the broker refuses them from clients.
 BROKER_HEADERS = frozenset(
@@ -33,35 +55,11 @@ BROKER_HEADERS = frozenset(
         "x-last-death-reason",
     }
 )
-
-
-class MessageLike(Protocol):
-    """What the header helpers and copies read of a message: aio-pika's, or a Received."""
-
-    @property
-    def body(self) -> bytes: ...  # noqa: D102  # a protocol's members are its attributes
-    @property
-    def headers(self) -> Mapping[str, Any] | None: ...  # noqa: D102
-    @property
-    def routing_key(self) -> str | None: ...  # noqa: D102
-    @property
-    def message_id(self) -> str | None: ...  # noqa: D102
-    @property
-    def content_type(self) -> str | None: ...  # noqa: D102
-    @property
-    def content_encoding(self) -> str | None: ...  # noqa: D102
-    @property
-    def priority(self) -> int | None: ...  # noqa: D102
-    @property
-    def correlation_id(self) -> str | None: ...  # noqa: D102
-    @property
-    def reply_to(self) -> str | None: ...  # noqa: D102
-    @property
-    def timestamp(self) -> datetime | None: ...  # noqa: D102
-    @property
-    def type(self) -> str | None: ...  # noqa: D102
-    @property
-    def app_id(self) -> str | None: ...  # noqa: D102
+# What a copy never carries over from the message it copies: the consumer's headers are written
+# anew and signed again, the broker's belong to the original's journey.
+NOT_COPIED = OWN_HEADERS | BROKER_HEADERS | {SIGNATURE}
+# The largest count the consumer believes: PostgreSQL's integer, which holds the replay count.
+MAX_COUNT = 2**31 - 1
 
 
 def routing_key(context_type: str) -> str:
@@ -69,53 +67,48 @@ def routing_key(context_type: str) -> str:
     return f"history.{context_type}"
 
 
-def header_text(value: object) -> str:
-    """A header or property value as text: AMQP strings may arrive as bytes; others are ""."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return value if isinstance(value, str) else ""
+def publisher_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
+    """`headers` without the consumer's and the broker's: what the publisher set."""
+    return {name: value for name, value in headers.items() if name not in NOT_COPIED}
 
 
-def original_routing_key(message: MessageLike) -> str:
-    """The key the message was first published with, even after a retry or a replay."""
-    first = header_text((message.headers or {}).get(ORIGINAL_ROUTING_KEY))
-    return first or message.routing_key or ""
-
-
-def retry_headers(
-    headers: dict[str, Any], *, routing_key: str, since: datetime, received_at: datetime
+def retry_headers(  # noqa: PLR0913  # one keyword per header a retry writes
+    headers: Mapping[str, Any],
+    *,
+    routing_key: str,
+    received_at: datetime,
+    retry_count: int,
+    waiting_since: datetime | None = None,
+    refused_since: datetime | None = None,
+    message_id: str | None,
 ) -> dict[str, Any]:
-    """The original headers plus what a retry needs to know when it comes back.
+    """The publisher's headers plus what a retry needs to know when it comes back (unsigned).
 
-    `since` and `received_at` are the values the consumer worked with (read from these headers
-    when they were valid): written every time, so a malformed header can't reset the window.
+    Every value is the one the consumer worked with, written every time: a header that was
+    not believed can't reset a window.
     """
-    try:
-        count = int(headers.get(RETRY_COUNT) or 0)
-    except (TypeError, ValueError):
-        count = 0
-    return {
-        **headers,
+    own: dict[str, Any] = {
         ORIGINAL_ROUTING_KEY: routing_key,
-        WAITING_SINCE: since.isoformat(),
         RECEIVED_AT: received_at.isoformat(),
-        RETRY_COUNT: count + 1,
+        RETRY_COUNT: min(retry_count + 1, MAX_COUNT),
     }
+    if waiting_since is not None:
+        own[WAITING_SINCE] = waiting_since.isoformat()
+    if refused_since is not None:
+        own[REFUSED_SINCE] = refused_since.isoformat()
+    return with_id_absence({**publisher_headers(headers), **own}, message_id=message_id)
 
 
-def header_time(message: MessageLike, name: str) -> datetime | None:
-    """A timestamp header written by this consumer; None if absent, malformed or naive."""
-    value = (message.headers or {}).get(name)
-    if isinstance(value, bytes):
-        value = value.decode("ascii", "replace")
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    # Anyone can set a header: a time without an offset can't be compared, so it counts as none.
-    return parsed if parsed.tzinfo is not None else None
+def replay_headers(
+    headers: Mapping[str, Any], *, replay_count: int, message_id: str | None
+) -> dict[str, Any]:
+    """The headers a replayed copy carries (unsigned): the publisher's, the replay counted.
+
+    Nothing of the consumer's is taken from `headers`, which a publisher may have written:
+    the count comes from the dead letter's own column.
+    """
+    counted = {**publisher_headers(headers), REPLAY_COUNT: min(replay_count + 1, MAX_COUNT)}
+    return with_id_absence(counted, message_id=message_id)
 
 
 def with_id_absence(headers: Mapping[str, Any], *, message_id: str | None) -> dict[str, Any]:

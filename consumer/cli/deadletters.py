@@ -18,7 +18,7 @@ from consumer.cli.options import (
 from consumer.cli.output import export_to, output_option, write_lines
 from consumer.cli.progress import progress_bar
 from consumer.cli.questions import can_ask, confirmed
-from consumer.deadletters import Census, exported, shown
+from consumer.deadletters import Census, exported, refusal_to_replay, shown
 from consumer.inert import inert, inert_json
 
 if TYPE_CHECKING:
@@ -132,10 +132,12 @@ def dlq_replay(
     """Send dead letters back to the exchange with their original routing key.
 
     Each is republished with its body, properties and message_id, x-replay-count plus one; its
-    row is deleted once the broker has confirmed the copy. Exit 1 if a letter's routing key
-    reaches no queue (it stays).
+    row is deleted once the broker has confirmed the copy. A letter whose body was over 1 MiB
+    (only its start was kept) is never sent: it is listed and stays. Exit 1 if a letter's
+    routing key reaches no queue (it stays).
     """
     from consumer import operations, replay  # noqa: PLC0415  # loads aio-pika: at run time only
+    from consumer.broker.signing import HeaderSigner  # noqa: PLC0415  # with the replay
     from consumer.store import Store  # noqa: PLC0415  # loads asyncpg: at run time only
 
     settings = settings_from(ctx)
@@ -143,11 +145,12 @@ def dlq_replay(
     async def run(progress: replay.Progress | None) -> Outcome:
         # Two connections: the next batch is claimed while this one is sent.
         async with Store(settings.database_url, max_connections=2) as store:
-            republisher = (
-                None
-                if dry_run
-                else await replay.Republisher.connect(settings.amqp_url, settings.exchange)
-            )
+            republisher = None
+            if not dry_run:
+                signer = HeaderSigner(await store.header_key())
+                republisher = await replay.Republisher.connect(
+                    settings.amqp_url, settings.exchange, signer=signer
+                )
             try:
                 if republisher is None:
                     return await replay.replay(
@@ -182,12 +185,16 @@ def dlq_replay(
             f" (--max-replays {max_replays})"
         )
     _more(outcome.at_max_replays, "at --max-replays")
+    for letter in outcome.not_whole.sample:
+        click.echo(f"left #{letter.id}: {refusal_to_replay(letter)}")
+    _more(outcome.not_whole, "kept only in part")
     for letter, reason in outcome.unroutable.sample:
         click.echo(f"left #{letter.id}: {inert(reason)}")
     _more(outcome.unroutable, "unroutable")
+    partial = f", {outcome.not_whole.count} kept only in part" if outcome.not_whole.count else ""
     click.echo(
         f"{'dry run: would move' if dry_run else 'moved'} {outcome.done.count}, skipped"
-        f" {outcome.at_max_replays.count} at --max-replays, unroutable"
+        f" {outcome.at_max_replays.count} at --max-replays{partial}, unroutable"
         f" {outcome.unroutable.count}; {outcome.left} dead letters left"
     )
     if outcome.unroutable.count:

@@ -43,6 +43,8 @@ def letter_of(record: asyncpg.Record) -> DeadLetter:
         headers=record["headers"],
         properties=record["properties"],
         body=record["body"],
+        body_bytes=record["original_body_bytes"],
+        body_sha256=record["original_body_sha256"],
     )
 
 

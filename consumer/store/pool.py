@@ -46,7 +46,9 @@ def translated() -> Iterator[None]:
         asyncpg.IntegrityConstraintViolationError,
         asyncpg.exceptions.ProgramLimitExceededError,
     ) as exc:
-        raise DataRejectedError(redact(str(exc)), reason=redact(exc.message)) from exc
+        # A value the driver refuses before sending (an integer out of range) has no message.
+        reason = redact(exc.message or str(exc) or type(exc).__name__)
+        raise DataRejectedError(redact(str(exc)), reason=reason) from exc
     except asyncpg.InterfaceError as exc:
         if isinstance(exc, ValueError):  # the driver could not encode a value of the row
             raise DataRejectedError(redact(str(exc))) from exc
@@ -135,7 +137,7 @@ def explained(dsn: str) -> Iterator[None]:
         _, user, database = _place(dsn)
         raise StoreError(
             f"the database server refused role {user!r} for database {database!r}:"
-            f" {redact(exc.message)}; check the user and password in the database URL"
+            f" {redact(exc.message or str(exc))}; check the user and password in the database URL"
         ) from exc
     except OSError as exc:
         places, _, _ = _place(dsn)

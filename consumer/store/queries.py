@@ -98,21 +98,25 @@ RETURNING id
 """
 DELETE_TASK_HISTORY = "SELECT task_build_history_delete_task_v1($1)"
 
-# Dead letters (sql/0004_dead_letters.sql): one statement for a batch's, in arrival order. A
-# letter whose key is already there (the same message delivered again) is skipped.
+# Dead letters (sql/0004_dead_letters.sql, 0008, 0009): one statement for a batch's, in arrival
+# order. A letter whose key is already there (the same message delivered again) is skipped.
 INSERT_DEAD_LETTERS = """
 INSERT INTO task_build_history_dead_letters (message_id, error, detail, routing_key, task_id,
                                              failed_at, replay_count, body, properties, headers,
-                                             key)
+                                             original_body_bytes, original_body_sha256, key)
 SELECT r.message_id, r.error, r.detail, r.routing_key, r.task_id, r.failed_at, r.replay_count,
-       r.body, r.properties::jsonb, r.headers::jsonb, r.key
+       r.body, r.properties::jsonb, r.headers::jsonb, r.original_body_bytes,
+       r.original_body_sha256, r.key
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::timestamptz[],
-            $7::integer[], $8::bytea[], $9::text[], $10::text[], $11::bytea[]) WITH ORDINALITY
+            $7::integer[], $8::bytea[], $9::text[], $10::text[], $11::bigint[],
+            $12::bytea[], $13::bytea[]) WITH ORDINALITY
          AS r (message_id, error, detail, routing_key, task_id, failed_at, replay_count, body,
-               properties, headers, key, n)
+               properties, headers, original_body_bytes, original_body_sha256, key, n)
 ORDER BY r.n
 ON CONFLICT (key) DO NOTHING
 """
+# The key the consumer signs its own headers with (sql/0008, consumer/broker/signing.py).
+HEADER_KEY = "SELECT header_key FROM task_build_history_secrets"
 
 # Expiry
 
@@ -282,7 +286,8 @@ class FilteredQuery:
 
 _DEAD_LETTER_SELECT = (
     "SELECT id, message_id, error, detail, routing_key, task_id, failed_at, replay_count, body,"
-    " properties, headers FROM task_build_history_dead_letters WHERE true"
+    " properties, headers, original_body_bytes, original_body_sha256"
+    " FROM task_build_history_dead_letters WHERE true"
 )
 _DEAD_LETTER_FILTERS = (  # (fragment when the filter is given, fragment when it is not)
     (" AND error = ANY ($1::text[])", " AND $1::text[] IS NULL"),

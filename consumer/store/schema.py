@@ -65,3 +65,7 @@ class SchemaStore(StoreBase):
         """The cap on entries per task, and the retention, as the database has them now."""
         rows = await self._fetch(queries.LIMITS)
         return rows[0]["max_entries_per_task"], rows[0]["retention"]
+
+    async def header_key(self) -> bytes:
+        """This deployment's key for signing the consumer's own headers (sql/0008)."""
+        return bytes(await self._fetchval(queries.HEADER_KEY))

@@ -185,8 +185,8 @@ class TestUnexpectedFailures:
     async def test_a_message_that_breaks_the_parser_fails_alone(
         self, env: Env, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """An unexpected exception while validating one message dead-letters only that one."""
-        monkeypatch.setattr("consumer.pipeline.parse_event", breaking_on(b"explode", parse_event))
+        """An unexpected exception while validating one message: it alone, an internal_error."""
+        monkeypatch.setattr("consumer.triage.parse_event", breaking_on(b"explode", parse_event))
         task = await new_task(env.sql)
         async with Bus(env.amqp_url, env.topology) as bus, running(env.settings):
             await bus.publish_many(
@@ -195,8 +195,8 @@ class TestUnexpectedFailures:
             await wait_for(lambda: count_dead_letters(env.database_url), lambda n: n == 1)
             await wait_for(lambda: count_rows(env.database_url), lambda n: n == 2)
         (dead,) = await dead_letter_rows(env.database_url)
-        assert dead["error"] == "invalid_event"
-        assert "RuntimeError: parser bug" in dead["detail"]
+        assert dead["error"] == "internal_error"
+        assert dead["detail"] == "RuntimeError: parser bug"
 
     async def test_a_read_only_database_is_waited_out(self, env: Env) -> None:
         """A database that refuses writes (a failover) is retried, not crashed on."""

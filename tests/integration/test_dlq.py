@@ -16,6 +16,7 @@ from typing import Any, cast
 import pytest
 
 from consumer import operations
+from consumer.broker.signing import HeaderSigner
 from consumer.deadletters import DeadLetter, Selection
 from consumer.errors import BrokerUnavailableError
 from consumer.replay import replay
@@ -92,7 +93,11 @@ class TestListShowExport:
             None,
         )
         sent = {name: value for name, value in first.headers.items() if name != "x-delivery-count"}
-        assert sent == {"app": "kept", "x-replay-count": 1}  # the broker adds x-delivery-count
+        signature = sent.pop("x-task-history-signature")  # the broker adds x-delivery-count
+        assert sent == {"app": "kept", "x-replay-count": 1}
+        async with Store(env.database_url, max_connections=1) as store:
+            signer = HeaderSigner(await store.header_key())
+        assert signer.vouches_for({**sent, "x-task-history-signature": signature}, body=first.body)
         assert json.loads(first.body)["content"] == "dead 4990"
         async with Store(env.database_url, max_connections=1) as store:
             assert await store.dead_letter_totals() == ({"invalid_event": 4990}, 10, 0)

@@ -11,14 +11,17 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit, urlunsplit
 
+import aiohttp
 import asyncpg
 import pytest
+import structlog
 
 from consumer import operations
 from consumer.deadletters import Selection
 from consumer.settings import Settings
 from consumer.store import Store
 from consumer.topology import Topology
+from tests.cluster import free_port
 from tests.harness import Bus, event, run_command, running, start_command, wait_for
 from tests.helpers import admin, insert_rows, new_task
 from tests.letters import bury, letter
@@ -232,6 +235,7 @@ FORBIDDEN = [
     "CALL task_build_history_expire_v2(10)",
     "UPDATE task_build_history_dead_letters SET error = 'x'",
     "UPDATE task_build_history_dead_letter_totals SET singleton = false",
+    "UPDATE task_build_history_secrets SET header_key = header_key",
 ]
 
 
@@ -261,6 +265,101 @@ class TestConsumerRoleIsNoMore:
                 await connection.execute("SELECT task_build_history_expire_batch_v1(10)")
         finally:
             await connection.close()
+
+
+class TestTheHeaderKey:
+    """Only the consumer's role reads the key its headers are signed with."""
+
+    async def test_the_consumer_reads_it_the_reader_does_not(
+        self, consumer_url: str, reader_url: str, nobody_url: str
+    ) -> None:
+        """32 random bytes for the consumer; permission denied for the reader and PUBLIC."""
+        connection = await asyncpg.connect(consumer_url)
+        try:
+            key = await connection.fetchval("SELECT header_key FROM task_build_history_secrets")
+        finally:
+            await connection.close()
+        assert len(key) == 32
+        for url in (reader_url, nobody_url):
+            other = await asyncpg.connect(url)
+            try:
+                with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                    await other.fetchval("SELECT header_key FROM task_build_history_secrets")
+            finally:
+                await other.close()
+
+    async def test_each_deployment_has_its_own(
+        self, sql: asyncpg.Connection, empty_database_url: str
+    ) -> None:
+        """Two databases migrated apart never share a key."""
+        async with Store(empty_database_url, max_connections=1) as store:
+            await store.migrate()
+            other = await store.header_key()
+        mine = await sql.fetchval("SELECT header_key FROM task_build_history_secrets")
+        assert len(other) == len(mine) == 32
+        assert other != mine
+
+
+class TestRefusedWrites:
+    """A grant revoked under a running consumer is waited out: not ready, no dead letter."""
+
+    async def test_a_revoked_insert_is_waited_out(
+        self,
+        settings: Settings,
+        amqp_url: str,
+        topology: Topology,
+        sql: asyncpg.Connection,
+        consumer_url: str,
+    ) -> None:
+        """/readyz names the refusal, the gauge is 1, one log line; granted again, all stored."""
+        port = free_port()
+        role = settings.model_copy(
+            update={
+                "database_url": consumer_url,
+                "metrics_host": "127.0.0.1",
+                "metrics_port": port,
+                "retry_backoff_max_seconds": 0.5,
+            }
+        )
+        task = await new_task(sql)
+        await sql.execute("REVOKE INSERT ON task_build_history FROM task_history_consumer")
+        try:
+            with structlog.testing.capture_logs() as logs:
+                async with Bus(amqp_url, topology) as bus, running(role):
+                    await bus.publish_many(event(task, f"held {n}") for n in range(20))
+                    status, text = await wait_for(
+                        lambda: _get(port, "/readyz"),
+                        lambda answer: answer[0] == 503 and "refuses the writes" in answer[1],
+                        what="/readyz to name the refusal",
+                    )
+                    assert "permission denied for table task_build_history" in text
+                    _, metrics = await _get(port, "/metrics")
+                    assert "task_history_database_refusing 1.0" in metrics
+                    await asyncio.sleep(2)  # several more attempts, no more lines
+                    await sql.execute("GRANT INSERT ON task_build_history TO task_history_consumer")
+                    await wait_for(
+                        lambda: sql.fetchval("SELECT count(*) FROM task_build_history"),
+                        lambda n: n == 20,
+                    )
+                    await wait_for(lambda: _get(port, "/readyz"), lambda answer: answer[0] == 200)
+        finally:
+            await sql.execute("GRANT INSERT ON task_build_history TO task_history_consumer")
+        assert status == 503
+        refusals = [line for line in logs if line["event"].startswith("the database refuses")]
+        assert len(refusals) == 1
+        assert [line["event"] for line in logs if "accepts the writes" in line["event"]] == [
+            "the database accepts the writes again"
+        ]
+        assert await sql.fetchval("SELECT count(*) FROM task_build_history_dead_letters") == 0
+
+
+async def _get(port: int, path: str) -> tuple[int, str]:
+    """(status, text) of GET `path` on the consumer's health server."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}{path}") as response,
+    ):
+        return response.status, await response.text()
 
 
 class TestMigrationAcrossDatabases:

@@ -443,3 +443,61 @@ class TestBackoff:
     def test_jittered(self) -> None:
         """Repeated delays for one attempt differ, so replicas spread out."""
         assert len({backoff(5) for _ in range(100)}) > 1
+
+
+class TestBytes:
+    """Memory counted in bytes: held until released, full above the high mark, a batch capped."""
+
+    @staticmethod
+    def inbox(**limits: int) -> Inbox[bytes]:
+        """An inbox of byte strings sized by their length."""
+        return Inbox(max_size=100, max_wait=SHORT_WAIT, size_of=len, **limits)
+
+    async def test_held_until_released(self) -> None:
+        """Bytes are held from put to release, whether in the inbox or handed out."""
+        inbox = self.inbox(high_bytes=100, low_bytes=10)
+        inbox.put(b"x" * 40)
+        inbox.put(b"y" * 30)
+        assert inbox.held_bytes == 70
+        batch = await inbox.take()
+        assert inbox.held_bytes == 70  # being written: still in memory
+        inbox.release(batch)
+        assert inbox.held_bytes == 0
+
+    async def test_full_above_the_high_mark_roomy_below_the_low(self) -> None:
+        """`full` at the high mark and after; `roomy` only once under the low mark again."""
+        inbox = self.inbox(high_bytes=100, low_bytes=10)
+        inbox.put(b"x" * 60)
+        assert not inbox.full
+        inbox.put(b"y" * 50)
+        assert inbox.full
+        assert not inbox.roomy
+        first = inbox.take_nowait()
+        inbox.release(first[:1])
+        assert not inbox.full
+        assert not inbox.roomy  # between the marks: stay as it is
+        inbox.release(first[1:])
+        assert inbox.roomy
+
+    async def test_a_batch_holds_at_most_its_bytes(self) -> None:
+        """Past max_batch_bytes the batch ends; one item larger than that still goes alone."""
+        inbox = self.inbox(max_batch_bytes=100)
+        for size in (60, 30, 20, 500, 5):
+            inbox.put(b"z" * size)
+        assert [len(item) for item in inbox.take_nowait()] == [60, 30]
+        assert [len(item) for item in inbox.take_nowait()] == [20]
+        assert [len(item) for item in inbox.take_nowait()] == [500]
+        assert [len(item) for item in inbox.take_nowait()] == [5]
+
+    async def test_growth_stops_at_the_byte_cap(self) -> None:
+        """A take does not wait for more once what waits fills a batch by bytes."""
+        inbox = Inbox(max_size=100, max_wait=LONG_WAIT, size_of=len, max_batch_bytes=100)
+        inbox.put(b"a" * 150)
+        started = loop_time()
+        assert [len(item) for item in await inbox.take()] == [150]
+        assert loop_time() - started < PROMPTLY
+
+    def test_marks_in_order(self) -> None:
+        """The low mark must be below the high one."""
+        with pytest.raises(ValueError, match="below"):
+            Inbox[bytes](max_size=1, max_wait=0, high_bytes=10, low_bytes=10)

@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone
-from typing import Any, cast
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
-from aio_pika.abc import AbstractIncomingMessage
 
 from consumer.broker.deliveries import plan_acks
 from consumer.broker.headers import (
     ERROR,
     ERROR_DETAIL,
     FAILED_AT,
+    MAX_COUNT,
     ORIGINAL_ROUTING_KEY,
     RECEIVED_AT,
+    REFUSED_SINCE,
     REPLAY_COUNT,
     RETRY_COUNT,
     WAITING_SINCE,
-    header_time,
-    original_routing_key,
     retry_headers,
     routing_key,
 )
@@ -28,21 +26,6 @@ from consumer.entries import ContextType
 from consumer.topology import Topology
 
 NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
-
-
-@dataclass
-class FakeMessage:
-    """The two attributes of an incoming message that the pure functions read."""
-
-    headers: dict[str, Any] | None = field(default_factory=dict)
-    routing_key: str | None = "history.agent_turn"
-
-
-def message(
-    headers: dict[str, Any] | None = None, routing_key: str | None = "history.agent_turn"
-) -> AbstractIncomingMessage:
-    """A stand-in incoming message with these headers and routing key."""
-    return cast("AbstractIncomingMessage", FakeMessage(headers=headers, routing_key=routing_key))
 
 
 class TestTopologyNames:
@@ -146,76 +129,6 @@ class TestRoutingKey:
         assert routing_key("agent_turn") == "history.agent_turn"
 
 
-class TestOriginalRoutingKey:
-    """The first routing key survives retries and replays."""
-
-    def test_from_header(self) -> None:
-        """The header wins over the key the copy was delivered with."""
-        copy = message({ORIGINAL_ROUTING_KEY: "history.error"}, "task_build_history.events")
-        assert original_routing_key(copy) == "history.error"
-
-    def test_header_as_bytes(self) -> None:
-        """A header that arrives as bytes is decoded."""
-        copy = message({ORIGINAL_ROUTING_KEY: b"history.error"}, "task_build_history.events")
-        assert original_routing_key(copy) == "history.error"
-
-    def test_without_header(self) -> None:
-        """A first delivery uses its own routing key."""
-        assert original_routing_key(message({}, "history.chat_message")) == "history.chat_message"
-
-    def test_without_headers_at_all(self) -> None:
-        """A message with no headers table uses its own routing key."""
-        assert original_routing_key(message(None, "history.chat_message")) == "history.chat_message"
-
-    @pytest.mark.parametrize("value", ["", b"", 42, None])
-    def test_unusable_header(self, value: object) -> None:
-        """An empty or non-text header falls back to the message's routing key."""
-        assert original_routing_key(message({ORIGINAL_ROUTING_KEY: value})) == "history.agent_turn"
-
-    def test_no_routing_key_anywhere(self) -> None:
-        """With neither a header nor a routing key, the key is empty."""
-        assert original_routing_key(message({}, None)) == ""
-
-
-class TestHeaderTime:
-    """Timestamp headers written by the consumer are read back, or None."""
-
-    def test_string(self) -> None:
-        """An ISO 8601 string is read with its offset."""
-        value = message({RECEIVED_AT: "2025-01-01T12:00:00+00:00"})
-        assert header_time(value, RECEIVED_AT) == NOW
-
-    def test_bytes(self) -> None:
-        """A header that arrives as bytes is decoded first."""
-        value = message({WAITING_SINCE: b"2025-01-01T14:00:00+02:00"})
-        result = header_time(value, WAITING_SINCE)
-        assert result == NOW
-        assert result is not None
-        assert result.utcoffset() == timedelta(hours=2)
-
-    def test_round_trip(self) -> None:
-        """What the consumer writes with isoformat() it reads back unchanged."""
-        since = datetime(2024, 6, 30, 23, 59, 59, 123456, tzinfo=timezone(timedelta(hours=-7)))
-        assert header_time(message({WAITING_SINCE: since.isoformat()}), WAITING_SINCE) == since
-
-    def test_missing(self) -> None:
-        """A header that isn't there is None."""
-        assert header_time(message({"other": "2025-01-01T12:00:00+00:00"}), RECEIVED_AT) is None
-
-    def test_no_headers(self) -> None:
-        """A message without a headers table has no timestamp."""
-        assert header_time(message(None), RECEIVED_AT) is None
-
-    def test_naive_is_none(self) -> None:
-        """A time without an offset (anyone can set a header) counts as no time at all."""
-        assert header_time(message({RECEIVED_AT: "2025-01-01T12:00:00"}), RECEIVED_AT) is None
-
-    @pytest.mark.parametrize("value", ["yesterday", "", b"\xff\xfe", 1735732800, None])
-    def test_unreadable(self, value: object) -> None:
-        """A value that isn't an ISO 8601 string is None, not an error."""
-        assert header_time(message({RECEIVED_AT: value}), RECEIVED_AT) is None
-
-
 class TestHeaderNames:
     """The header names are the contract's."""
 
@@ -231,13 +144,18 @@ class TestHeaderNames:
 
 
 class TestRetryHeaders:
-    """A retry copy records its first key, when the wait began, and how often it was tried."""
+    """A retry copy records its first key, its times, its window and how often it was tried."""
 
     def test_first_retry(self) -> None:
         """The first retry sets every retry header and counts 1."""
         received = NOW - timedelta(seconds=3)
         headers = retry_headers(
-            {"trace-id": "abc"}, routing_key="history.agent_turn", since=NOW, received_at=received
+            {"trace-id": "abc"},
+            routing_key="history.agent_turn",
+            received_at=received,
+            retry_count=0,
+            waiting_since=NOW,
+            message_id="m-1",
         )
         assert headers == {
             "trace-id": "abc",
@@ -247,51 +165,41 @@ class TestRetryHeaders:
             RETRY_COUNT: 1,
         }
 
-    def test_later_retry_carries_the_first_times_it_is_given(self) -> None:
-        """Times read back from the first retry's headers are written again; the count goes on."""
-        first = retry_headers(
-            {}, routing_key="history.error", since=NOW, received_at=NOW - timedelta(seconds=1)
-        )
-        copy = message(first)
-        since, received = header_time(copy, WAITING_SINCE), header_time(copy, RECEIVED_AT)
-        assert since is not None
-        assert received is not None
-        second = retry_headers(
-            first, routing_key="history.error", since=since, received_at=received
-        )
-        assert second[WAITING_SINCE] == NOW.isoformat()
-        assert second[RECEIVED_AT] == (NOW - timedelta(seconds=1)).isoformat()
-        assert second[RETRY_COUNT] == 2
-
-    def test_malformed_headers_are_replaced(self) -> None:
-        """A bad wait time, receive time or count from a publisher is overwritten, not kept."""
+    def test_a_refused_row_records_its_window(self) -> None:
+        """A row the database refused carries when the refusals began, not a task's wait."""
         headers = retry_headers(
-            {WAITING_SINCE: "2025-01-01T12:00:00", RECEIVED_AT: "soon", RETRY_COUNT: "abc"},
+            {}, routing_key="k", received_at=NOW, retry_count=4, refused_since=NOW, message_id="m"
+        )
+        assert headers[REFUSED_SINCE] == NOW.isoformat()
+        assert WAITING_SINCE not in headers
+        assert headers[RETRY_COUNT] == 5
+
+    def test_a_publishers_own_headers_are_not_carried(self) -> None:
+        """Headers of the consumer's names that came with the message are dropped, not kept."""
+        headers = retry_headers(
+            {WAITING_SINCE: "2099-01-01T00:00:00+00:00", RETRY_COUNT: "abc", "x-death": [], "a": 1},
             routing_key="k",
-            since=NOW,
             received_at=NOW,
+            retry_count=0,
+            waiting_since=NOW,
+            message_id="m",
         )
         assert headers[WAITING_SINCE] == NOW.isoformat()
-        assert headers[RECEIVED_AT] == NOW.isoformat()
         assert headers[RETRY_COUNT] == 1
+        assert "x-death" not in headers
+        assert headers["a"] == 1
 
-    def test_times_read_back(self) -> None:
-        """The times written are the times header_time reads back."""
-        received = NOW - timedelta(seconds=1)
-        headers = retry_headers({}, routing_key="k", since=NOW, received_at=received)
-        copy = message(headers)
-        assert header_time(copy, WAITING_SINCE) == NOW
-        assert header_time(copy, RECEIVED_AT) == received
-
-    def test_count_from_text(self) -> None:
-        """A retry count that arrives as text still counts on."""
-        headers = retry_headers({RETRY_COUNT: "4"}, routing_key="k", since=NOW, received_at=NOW)
-        assert headers[RETRY_COUNT] == 5
+    def test_the_count_stays_in_range(self) -> None:
+        """However often a message went round, its count fits PostgreSQL's integer."""
+        headers = retry_headers(
+            {}, routing_key="k", received_at=NOW, retry_count=MAX_COUNT, message_id="m"
+        )
+        assert headers[RETRY_COUNT] == MAX_COUNT
 
     def test_does_not_change_input(self) -> None:
         """The headers passed in are left as they were."""
         original: dict[str, Any] = {RETRY_COUNT: 1}
-        retry_headers(original, routing_key="k", since=NOW, received_at=NOW)
+        retry_headers(original, routing_key="k", received_at=NOW, retry_count=1, message_id="m")
         assert original == {RETRY_COUNT: 1}
 
 

@@ -3,29 +3,29 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any
 
 import pytest
-from aio_pika.abc import AbstractIncomingMessage
 
-from consumer.broker.headers import BROKER_HEADERS
+from consumer.broker.headers import BROKER_HEADERS, replay_headers
 from consumer.deadletters import (
     ERROR_CODES,
     Census,
     DeadLetter,
     ErrorGroup,
     Selection,
+    bare_letter,
     dead_letter_of,
     exported,
     jsonable,
-    read_dead_letter,
-    replay_count,
-    replay_headers,
+    refusal_to_replay,
     shown,
+    transit_letter,
 )
 from consumer.errors import ErrorCode
 from consumer.moments import parse_moment
@@ -52,14 +52,15 @@ DEAD_LETTER: dict[str, Any] = {
 
 
 def letter_of(**fields: Any) -> DeadLetter:  # noqa: ANN401  # any field of FakeMessage
-    """Read a fake message with `fields` set."""
-    return read_dead_letter(cast("AbstractIncomingMessage", FakeMessage(**DEAD_LETTER | fields)))
+    """A fake message with `fields` set, read as the dead-letter queue hands it over."""
+    message = FakeMessage(**DEAD_LETTER | fields).incoming(transit=True, now=NOW)
+    return transit_letter(message, now=NOW)
 
 
-def consumer_headers(code: ErrorCode = ErrorCode.UNKNOWN_TASK) -> dict[str, Any]:
-    """The headers an earlier consumer wrote on a dead letter it published to the queue."""
+def own_headers() -> dict[str, Any]:
+    """The headers the consumer's tools write (x-error and friends), unsigned."""
     return {
-        "x-error": code.value,
+        "x-error": "unknown_task",
         "x-error-detail": "why",
         "x-original-routing-key": "history.error",
         "x-failed-at": NOW.isoformat(),
@@ -71,47 +72,71 @@ def body_of(task: uuid.UUID | str = TASK) -> bytes:
     return json.dumps({"task_id": str(task), "content": "x"}).encode()
 
 
+def refused(message: FakeMessage, **fields: Any) -> DeadLetter:  # noqa: ANN401  # letter fields
+    """The dead letter of `message`, refused as unknown_task unless `fields` say otherwise."""
+    values: dict[str, Any] = {"code": "unknown_task", "detail": "d", "failed_at": NOW} | fields
+    return dead_letter_of(message.incoming(now=NOW), **values)
+
+
 class TestDeadLetterOf:
     """A message the consumer refuses becomes a dead letter as it was received."""
 
     def test_detail_on_one_line_of_a_readable_length(self) -> None:
         """Line breaks and runs of spaces become one space; a long detail is cut at 1000."""
         message = FakeMessage(b"{}", message_id="m")
-        one_line = dead_letter_of(
-            message, code="invalid_event", detail=" a\n\tb  c\r\n", failed_at=NOW
-        )
-        assert one_line.detail == "a b c"
-        long = dead_letter_of(message, code="invalid_event", detail="x" * 5000, failed_at=NOW)
-        assert long.detail == "x" * 1000
+        assert refused(message, detail=" a\n\tb  c\r\n").detail == "a b c"
+        assert refused(message, detail="x" * 5000).detail == "x" * 1000
 
-    def test_keeps_headers_and_counts_replays(self) -> None:
-        """The headers stay as they were, and x-replay-count is read into replay_count."""
-        headers = {"trace-id": "abc", "x-replay-count": 2}
-        message = FakeMessage(body_of(), message_id="m", headers=headers)
-        letter = dead_letter_of(message, code="unknown_task", detail="d", failed_at=NOW)
-        assert letter.headers == headers
-        assert (letter.replay_count, letter.task_id) == (2, str(TASK))
-        assert letter.failed_at == NOW
+    def test_keeps_the_publishers_headers(self) -> None:
+        """The publisher's headers stay as they were; its task is read from the body."""
+        message = FakeMessage(body_of(), message_id="m", headers={"trace-id": "abc"})
+        letter = refused(message)
+        assert letter.headers == {"trace-id": "abc"}
+        assert (letter.replay_count, letter.task_id, letter.failed_at) == (0, str(TASK), NOW)
+
+    def test_a_signed_replay_count_is_kept(self) -> None:
+        """x-replay-count on a copy the consumer signed is the letter's replay count."""
+        message = FakeMessage(body_of(), message_id="m", headers={"x-replay-count": 2}).signed()
+        letter = refused(message)
+        assert letter.replay_count == 2
+        assert letter.headers == {}
+
+    @pytest.mark.parametrize("value", [2, 2**31, -1, "3"])
+    def test_a_publishers_replay_count_changes_nothing(self, value: object) -> None:
+        """Unsigned, any x-replay-count (2**31 overflowed the column once) counts as none."""
+        message = FakeMessage(body_of(), message_id="m", headers={"x-replay-count": value})
+        letter = refused(message)
+        assert letter.replay_count == 0
+        assert letter.headers == {}
+
+    def test_a_long_body_is_kept_as_its_start(self) -> None:
+        """Over 1 MiB, the letter keeps 64 KiB, the length and the SHA-256: it can't be replayed."""
+        body = b"x" * (3 << 20)
+        letter = refused(FakeMessage(body, message_id="m"), code="too_large")
+        assert letter.body == body[: 64 << 10]
+        assert letter.body_bytes == len(body)
+        assert letter.body_sha256 == hashlib.sha256(body).digest()
+        assert refusal_to_replay(letter) is not None
+        assert "3,145,728 bytes" in (refusal_to_replay(letter) or "")
+        assert letter.summary()["body_truncated"]["bytes"] == len(body)
+
+    def test_a_body_of_1_mib_is_kept_whole(self) -> None:
+        """Up to the event limit a body is kept byte for byte, and can be replayed."""
+        body = b"y" * (1 << 20)
+        letter = refused(FakeMessage(body, message_id="m"))
+        assert (letter.body, letter.body_bytes, letter.body_sha256) == (body, None, None)
+        assert refusal_to_replay(letter) is None
+
+    def test_a_bare_letter_keeps_only_what_is_certain(self) -> None:
+        """The last resort keeps the body, ids and key, and drops headers and properties."""
+        message = FakeMessage(body_of(), message_id="m", headers={"a": 1}).incoming(now=NOW)
+        letter = bare_letter(message, code="internal_error", detail="TypeError: x", failed_at=NOW)
+        assert (letter.headers, letter.properties, letter.body) == ({}, {}, body_of())
+        assert (letter.code, letter.message_id) == ("internal_error", "m")
 
 
 class TestReading:
-    """A dead letter says what failed and why, from whichever headers it has."""
-
-    def test_the_consumers_headers(self) -> None:
-        """x-error, x-error-detail, x-failed-at and the original routing key are read."""
-        letter = letter_of(body=body_of(), headers=consumer_headers(), routing_key="history.error")
-        assert (letter.code, letter.detail, letter.failed_at) == ("unknown_task", "why", NOW)
-        assert (letter.task_id, letter.routing_key, letter.replay_count) == (
-            str(TASK),
-            "history.error",
-            0,
-        )
-
-    def test_header_values_as_bytes(self) -> None:
-        """AMQP strings that arrive as bytes read the same."""
-        headers = {"x-error": b"invalid_json", "x-error-detail": b"not JSON"}
-        letter = letter_of(headers=headers)
-        assert (letter.code, letter.detail) == ("invalid_json", "not JSON")
+    """A message from the dead-letter queue says why the broker put it there, if it did."""
 
     def test_a_poison_message_from_x_death(self) -> None:
         """Dead-lettered by the broker past the delivery limit: delivery_limit, from x-death."""
@@ -127,6 +152,7 @@ class TestReading:
         assert "delivered too many times" in letter.detail
         assert "task_build_history.events" in letter.detail
         assert letter.failed_at == NOW
+        assert letter.headers["x-death"][0]["reason"] == "delivery_limit"
 
     @pytest.mark.parametrize(
         ("reason", "code"),
@@ -138,18 +164,30 @@ class TestReading:
         assert letter.code == code
         assert f"reason: {reason}" in letter.detail
 
-    def test_routing_key_from_x_death(self) -> None:
-        """Without x-original-routing-key or a routing key, x-death's routing keys say it."""
-        death = {"reason": "delivery_limit", "queue": "q", "routing-keys": [b"history.error"]}
-        letter = letter_of(headers={"x-death": [death]}, routing_key=None)
-        assert letter.routing_key == "history.error"
+    def test_x_death_on_a_message_sent_straight_to_the_queue(self) -> None:
+        """Through the default exchange nobody dead-lettered it, whatever its x-death says."""
+        death = {"reason": "delivery_limit", "queue": "q", "time": NOW}
+        letter = letter_of(headers={"x-death": [death]}, exchange="")
+        assert letter.code == "unknown"
+        assert "published straight to the dead-letter queue" in letter.detail
+        assert letter.failed_at == NOW  # the time it was moved, not the one it claims
+
+    def test_the_consumers_headers_from_a_publisher_change_nothing(self) -> None:
+        """x-error and friends on a message nobody signed: unknown, and kept out of the row."""
+        headers = {**own_headers(), "x-failed-at": "0001-01-01T00:00:00+23:59"}
+        letter = letter_of(body=body_of(), headers=headers, exchange="")
+        assert (letter.code, letter.failed_at, letter.routing_key) == (
+            "unknown",
+            NOW,
+            "history.agent_turn",
+        )
+        assert letter.headers == {}
 
     def test_neither_header(self) -> None:
         """A message nobody explained is `unknown`, with a detail saying so."""
         letter = letter_of(headers={})
         assert letter.code == "unknown"
-        assert "no x-error or x-death" in letter.detail
-        assert letter.failed_at is None
+        assert letter.failed_at == NOW
 
     @pytest.mark.parametrize(
         "body", [b"not json", b"[1, 2]", b'{"task_id": 7}', b"\xff\xfe", b"[" * 100_000]
@@ -163,11 +201,6 @@ class TestReading:
         big = json.dumps({"task_id": str(TASK), "content": "x" * (1 << 20)}).encode()
         assert letter_of(body=big).task_id is None
 
-    @pytest.mark.parametrize(("value", "count"), [(2, 2), ("3", 3), ("x", 0), (-1, 0), (None, 0)])
-    def test_replay_count(self, value: object, count: int) -> None:
-        """The replay count is a non-negative integer; anything malformed reads as 0."""
-        assert replay_count({"x-replay-count": value}) == count
-
     def test_properties_that_are_set(self) -> None:
         """Properties left unset don't appear."""
         letter = letter_of(app_id="agent-7")
@@ -177,28 +210,33 @@ class TestReading:
 
 
 class TestReplayHeaders:
-    """A replayed copy clears the failure and counts the replay."""
+    """A replayed copy carries the publisher's headers and the count, nothing else of ours."""
 
-    def test_clears_the_failure_and_counts(self) -> None:
-        """x-error, its detail and time go; x-replay-count goes up by one."""
-        headers = replay_headers({**consumer_headers(), "x-replay-count": 2, "app": "kept"})
-        assert headers == {
-            "x-original-routing-key": "history.error",
-            "x-replay-count": 3,
-            "app": "kept",
+    def test_counts_from_the_row(self) -> None:
+        """x-replay-count is the row's count plus one; the publisher's headers are kept."""
+        headers = replay_headers({"app": "kept"}, replay_count=2, message_id="m")
+        assert headers == {"x-replay-count": 3, "app": "kept"}
+
+    def test_stored_headers_of_the_consumers_names_are_dropped(self) -> None:
+        """Headers a publisher set (or an older release stored) never come back as ours."""
+        stored = {
+            **own_headers(),
+            "x-unknown-task-since": NOW.isoformat(),
+            "x-retry-count": 9,
+            "x-received-at": "t",
+            "x-replay-count": 50,
         }
-
-    def test_a_fresh_unknown_task_window(self) -> None:
-        """The retry window's start and count go, so the task gets its whole window again."""
-        headers = replay_headers(
-            {"x-unknown-task-since": NOW.isoformat(), "x-retry-count": 9, "x-received-at": "t"}
-        )
-        assert headers == {"x-received-at": "t", "x-replay-count": 1}
+        assert replay_headers(stored, replay_count=0, message_id="m") == {"x-replay-count": 1}
 
     def test_no_broker_headers(self) -> None:
         """The broker's own headers are never copied."""
-        headers = replay_headers(dict.fromkeys(BROKER_HEADERS, "x"))
+        headers = replay_headers(dict.fromkeys(BROKER_HEADERS, "x"), replay_count=0, message_id="m")
         assert headers == {"x-replay-count": 1}
+
+    def test_no_message_id_is_marked(self) -> None:
+        """A letter without a message_id is sent as a copy that has none."""
+        headers = replay_headers({}, replay_count=0, message_id=None)
+        assert headers == {"x-replay-count": 1, "x-no-message-id": True}
 
 
 class TestSelection:
@@ -415,12 +453,12 @@ class TestShown:
 
     def test_json_body_parsed_and_headers_converted(self) -> None:
         """A JSON body is parsed; times and bytes in headers become text."""
-        letter = letter_of(body=body_of(), headers={**consumer_headers(), "raw": b"ok"})
+        letter = letter_of(body=body_of(), headers={"raw": b"ok", "when": NOW})
         whole = shown(letter)
         json.dumps(whole)
         assert whole["body"]["task_id"] == str(TASK)
         assert whole["headers"]["raw"] == "ok"
-        assert whole["headers"]["x-failed-at"] == NOW.isoformat()
+        assert whole["headers"]["when"] == NOW.isoformat()
 
     def test_other_bodies_as_text(self) -> None:
         """A body that isn't JSON is shown as text, bad bytes replaced."""
@@ -433,22 +471,10 @@ class TestShown:
 
 
 class TestDeadLetterQueueArguments:
-    """The dead-letter queue never drops a message for its delivery count."""
+    """The dead-letter queue has a delivery limit: nothing is delivered for ever."""
 
-    def test_3_x_has_no_limit(self) -> None:
-        """3.x has no default limit, and -1 there would mean none allowed."""
-        assert Topology().dead_letter_queue_arguments(broker_version="3.10.8") == {
-            "x-queue-type": "quorum"
-        }
-
-    @pytest.mark.parametrize("version", ["4.0.5", "4.2.0", "5.0"])
-    def test_4_x_turns_the_default_limit_off(self, version: str) -> None:
-        """From 4.0 the default of 20 is turned off with -1."""
-        arguments = Topology().dead_letter_queue_arguments(broker_version=version)
-        assert arguments == {"x-queue-type": "quorum", "x-delivery-limit": -1}
-
-    def test_an_unreadable_version_is_treated_as_old(self) -> None:
-        """A version that doesn't parse gets no limit argument."""
-        assert Topology().dead_letter_queue_arguments(broker_version="") == {
-            "x-queue-type": "quorum"
-        }
+    @pytest.mark.parametrize("limit", [1, 20])
+    def test_the_events_queues_limit(self, limit: int) -> None:
+        """The same limit as the events queue, on 3.x and 4.x alike: never -1."""
+        arguments = Topology(delivery_limit=limit).dead_letter_queue_arguments()
+        assert arguments == {"x-queue-type": "quorum", "x-delivery-limit": limit}

@@ -15,6 +15,7 @@ import click
 import pytest
 
 from consumer.cli import cli
+from consumer.incoming import KEPT_BODY_BYTES
 from consumer.settings import Settings
 from tests.compose import (
     COMPOSE_FILE,
@@ -78,6 +79,12 @@ class TestComposeIsValid:
         assert re.fullmatch(limited["configure"], "task_build_history.events")
         assert not re.fullmatch(limited["configure"], "other.events")
         assert re.fullmatch(limited["write"], "amq.default")
+
+    def test_the_broker_refuses_messages_no_consumer_should_hold(self) -> None:
+        """max_message_size is set, above the 1 MiB a too_large dead letter is made of."""
+        conf = load_compose()["configs"]["rabbitmq-conf"]["content"]
+        (limit,) = re.findall(r"^max_message_size = (\d+)$", conf, re.MULTILINE)
+        assert KEPT_BODY_BYTES < int(limit) <= 16 * KEPT_BODY_BYTES
 
 
 class TestNothingDrifts:

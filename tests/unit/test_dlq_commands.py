@@ -12,10 +12,13 @@ from typing import Any, TextIO
 import click
 import pytest
 
+from consumer.broker.headers import SIGNATURE
+from consumer.broker.signing import HeaderSigner
 from consumer.cli import main
 from consumer.deadletters import ERROR_CODES, DeadLetter
 from consumer.replay import replay_message
 from consumer.store.deadletters import Extent
+from tests.fakes import SIGNER
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 BODY = b'{"task_id": "6f1c2a1e-7d4b-4c8e-9a0f-1b2c3d4e5f60", "content": "x"}'
@@ -56,9 +59,12 @@ class TestReplayMessage:
 
     def test_body_properties_and_headers(self) -> None:
         """Same body and properties, persistent, the failure cleared, the replay counted."""
-        message = replay_message(stored())
+        message = replay_message(stored(), SIGNER)
         assert message.body == BODY
-        assert message.headers == {"app": "kept", "x-replay-count": 2}
+        headers = dict(message.headers)
+        assert SIGNER.vouches_for(headers, body=BODY)
+        del headers[SIGNATURE]
+        assert headers == {"app": "kept", "x-replay-count": 2}
         assert (message.content_type, message.content_encoding) == ("application/json", "utf-8")
         assert (message.message_id, message.correlation_id, message.reply_to) == (
             "m7",
@@ -71,17 +77,23 @@ class TestReplayMessage:
 
     def test_no_user_id_and_no_expiration(self) -> None:
         """The broker refuses another user's id; a copy must not expire on its way back."""
-        message = replay_message(stored())
+        message = replay_message(stored(), SIGNER)
         assert message.user_id is None
         assert message.expiration is None
 
     def test_malformed_properties_are_left_out(self) -> None:
         """A property of the wrong type is not sent rather than failing the replay."""
         message = replay_message(
-            stored(properties={"priority": "high", "timestamp": "yesterday", "type": 5})
+            stored(properties={"priority": "high", "timestamp": "yesterday", "type": 5}), SIGNER
         )
         assert (message.timestamp, message.type) == (None, None)
         assert not message.priority  # aio-pika's default, 0
+
+    def test_signed_only_by_this_deployments_key(self) -> None:
+        """Another deployment's consumer would not believe the count: it has another key."""
+        message = replay_message(stored(), SIGNER)
+        other = HeaderSigner(b"another deployment's key, 32 bytes")
+        assert not other.vouches_for(dict(message.headers), body=BODY)
 
 
 class TestUsageErrors:

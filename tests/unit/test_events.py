@@ -177,6 +177,8 @@ class TestErrorCode:
             "expired",
             "delivery_limit",
             "database_rejected",
+            "invalid_properties",
+            "internal_error",
         }
 
     def test_is_a_string(self) -> None:

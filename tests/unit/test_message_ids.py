@@ -8,20 +8,25 @@ from typing import Any, cast
 import aiormq.abc
 from pamqp.commands import Basic
 
-from consumer.broker.deliveries import Received
+from consumer.broker.decoding import Trust
+from consumer.broker.deliveries import incoming_of
 from consumer.broker.headers import NO_MESSAGE_ID, with_id_absence
+from consumer.incoming import Incoming
+from tests.fakes import SIGNER
 
 
-def received(*, message_id: str | None, headers: dict[str, Any] | None) -> Received:
-    """A delivery as aiormq hands it over, with these properties."""
+def received(*, message_id: str | None, headers: dict[str, Any] | None) -> Incoming:
+    """A delivery as aiormq hands it over, with these properties, decoded."""
     delivered = SimpleNamespace(
         header=SimpleNamespace(properties=Basic.Properties(message_id=message_id, headers=headers)),
         body=b"{}",
         channel=None,
-        delivery=SimpleNamespace(delivery_tag=1),
+        delivery=SimpleNamespace(delivery_tag=1, exchange=""),
         routing_key="history.error",
     )
-    return Received(cast("aiormq.abc.DeliveredMessage", delivered))
+    return incoming_of(
+        cast("aiormq.abc.DeliveredMessage", delivered), trust=Trust(signer=SIGNER), transit=False
+    )
 
 
 class TestCopies:
@@ -37,13 +42,22 @@ class TestCopies:
 
 
 class TestReading:
-    """Received reads the mark: message_id None, and the mark not among the headers."""
+    """Decoding reads the mark on a copy the consumer signed: message_id None, mark not kept."""
 
     def test_a_marked_copy_has_no_message_id(self) -> None:
         """The random id aiormq gave the copy is not the message's."""
-        message = received(message_id="4f1c0e", headers={NO_MESSAGE_ID: True, "a": 1})
+        headers = SIGNER.sign({NO_MESSAGE_ID: True, "a": 1}, body=b"{}")
+        message = received(message_id="4f1c0e", headers=headers)
         assert message.message_id is None
         assert message.headers == {"a": 1}
+        assert "message_id" not in message.properties
+
+    def test_a_publishers_mark_changes_nothing(self) -> None:
+        """The mark on a message the consumer did not sign is ignored, and says so."""
+        message = received(message_id="m-1", headers={NO_MESSAGE_ID: True, "a": 1})
+        assert message.message_id == "m-1"
+        assert message.headers == {"a": 1}
+        assert [i.kind for i in message.ignored] == ["unsigned"]
 
     def test_an_unmarked_message_keeps_its_id(self) -> None:
         """Anything else reads as it was sent."""

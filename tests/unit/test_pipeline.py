@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import math
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -10,12 +12,13 @@ from typing import Any
 import pytest
 import structlog
 
-from consumer.broker.headers import WAITING_SINCE
+from consumer.broker.headers import RECEIVED_AT, REFUSED_SINCE, REPLAY_COUNT, WAITING_SINCE
 from consumer.errors import (
     BrokerUnavailableError,
     DatabaseUnavailableError,
     ErrorCode,
     NotConnectedError,
+    StoreError,
 )
 from consumer.events import parse_event
 from consumer.metrics import Metrics
@@ -30,6 +33,7 @@ def quick_settings(**overrides: Any) -> Settings:  # noqa: ANN401  # any setting
     """Settings for a pipeline under test: no .env, no waiting."""
     values: dict[str, Any] = {
         "unknown_task_retry_seconds": 0,
+        "refused_row_retry_seconds": 0,
         "retry_backoff_max_seconds": 0.01,
         **overrides,
     }
@@ -56,15 +60,26 @@ class Bench:
             shutdown=self.shutdown,
         )
 
-    def message(self, content: str, **fields: Any) -> FakeMessage:  # noqa: ANN401  # event fields
-        """A valid event of the known task, as a delivered message."""
+    def message(
+        self,
+        content: str,
+        *,
+        headers: dict[str, Any] | None = None,
+        **fields: Any,  # noqa: ANN401  # event fields
+    ) -> FakeMessage:
+        """A valid event of the known task, as a delivered message with these headers."""
         event = {"task_id": str(self.task), "context_type": "agent_turn", "content": content}
-        return FakeMessage.of({**event, **fields})
+        return FakeMessage.of({**event, **fields}, headers=headers or {})
 
-    async def handle(self, *messages: FakeMessage) -> None:
-        """Run one batch of `messages` through the pipeline."""
-        now = datetime.now(UTC)
-        await self.pipeline.handle([Delivery(message, now) for message in messages])
+    async def handle(self, *messages: FakeMessage, transit: bool = False) -> None:
+        """Run one batch of `messages` through the pipeline, decoded as the broker adapter does."""
+        await self.pipeline.handle(
+            [Delivery(message.incoming(transit=transit)) for message in messages]
+        )
+
+    def codes(self) -> list[str]:
+        """The codes of the dead letters written so far."""
+        return [letter.code for letter in self.store.dead_letters]
 
     def sample(self, name: str, **labels: str) -> float:
         """The value of one metric series."""
@@ -134,15 +149,15 @@ class TestInvalidMessages:
         assert bench.store.statements == 1
 
     async def test_a_dead_letter_keeps_the_message_as_received(self) -> None:
-        """Body, message id, routing key, headers and the body's task id are kept."""
+        """Body, message id, routing key, signed replay count, headers and task id are kept."""
         bench = Bench()
         body = b'{"task_id": "%s", "context_type": "agent_turn"}' % str(bench.task).encode()
         message = FakeMessage(
             body,
             message_id="m-1",
             routing_key="history.agent_turn",
-            headers={"x-replay-count": 2, "trace": "abc"},
-        )
+            headers={REPLAY_COUNT: 2, "trace": "abc"},
+        ).signed()
         await bench.handle(message)
         (letter,) = bench.store.dead_letters
         assert (letter.body, letter.message_id, letter.routing_key) == (
@@ -152,46 +167,163 @@ class TestInvalidMessages:
         )
         assert letter.task_id == str(bench.task)
         assert letter.replay_count == 2
-        assert letter.headers["trace"] == "abc"
+        assert letter.headers == {"trace": "abc"}
         assert letter.code == ErrorCode.INVALID_EVENT
         assert letter.detail == "content: Field required"
+
+    async def test_a_replay_count_past_the_column_is_not_believed(self) -> None:
+        """x-replay-count 2**31 (once a crash in the dead-letter INSERT): a letter counting 0."""
+        bench = Bench()
+        bad = FakeMessage(b"{not json", message_id="m", headers={REPLAY_COUNT: 2**31})
+        await bench.handle(bench.message("before"), bad, bench.message("after"))
+        assert bench.store.contents == ["before", "after"]
+        (letter,) = bench.store.dead_letters
+        assert (letter.code, letter.replay_count) == (ErrorCode.INVALID_JSON, 0)
+        assert bench.sample("task_history_ignored_values_total", kind="unsigned") == 1
+        assert len(bench.broker.acked) == 3
+
+    async def test_properties_the_client_could_not_read(self) -> None:
+        """A message whose frames had to be read leniently is an invalid_properties letter."""
+        bench = Bench()
+        unreadable = bench.message("valid body")
+        unreadable.unreadable = ("timestamp: timestamp 18446744073709551615 is out of range",)
+        await bench.handle(unreadable, bench.message("next"))
+        assert bench.store.contents == ["next"]
+        (letter,) = bench.store.dead_letters
+        assert letter.code == ErrorCode.INVALID_PROPERTIES
+        assert "18446744073709551615" in letter.detail
+
+
+class TestInternalErrors:
+    """An error nobody expected fails only the message it comes from: internal_error."""
 
     async def test_a_parser_bug_fails_only_its_message(
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """An unexpected exception while validating one message dead-letters only that one."""
-        monkeypatch.setattr("consumer.pipeline.parse_event", breaking_on(b"explode", parse_event))
+        monkeypatch.setattr("consumer.triage.parse_event", breaking_on(b"explode", parse_event))
         bench = Bench()
-        await bench.handle(bench.message("before"), bench.message("explode"))
+        with structlog.testing.capture_logs() as logs:
+            await bench.handle(bench.message("before"), bench.message("explode"))
         assert bench.store.contents == ["before"]
         (copy,) = bench.store.dead_letters
-        assert copy.code == ErrorCode.INVALID_EVENT
-        assert "RuntimeError: parser bug" in copy.detail
+        assert copy.code == ErrorCode.INTERNAL_ERROR
+        assert copy.detail == "RuntimeError: parser bug"
+        assert any(line.get("exc_info") for line in logs)  # the traceback goes to the log
+        assert len(bench.broker.acked) == 2
 
-
-class TestSystemicRefusal:
-    """A refusal that is every row's, for one reason, is the table's doing: waited out."""
-
-    async def test_lone_rows_refused_alike_dead_letter_one_then_wait(self) -> None:
-        """At one event a batch, the first refused row is dead-lettered, the next waits."""
+    @pytest.mark.parametrize("size", [1, 2, 9, 64])
+    async def test_a_write_that_breaks_on_one_row(self, size: int) -> None:
+        """The driver failing on one row's values: found by halving, alone an internal_error."""
         bench = Bench()
-        bench.store.refuses = lambda entry: entry.content != "ok"
-        await bench.handle(bench.message("first"))
-        assert len(bench.store.dead_letters) == 1
-        bench.shutdown.begin(timeout=0)  # so that the wait gives up instead of sleeping
-        await bench.handle(bench.message("second"))
-        assert len(bench.store.dead_letters) == 1
-        assert len(bench.broker.acked) == 1  # the second is left for redelivery
+        bench.store.breaks_on = lambda entry: entry.content == "odd"
+        contents = [f"event {n}" for n in range(size)]
+        contents[size // 2] = "odd"
+        with structlog.testing.capture_logs():  # the traceback, rendered plainly
+            await bench.handle(*(bench.message(content) for content in contents))
+        assert bench.store.contents == [c for c in contents if c != "odd"]
+        assert bench.codes() == [ErrorCode.INTERNAL_ERROR]
+        assert "TypeError" in bench.store.dead_letters[0].detail
+        assert len(bench.broker.acked) == size
+        assert bench.sample("task_history_events_received_total") == size
 
-    async def test_a_stored_batch_clears_the_suspicion(self) -> None:
-        """Between two lone refusals a batch that stores means each row is judged alone."""
+    async def test_a_copy_that_cannot_be_parked(self) -> None:
+        """A retry copy failing unexpectedly: that message is a dead letter, the rest go on."""
+        bench = Bench(unknown_task_retry_seconds=300)
+        strangers = [
+            FakeMessage.of({"task_id": str(uuid.uuid4()), "context_type": "error", "content": c})
+            for c in ("lost", "odd", "lost too")
+        ]
+        original = bench.broker.retry_later
+
+        async def breaking(message: Any, **kwargs: Any) -> None:  # noqa: ANN401  # passed on
+            if b"odd" in message.body.data:
+                raise ValueError("the header table could not be encoded")
+            await original(message, **kwargs)
+
+        bench.broker.retry_later = breaking  # type: ignore[method-assign]  # a broken copy
+        await bench.handle(bench.message("known"), *strangers)
+        assert bench.store.contents == ["known"]
+        assert [m for m, _ in bench.broker.retries] == [strangers[0], strangers[2]]
+        assert bench.codes() == [ErrorCode.INTERNAL_ERROR]
+        assert len(bench.broker.acked) == 4
+
+    async def test_a_letter_the_database_refuses_is_kept_bare(self) -> None:
+        """A dead letter whose headers the table refuses is written without them, not lost."""
         bench = Bench()
-        bench.store.refuses = lambda entry: entry.content.startswith("bad")
-        await bench.handle(bench.message("bad 1"))
-        await bench.handle(bench.message("ok"))
-        await bench.handle(bench.message("bad 2"))
-        assert [letter.code for letter in bench.store.dead_letters] == ["database_rejected"] * 2
-        assert bench.store.contents == ["ok"]
+        bench.store.refuses_letter = lambda letter: bool(letter.headers)
+        await bench.handle(FakeMessage(b"[]", message_id="m", headers={"trace": "x"}))
+        (letter,) = bench.store.dead_letters
+        assert (letter.code, letter.headers) == (ErrorCode.INVALID_EVENT, {})
+        assert "headers and properties not kept" in letter.detail
+        assert len(bench.broker.acked) == 1
+
+    async def test_a_decoding_failure_is_an_internal_error(self) -> None:
+        """A message the broker adapter could not decode is dead-lettered, not dropped."""
+        bench = Bench()
+        message = FakeMessage(b"{}", message_id="m")
+        incoming = dataclasses.replace(message.incoming(), decode_error="KeyError: 'x'")
+        await bench.pipeline.handle([Delivery(incoming)])
+        (letter,) = bench.store.dead_letters
+        assert letter.code == ErrorCode.INTERNAL_ERROR
+        assert "KeyError" in letter.detail
+
+
+class TestTrust:
+    """The consumer's own headers are believed only on copies it signed, and within bounds."""
+
+    async def test_a_publishers_received_at_changes_nothing(self) -> None:
+        """x-received-at 2099 (or 9999) from a publisher: created_at is when it was received."""
+        bench = Bench()
+        before = datetime.now(UTC)
+        await bench.handle(
+            bench.message("a", headers={RECEIVED_AT: "2099-01-01T00:00:00+00:00"}),
+            bench.message("b", headers={RECEIVED_AT: "9999-12-31T23:59:59+00:00"}),
+        )
+        created = [entry.created_at for entry in bench.store.rows.values()]
+        assert len(created) == 2
+        assert all(before <= at <= datetime.now(UTC) for at in created)
+        assert bench.sample("task_history_ignored_values_total", kind="unsigned") == 2
+
+    async def test_a_signed_received_at_is_believed(self) -> None:
+        """A retry copy's own x-received-at, signed, is the event's created_at."""
+        bench = Bench()
+        first = datetime.now(UTC) - timedelta(seconds=40)
+        await bench.handle(bench.message("a", headers={RECEIVED_AT: first.isoformat()}).signed())
+        (entry,) = bench.store.rows.values()
+        assert entry.created_at == first
+
+    @pytest.mark.parametrize(
+        "value", ["2099-01-01T00:00:00+00:00", "2000-01-01T00:00:00+00:00", "tomorrow"]
+    )
+    async def test_a_signed_time_out_of_bounds_is_not_believed(self, value: str) -> None:
+        """Signed or not, a time in the future or older than the retention is no time."""
+        bench = Bench()
+        await bench.handle(bench.message("a", headers={RECEIVED_AT: value}).signed())
+        (entry,) = bench.store.rows.values()
+        assert datetime.now(UTC) - entry.created_at < timedelta(seconds=5)
+        assert bench.sample("task_history_ignored_values_total", kind="out_of_range") == 1
+
+    async def test_a_future_unknown_task_since_does_not_loop_for_ever(self) -> None:
+        """A publisher's x-unknown-task-since in 2099: its window starts now, and ends."""
+        bench = Bench(unknown_task_retry_seconds=60)
+        stranger = FakeMessage.of(
+            {"task_id": str(uuid.uuid4()), "context_type": "error", "content": "lost"},
+            headers={WAITING_SINCE: "2099-01-01T00:00:00+00:00"},
+        )
+        before = datetime.now(UTC)
+        await bench.handle(stranger)
+        ((_, since),) = bench.broker.retries
+        assert since is not None
+        assert before <= since <= datetime.now(UTC)
+
+    async def test_the_signature_covers_the_body(self) -> None:
+        """Signed headers moved onto another body are not believed."""
+        bench = Bench()
+        signed = bench.message("a", headers={RECEIVED_AT: "2000-01-01T00:00:00+00:00"}).signed()
+        other = bench.message("b", headers=dict(signed.headers))
+        await bench.handle(other)
+        assert bench.sample("task_history_ignored_values_total", kind="unsigned") == 1
 
 
 class TestTransit:
@@ -213,8 +345,8 @@ class TestTransit:
             headers={"x-death": x_death},
             routing_key="history.agent_turn",
         )
-        now = datetime.now(UTC)
-        await bench.pipeline.handle([Delivery(poison, now, transit=True)])
+        poison.exchange = "task_build_history.dlx"  # dead-lettered by the broker
+        await bench.handle(poison, transit=True)
         (letter,) = bench.store.dead_letters
         assert letter.code == "delivery_limit"
         assert "delivered too many times" in letter.detail
@@ -227,7 +359,7 @@ class TestTransit:
         """A transit message stays a dead letter, even when its body is a valid event."""
         bench = Bench()
         message = bench.message("valid, but dead-lettered by the broker")
-        await bench.pipeline.handle([Delivery(message, datetime.now(UTC), transit=True)])
+        await bench.handle(message, transit=True)
         assert bench.store.contents == []
         (letter,) = bench.store.dead_letters
         assert letter.code == "unknown"
@@ -247,7 +379,7 @@ class TestBisection:
         assert bench.store.contents == [c for c in contents if c != "poison"]
         (copy,) = bench.store.dead_letters
         assert copy.code == ErrorCode.DATABASE_REJECTED
-        assert "the database refused the row" in copy.detail
+        assert copy.detail == "the database refused the row: value violates a check constraint"
         assert len(bench.broker.acked) == size
         assert bench.store.statements <= 1 + 2 * math.ceil(math.log2(size)) + 1
 
@@ -283,7 +415,7 @@ class TestUnknownTasks:
         stranger = FakeMessage.of(
             {"task_id": str(uuid.uuid4()), "context_type": "error", "content": "lost"},
             headers={WAITING_SINCE: since},
-        )
+        ).signed()
         await bench.handle(stranger)
         (copy,) = bench.store.dead_letters
         assert copy.code == ErrorCode.UNKNOWN_TASK
@@ -320,12 +452,26 @@ class TestFailures:
         bench.store.failures = [DatabaseUnavailableError(), DatabaseUnavailableError()]
         await bench.handle(bench.message("patient"))
         assert bench.store.contents == ["patient"]
-        assert bench.store.reconnects == 2
-        assert bench.sample("task_history_batch_retries_total") == 2
+        # The second failure is the probe's: the write is tried again once a probe answers.
+        assert bench.store.reconnects == 1
+        assert bench.sample("task_history_batch_retries_total") == 1
         assert [kind for kind, _ in bench.store.journal] == ["commit", "ack"]
 
+    async def test_written_as_soon_as_the_database_answers(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A probe, not the backoff, says when to try again: 1 s of outage, not 30 s of wait."""
+        monkeypatch.setattr("consumer.pipeline.backoff", lambda _attempt, **_cap: 30.0)
+        bench = Bench(retry_backoff_max_seconds=30)
+        loop = asyncio.get_running_loop()
+        bench.store.unreachable_until = loop.time() + 1.0
+        async with asyncio.timeout(10):  # a bound: the backoff alone would take 30 s
+            await bench.handle(bench.message("patient"))
+        assert bench.store.contents == ["patient"]
+        assert bench.sample("task_history_batch_retries_total") == 1
+
     async def test_a_broker_refusal_of_a_retry_copy_is_retried(self) -> None:
-        """An unconfirmed retry copy means no ack; the batch is tried again, stored once."""
+        """An unconfirmed retry copy means no ack; the copy is sent again, the write is not."""
         bench = Bench(unknown_task_retry_seconds=300)
         bench.broker.failures = [BrokerUnavailableError()]
         stranger = FakeMessage.of(
@@ -335,26 +481,75 @@ class TestFailures:
         assert len(bench.broker.retries) == 1
         assert len(bench.broker.acked) == 2
         assert bench.store.contents == ["fine"]
+        assert bench.store.statements == 1  # committed once: the retry is the broker step's
         assert bench.store.reconnects == 0  # a broker failure leaves the database alone
+        kinds = [kind for kind, _ in bench.store.journal]
+        assert kinds == ["commit", "retry", "ack", "ack"]
 
-    async def test_a_refusal_of_every_row_for_one_reason_is_waited_out(self) -> None:
-        """A constraint refusing every row is not the rows' fault: nothing is dead-lettered."""
+    async def test_copies_confirmed_are_not_sent_again(self) -> None:
+        """Of three parked copies one is refused: only that one is sent again, and acks wait."""
+        bench = Bench(unknown_task_retry_seconds=300)
+        bench.broker.failures = [BrokerUnavailableError()]
+        strangers = [
+            FakeMessage.of({"task_id": str(uuid.uuid4()), "context_type": "error", "content": n})
+            for n in ("one", "two", "three")
+        ]
+        await bench.handle(*strangers)
+        retried = [receipt for receipt, _ in bench.broker.retries]
+        assert len(retried) == 3
+        assert len(set(map(id, retried))) == 3  # each sent once: no extra copy in the queue
+        assert len(bench.broker.acked) == 3
+        assert [kind for kind, _ in bench.store.journal][-3:] == ["ack", "ack", "ack"]
+
+    async def test_a_dead_letter_failing_after_the_commit_is_retried_alone(self) -> None:
+        """The rows are committed; the dead letters written after them fail once: not the rows."""
+        bench = Bench(refused_row_retry_seconds=0)
+        bench.store.refuses = lambda entry: entry.content == "refused"
+        write = bench.store.write_batch
+        letters_failed: list[int] = []
+        with_entries: list[int] = []
+
+        async def flaky(entries: Any, letters: Any) -> set[uuid.UUID]:  # noqa: ANN401  # the store's
+            if entries:
+                with_entries.append(len(entries))
+            elif not letters_failed:
+                letters_failed.append(len(letters))
+                raise DatabaseUnavailableError
+            return await write(entries, letters)
+
+        bench.store.write_batch = flaky  # type: ignore[method-assign,assignment]
+        await bench.handle(bench.message("fine"), bench.message("refused"))
+        assert bench.store.contents == ["fine"]
+        assert bench.codes() == ["database_rejected"]
+        assert letters_failed == [1]
+        # The batch, then its halves (bisection): never the rows again after the failure.
+        assert with_entries == [2, 1, 1]
+        assert len(bench.broker.acked) == 2
+
+    async def test_a_channel_closed_before_the_write_writes_nothing(self) -> None:
+        """Its deliveries are the broker's again (perhaps another consumer's): no row, no ack."""
         bench = Bench()
-        refusing = True
-        bench.store.refuses = lambda _entry: refusing
-        original_pause = bench.shutdown.pause
-
-        async def fix_the_table(seconds: float) -> None:
-            nonlocal refusing
-            refusing = False  # an operator drops the constraint while the consumer waits
-            await original_pause(seconds)
-
-        bench.shutdown.pause = fix_the_table  # type: ignore[method-assign]  # the operator
+        bench.broker.channel_open = False
         with structlog.testing.capture_logs() as logs:
-            await bench.handle(*(bench.message(f"event {n}") for n in range(8)))
-        assert bench.store.contents == [f"event {n}" for n in range(8)]
-        assert bench.store.dead_letters == []
-        assert any("refuses every row" in line.get("error", "") for line in logs)
+            await bench.handle(bench.message("someone else's now"))
+        assert bench.store.statements == 0
+        assert bench.store.contents == []
+        assert bench.broker.acked == []
+        assert any("broker redelivers it" in line["event"] for line in logs)
+
+    async def test_a_channel_closing_while_the_batch_is_sorted(self) -> None:
+        """Closed during the look-up of its tasks: the write that would follow is not made."""
+        bench = Bench()
+        missing = bench.store.missing_tasks
+
+        async def closing(task_ids: Any) -> set[uuid.UUID]:  # noqa: ANN401  # the store's own
+            bench.broker.channel_open = False
+            return await missing(task_ids)
+
+        bench.store.missing_tasks = closing  # type: ignore[method-assign]
+        await bench.handle(bench.message("redelivered instead"))
+        assert bench.store.statements == 0
+        assert bench.broker.acked == []
 
     async def test_a_closed_channel_drops_the_batch_for_redelivery(self) -> None:
         """Once its channel closed, a failing batch is let go: the broker delivers it again."""
@@ -383,3 +578,86 @@ class TestFailures:
         await bench.handle(bench.message("left for redelivery"))
         assert bench.broker.acked == []
         assert bench.store.contents == []
+
+
+class TestRefusedRows:
+    """Rows the database refuses wait in the retry queue for a window, then are dead letters."""
+
+    async def test_a_refused_row_waits_while_the_rest_is_stored(self) -> None:
+        """Inside its window a refused row is parked with when the refusals began; no letter."""
+        bench = Bench(refused_row_retry_seconds=300)
+        bench.store.refuses = lambda entry: entry.content == "poison"
+        poison = bench.message("poison")
+        before = datetime.now(UTC)
+        await bench.handle(bench.message("a"), poison, bench.message("b"))
+        assert bench.store.contents == ["a", "b"]
+        ((parked, since),) = bench.broker.retries
+        assert parked is poison
+        assert since is not None
+        assert before <= since
+        assert bench.store.dead_letters == []
+        assert len(bench.broker.acked) == 3
+        assert bench.sample("task_history_events_refused_waiting_total") == 1
+
+    async def test_dead_lettered_with_the_reason_once_its_window_has_passed(self) -> None:
+        """A copy refused since longer than the window: database_rejected, and why."""
+        bench = Bench(refused_row_retry_seconds=60)
+        bench.store.refuses = lambda entry: entry.content == "poison"
+        since = (datetime.now(UTC) - timedelta(seconds=75)).isoformat()
+        await bench.handle(bench.message("poison", headers={REFUSED_SINCE: since}).signed())
+        (letter,) = bench.store.dead_letters
+        assert letter.code == ErrorCode.DATABASE_REJECTED
+        assert "value violates a check constraint" in letter.detail
+        assert "retried for 75 s" in letter.detail
+        assert bench.broker.retries == []
+
+    async def test_every_row_refused_for_one_reason_waits_and_the_next_flow(self) -> None:
+        """A constraint no event passes parks them all; none is dead-lettered in the window."""
+        bench = Bench(refused_row_retry_seconds=300)
+        bench.store.refuses = lambda entry: entry.content.startswith("held")
+        await bench.handle(*(bench.message(f"held {n}") for n in range(8)))
+        assert len(bench.broker.retries) == 8
+        assert bench.store.dead_letters == []
+        await bench.handle(bench.message("ok"))  # the next batch is not held up
+        assert bench.store.contents == ["ok"]
+        assert bench.sample("task_history_batch_retries_total") == 0
+
+    async def test_a_publishers_refused_since_changes_nothing(self) -> None:
+        """An unsigned x-database-refused-since of long ago does not end the window at once."""
+        bench = Bench(refused_row_retry_seconds=60)
+        bench.store.refuses = lambda _entry: True
+        old = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+        await bench.handle(bench.message("poison", headers={REFUSED_SINCE: old}))
+        assert bench.store.dead_letters == []
+        assert len(bench.broker.retries) == 1
+
+
+class TestRefusedWrites:
+    """A database that refuses every write for one reason (a revoked grant) is waited out."""
+
+    async def test_waited_out_in_one_line_then_written(self) -> None:
+        """One warning, the gauge up and the reason kept while it lasts; nothing dead-lettered."""
+        bench = Bench()
+        grant = StoreError("permission denied for table task_build_history")
+        bench.store.failures = [grant, grant, grant]
+        seen: list[tuple[str | None, float]] = []
+        original_pause = bench.shutdown.pause
+
+        async def watch(seconds: float) -> None:
+            value = bench.sample("task_history_database_refusing")
+            seen.append((bench.pipeline.refusal, value))
+            await original_pause(seconds)
+
+        bench.shutdown.pause = watch  # type: ignore[method-assign]  # watches each wait
+        with structlog.testing.capture_logs() as logs:
+            await bench.handle(*(bench.message(f"event {n}") for n in range(5)))
+        assert bench.store.contents == [f"event {n}" for n in range(5)]
+        assert bench.store.dead_letters == []
+        assert seen == [(str(grant), 1.0)] * 3
+        warnings = [line for line in logs if line["log_level"] == "warning"]
+        assert [line["event"] for line in warnings] == [
+            "the database refuses the writes; waiting until it accepts them"
+        ]
+        assert any(line["event"] == "the database accepts the writes again" for line in logs)
+        assert bench.pipeline.refusal is None
+        assert bench.sample("task_history_database_refusing") == 0

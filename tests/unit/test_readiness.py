@@ -30,10 +30,14 @@ class TestJudge:
             (Signs(consuming=False), "not consuming from the broker"),
             (Signs(broker_problem="the broker did not answer within 3 s"), "the broker did not"),
             (Signs(database_problem="database unavailable: refused"), "database unavailable"),
+            (
+                Signs(refusal="permission denied for table task_build_history"),
+                "the database refuses the writes: permission denied",
+            ),
         ],
     )
     def test_each_problem_is_named(self, signs: Signs, reason: str) -> None:
-        """Stopping, no subscription, a silent broker or database: each says which."""
+        """Stopping, no subscription, a silent broker or database, refused writes: each named."""
         verdict = judge(signs, stall_after=STALL)
         assert verdict is not None
         assert verdict.startswith(reason)
@@ -185,6 +189,18 @@ class TestWorkerSigns:
             await rig.until_consuming()
             rig.broker.probe_failures = [asyncio.CancelledError()]
             assert await rig.worker.readiness() == "the broker connection was lost"
+            assert await rig.worker.readiness() is None
+
+    async def test_whatever_the_client_raises_is_a_verdict(self) -> None:
+        """A bare Exception from the client (a channel it lost): not ready, and no traceback."""
+        rig = Rig()
+        async with rig.running():
+            await rig.until_consuming()
+            rig.broker.probe_failures = [Exception("Channel closed by RPC timeout")]
+            with structlog.testing.capture_logs() as logs:
+                verdict = await rig.worker.readiness()
+            assert verdict == "the broker did not answer: Channel closed by RPC timeout"
+            assert not [line for line in logs if "exc_info" in line]
             assert await rig.worker.readiness() is None
 
     async def test_the_database_is_asked_too(self) -> None:

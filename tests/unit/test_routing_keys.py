@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -27,28 +26,37 @@ class TestRoutingKeyCheck:
         """history.<context_type> matches, for every context type."""
         check = RoutingKeyCheck()
         for kind in ("chat_message", "execution_step", "agent_turn", "error"):
-            assert check.mismatch(FakeMessage(b"", routing_key=f"history.{kind}"), kind) is None
+            assert check.mismatch(f"history.{kind}", kind) is None
 
     def test_a_wrong_key_names_itself_and_the_expected_one(self) -> None:
         """`history` and `history.not_a_type` on an agent_turn are mismatches."""
         check = RoutingKeyCheck()
         for key in ("history", "history.not_a_type", "history.error", ""):
-            message = FakeMessage(b"", routing_key=key)
-            assert check.mismatch(message, "agent_turn") == (key, "history.agent_turn")
+            assert check.mismatch(key, "agent_turn") == (key, "history.agent_turn")
 
     def test_a_retry_copy_is_judged_by_its_first_key(self) -> None:
-        """A copy back from the retry queue carries the queue's name; its header has the key."""
+        """A copy back from the retry queue carries the queue's name; its signed header the key."""
         check = RoutingKeyCheck()
         retried = FakeMessage(
             b"",
             routing_key="task_build_history.events",
             headers={ORIGINAL_ROUTING_KEY: "history.agent_turn"},
-        )
-        assert check.mismatch(retried, "agent_turn") is None
+        ).signed()
+        assert check.mismatch(retried.incoming().routing_key, "agent_turn") is None
         wrong = FakeMessage(
             b"", routing_key="task_build_history.events", headers={ORIGINAL_ROUTING_KEY: "history"}
+        ).signed()
+        assert check.mismatch(wrong.incoming().routing_key, "agent_turn") == (
+            "history",
+            "history.agent_turn",
         )
-        assert check.mismatch(wrong, "agent_turn") == ("history", "history.agent_turn")
+
+    def test_a_publishers_first_key_is_not_believed(self) -> None:
+        """Unsigned, x-original-routing-key is ignored: the delivery's key is the one judged."""
+        forged = FakeMessage(
+            b"", routing_key="history.agent_turn", headers={ORIGINAL_ROUTING_KEY: "history"}
+        )
+        assert forged.incoming().routing_key == "history.agent_turn"
 
     def test_each_key_is_warned_of_once_up_to_the_limit(self) -> None:
         """The first sighting of a key is warned of; a repeat, or a key past the limit, is not."""
@@ -89,8 +97,7 @@ class RoutingBench:
 
     async def handle(self, *messages: FakeMessage) -> None:
         """One batch."""
-        now = datetime.now(UTC)
-        await self.pipeline.handle([Delivery(message, now) for message in messages])
+        await self.pipeline.handle([Delivery(message.incoming()) for message in messages])
 
     def mismatches(self) -> float:
         """The counter's value."""

@@ -65,6 +65,53 @@ class Rig:
         await until(lambda: self.broker.consuming)
 
 
+class TestMemoryBudget:
+    """Above the high mark of bytes in hand deliveries pause; under the low one they resume."""
+
+    async def test_paused_while_over_then_resumed(self) -> None:
+        """Deliveries pause once too much is held, and resume once the batch is written."""
+        rig = Rig(inbox_high_bytes=1 << 20, inbox_low_bytes=1024)
+        release = asyncio.Event()
+        original = rig.store.write_batch
+
+        async def slow_write(*args: Any, **kwargs: Any) -> Any:  # noqa: ANN401  # passed on
+            await release.wait()
+            return await original(*args, **kwargs)
+
+        rig.store.write_batch = slow_write  # type: ignore[method-assign]  # a slow database
+        big = [
+            FakeMessage.of(
+                {
+                    "task_id": str(rig.task),
+                    "context_type": "agent_turn",
+                    "content": f"big {n}",
+                    "padding": "p" * 300_000,  # an unknown field: valid, and large
+                }
+            )
+            for n in range(4)
+        ]
+        async with rig.running():
+            await rig.until_consuming()
+            await rig.broker.deliver(*big)
+            await until(lambda: rig.broker.paused)
+            assert rig.worker.metrics.registry.get_sample_value("task_history_inbox_paused") == 1
+            release.set()
+            await until(lambda: len(rig.store.rows) == 4 and not rig.broker.paused)
+        assert ("pause", "-") in rig.store.journal
+        assert ("resume", "-") in rig.store.journal
+        assert rig.broker.consuming is False  # cancelled at the stop, not left paused
+
+    async def test_the_prefetch_follows_the_size_of_the_messages(self) -> None:
+        """204 ahead at first; small messages widen it to the configured count."""
+        rig = Rig(prefetch=500)
+        async with rig.running():
+            await rig.until_consuming()
+            assert rig.broker.prefetch == 204  # each unseen message taken as 320 KiB
+            await rig.broker.deliver(*(rig.message(f"small {n}") for n in range(40)))
+            await until(lambda: rig.broker.prefetch == 500)
+        assert len(rig.store.rows) == 40
+
+
 class TestStopping:
     """A stop writes and acks what is in hand before `run` returns."""
 
@@ -114,6 +161,7 @@ class TestTransit:
         poison = FakeMessage(
             b"crashes consumers",
             headers={"x-death": [{"reason": "delivery_limit", "queue": "events"}]},
+            exchange="task_build_history.dlx",
         )
         async with rig.running():
             await rig.until_consuming()
@@ -132,7 +180,11 @@ class TestDeadLetterMetrics:
         rig = Rig(metrics_port=free_port(), metrics_host="127.0.0.1")
         health = rig.worker.health
         assert health is not None
-        poison = FakeMessage(b"x", headers={"x-death": [{"reason": "delivery_limit"}]})
+        poison = FakeMessage(
+            b"x",
+            headers={"x-death": [{"reason": "delivery_limit"}]},
+            exchange="task_build_history.dlx",
+        )
         async with rig.running():
             await rig.until_consuming()
             await rig.broker.deliver_dead(poison)
