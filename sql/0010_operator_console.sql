@@ -213,6 +213,10 @@ BEGIN
         GRANT SELECT, INSERT ON task_build_history_dead_letter_actions TO task_history_operator;
         GRANT UPDATE (finished_at, selected, affected, skipped, state, detail)
             ON task_build_history_dead_letter_actions TO task_history_operator;
+        -- A replayed copy carries its replay count signed, as `dlq replay` signs it: without
+        -- the key the consumer would not believe the count, and a letter could be replayed
+        -- round and round past --max-replays.
+        GRANT SELECT ON task_build_history_secrets TO task_history_operator;
     END IF;
 END
 $objects$;

@@ -22,6 +22,7 @@ from consumer.api import state as application
 from consumer.api.models import OperationResult, Problem
 from consumer.api.routes import ERRORS, JSON, InvalidParameterError, moment, searched
 from consumer.api.security import OPERATOR, token_role
+from consumer.broker.signing import HeaderSigner
 from consumer.deadletters import ERROR_CODES, Selection
 from consumer.errors import DataRejectedError
 from consumer.replay import Outcome, Republisher
@@ -198,7 +199,8 @@ async def replay(request: Request, choice: ReplayRequest) -> Response:
     if (conflict := await _known(store, choice.request_id)) is not None:
         return conflict
     settings = state.settings
-    republisher = await Republisher.connect(settings.amqp_url, settings.exchange)
+    signer = HeaderSigner(await store.header_key())
+    republisher = await Republisher.connect(settings.amqp_url, settings.exchange, signer=signer)
     try:
         action, outcome = await operations.replay_recorded(
             store,

@@ -572,6 +572,23 @@ class TestReplay:
             "max_replays": 3
         }
 
+    async def test_a_replayed_copy_failing_again_counts_its_replay(
+        self, env: Env, operated: str, http: aiohttp.ClientSession
+    ) -> None:
+        """A replay count signed, as `dlq replay` signs it: the consumer counts the replay."""
+        task = uuid.uuid4()  # no such task: the copy fails again at once (no retry window)
+        await bury(env.database_url, [letter(1, task=task)])
+        async with running(env.settings):
+            status, done = await post(http, f"{operated}/dead-letters/replay", {})
+            assert status == 200, done
+            assert done["count"] == 1
+            again = await wait_for(
+                lambda: env.sql.fetch(f"SELECT replay_count, error FROM {TABLE}"),
+                lambda found: len(found) == 1 and found[0]["replay_count"] == 1,
+                what="the copy dead-lettered again, its replay counted",
+            )
+        assert again[0]["error"] == "unknown_task"
+
     async def test_unroutable_letters_stay(
         self, env: Env, operated: str, http: aiohttp.ClientSession
     ) -> None:
