@@ -336,7 +336,7 @@ class Worker:
                     if batch:
                         await self._handle(batch)
                         self._progressed = time.monotonic()
-                await self._intake.settle()
+                await self._intake.close()
                 with contextlib.suppress(BrokerError):
                     await self._broker.cancel()  # after this no delivery comes
                 while len(self._inbox):
@@ -348,25 +348,23 @@ class Worker:
         finally:
             self._shutdown_timer = None
             await _cancelled(expiry)
-            await self._intake.close()
         log.info("stopped")
 
     async def _handle(self, batch: list[Delivery]) -> None:
         """Write a batch; its bytes are let go after, and the subscription fitted to what came."""
+        await self._intake.between_batches()
         try:
             await self._pipeline.handle(batch)
         finally:
             self._inbox.release(batch)
             self._trust.retention = self._pipeline.retention or self._trust.retention
             self.metrics.inbox_bytes.set(self._inbox.held_bytes)
-            self._intake.nudge()
+            self._intake.after_batch()
 
     async def _deliver(self, message: Incoming) -> None:
         self._progressed = time.monotonic()
         self._prefetch.observe(message.body.size)
         self._inbox.put(Delivery(message))
-        if self._inbox.full and not self._broker.paused:
-            self._intake.nudge()
 
     async def _until_up(self, name: str, connect: Callable[[], Awaitable[None]]) -> bool:
         """Connect, retrying with backoff while the server is down; False if stopped first."""

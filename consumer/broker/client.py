@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Final
@@ -51,14 +52,19 @@ class Broker(AsyncResource):
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
         self._queue: AbstractQueue | None = None
-        self._consumer_tags: list[str] = []
+        self._events_tag: str | None = None
+        self._transit_tag: str | None = None
         self._handler: MessageHandler | None = None
         self._transit = False
+        self._prefetch = 1
         self._trust = Trust(dead_letter_exchange=topology.dead_letter_exchange)
         # Deliveries stopped on purpose (too many bytes in hand), until resume().
         self._paused = False
-        # Delivery tags handed to us and not yet acked, on the channel that delivered them.
+        # Delivery tags handed to us and not yet acked, on the channel that delivered them, and
+        # the same by subscription (consumer tag).
         self._outstanding: set[int] = set()
+        self._by_subscription: dict[str, set[int]] = {}
+        self._quiet = asyncio.Event()
         self._delivering_channel: object = None
 
     async def connect(self) -> None:
@@ -85,7 +91,7 @@ class Broker(AsyncResource):
         """Close the connection; after `grace` seconds, stop waiting for the broker's reply."""
         # Forget the channel too: a broker used after close() is a bug, not an outage.
         self._channel = self._queue = None
-        self._consumer_tags = []
+        self._events_tag = self._transit_tag = None
         if self._connection is not None:
             connection, self._connection = self._connection, None
             await close_connection(connection, grace=grace)
@@ -221,6 +227,7 @@ class Broker(AsyncResource):
             await self.declare()
         self._handler = handler
         self._transit = transit
+        self._prefetch = prefetch
         if trust is not None:
             self._trust = trust
         with translated_errors():
@@ -229,17 +236,27 @@ class Broker(AsyncResource):
         self.channel.reopen_callbacks.add(self._subscribe)
 
     async def _subscribe(self, _channel: object) -> None:
-        """Subscribe on the open channel (also the robust channel's reopen callback)."""
-        if self._handler is None or self._paused:  # cancelled, or paused, meanwhile
+        """Subscribe on the open channel (also the robust channel's reopen callback).
+
+        On a new channel nothing is in hand any more (it will all be delivered again), so a
+        pause is over.
+        """
+        if self._handler is None:  # cancelled meanwhile
             return
-        underlay = await self.channel.get_underlay_channel()
-        subscriptions = [(self.topology.queue, self._deliver)]
+        self._paused = False
+        self._events_tag = await self._consume_events()
+        self._transit_tag = None
         if self._transit:
-            subscriptions.append((self.topology.dead_letter_queue, self._deliver_transit))
-        self._consumer_tags = []
-        for queue, deliver in subscriptions:
-            ok = await underlay.basic_consume(queue, deliver, no_ack=False)
-            self._consumer_tags.append(str(ok.consumer_tag))
+            underlay = await self.channel.get_underlay_channel()
+            ok = await underlay.basic_consume(
+                self.topology.dead_letter_queue, self._deliver_transit, no_ack=False
+            )
+            self._transit_tag = str(ok.consumer_tag)
+
+    async def _consume_events(self) -> str:
+        underlay = await self.channel.get_underlay_channel()
+        ok = await underlay.basic_consume(self.topology.queue, self._deliver, no_ack=False)
+        return str(ok.consumer_tag)
 
     async def _deliver(self, delivered: aiormq.abc.DeliveredMessage) -> None:
         if self._handler is not None:
@@ -258,36 +275,64 @@ class Broker(AsyncResource):
             # A new channel after a reconnect: tags restart, the old ones are void.
             self._delivering_channel = receipt.channel
             self._outstanding = set()
-        if receipt.delivery_tag is not None:
-            self._outstanding.add(receipt.delivery_tag)
+            self._by_subscription = {}
+        tag = receipt.delivery_tag
+        if tag is not None:
+            self._outstanding.add(tag)
+            consumer_tag = str(getattr(delivered.delivery, "consumer_tag", ""))
+            self._by_subscription.setdefault(consumer_tag, set()).add(tag)
+            if consumer_tag == self._events_tag and self.quiet:
+                self._quiet.set()
         return message
 
-    async def pause(self) -> None:
-        """Take no more deliveries until `resume()`; what was delivered stays in hand, unacked.
+    @property
+    def quiet(self) -> bool:
+        """Whether nothing can be on its way from the events queue.
 
-        Returns once the broker has confirmed that no more will come (a basic.cancel of each
-        subscription, which leaves the deliveries in hand with this channel).
+        So when there is no subscription to it, or as many of its deliveries are in hand,
+        unacked, as the prefetch allows. Only then is cancelling the subscription harmless: a
+        cancel while deliveries are on their way sends them back to the queue, out of order and
+        counted as delivered again (towards the delivery limit).
         """
-        if self._paused or self._handler is None:
+        if self._paused or self._events_tag is None:
+            return True
+        return len(self._by_subscription.get(self._events_tag, ())) >= self._prefetch
+
+    async def until_quiet(self, *, within: float) -> bool:
+        """Wait up to `within` seconds for `quiet`; whether it is."""
+        if self.quiet:
+            return True
+        self._quiet.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await self._quiet.wait()
+        return self.quiet
+
+    async def pause(self) -> None:
+        """Take no more deliveries from the events queue until `resume()`.
+
+        What was delivered stays in hand, unacked. Call it when `quiet`: cancelling while
+        deliveries are on their way sends them back to the queue. The dead-letter queue's
+        subscription is left as it is.
+        """
+        if self._paused or self._events_tag is None:
             return
+        tag, self._events_tag = self._events_tag, None
         self._paused = True
-        tags, self._consumer_tags = self._consumer_tags, []
-        if tags and self._channel is not None and not self._channel.is_closed:
-            with translated_errors():
-                underlay = await self.channel.get_underlay_channel()
-                async with asyncio.timeout(FLOW_TIMEOUT):
-                    for tag in tags:
-                        await underlay.basic_cancel(tag)
+        with translated_errors():
+            underlay = await self.channel.get_underlay_channel()
+            async with asyncio.timeout(FLOW_TIMEOUT):
+                await underlay.basic_cancel(tag)
 
     async def resume(self) -> None:
-        """Take deliveries again after `pause()`."""
-        if not self._paused:
+        """Take deliveries again after `pause()`, with the prefetch last set."""
+        if not self._paused or self._handler is None:
             return
+        with translated_errors():
+            async with asyncio.timeout(FLOW_TIMEOUT):
+                await self.channel.set_qos(prefetch_count=self._prefetch)
+                self._events_tag = await self._consume_events()
         self._paused = False
-        if self._channel is not None and not self._channel.is_closed:
-            with translated_errors():
-                async with asyncio.timeout(FLOW_TIMEOUT):
-                    await self._subscribe(self._channel)
 
     @property
     def paused(self) -> bool:
@@ -295,22 +340,22 @@ class Broker(AsyncResource):
         return self._paused
 
     async def set_prefetch(self, count: int) -> None:
-        """Let the broker send `count` messages ahead from now on, on each subscription.
+        """Let the broker send `count` messages of the events queue ahead from now on.
 
-        A prefetch applies to subscriptions made after it: each is cancelled (what it
-        delivered stays in hand) and made again, unless deliveries are paused (then resume()
-        makes them with it).
+        A prefetch applies to subscriptions made after it: the events queue's is cancelled
+        (what it delivered stays in hand) and made again, so call it when `quiet`. While
+        paused, it is what `resume()` subscribes with.
         """
-        if self._handler is None or self._channel is None or self._channel.is_closed:
+        self._prefetch = count
+        if self._paused or self._events_tag is None or self._handler is None:
             return
-        tags, self._consumer_tags = self._consumer_tags, []
+        tag, self._events_tag = self._events_tag, None
         with translated_errors():
             underlay = await self.channel.get_underlay_channel()
             async with asyncio.timeout(FLOW_TIMEOUT):
-                for tag in tags:
-                    await underlay.basic_cancel(tag)
+                await underlay.basic_cancel(tag)
                 await self.channel.set_qos(prefetch_count=count)  # also what a reconnect restores
-                await self._subscribe(self.channel)
+                self._events_tag = await self._consume_events()
 
     @property
     def consuming(self) -> bool:
@@ -319,7 +364,7 @@ class Broker(AsyncResource):
         False while reconnecting.
         """
         return (
-            bool(self._consumer_tags or self._paused)
+            (self._events_tag is not None or self._paused)
             and self._channel is not None
             and not self._channel.is_closed
         )
@@ -328,7 +373,8 @@ class Broker(AsyncResource):
         """Stop deliveries; returns when the broker has confirmed that no more will come."""
         self._handler = None
         self._paused = False
-        tags, self._consumer_tags = self._consumer_tags, []
+        tags = [tag for tag in (self._events_tag, self._transit_tag) if tag is not None]
+        self._events_tag = self._transit_tag = None
         if tags:
             with translated_errors():
                 underlay = await self.channel.get_underlay_channel()
@@ -353,6 +399,8 @@ class Broker(AsyncResource):
         except BrokerUnavailableError:
             return len(messages)
         self._outstanding.difference_update(by_tag)
+        for tags in self._by_subscription.values():
+            tags.difference_update(by_tag)
         return len(messages) - len(live)
 
     def holds_any(self, messages: Sequence[Incoming]) -> bool:
