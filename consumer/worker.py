@@ -291,13 +291,6 @@ class Worker:
             return None, f"the broker did not answer within {PROBE_TIMEOUT:g} s"
         except TaskHistoryError as exc:
             return None, str(exc)
-        except asyncio.CancelledError:
-            # The client cancels what waits on a connection it drops (missed heartbeats): the
-            # probe ends so, and the watch goes on. Only a cancellation of this task stops it.
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise
-            return None, "the broker connection was lost"
         except Exception as exc:  # noqa: BLE001  # aiormq raises bare Exception on a lost channel
             # Whatever the client raised, the answer is the same: the broker did not say.
             return None, f"the broker did not answer: {redact(str(exc)) or type(exc).__name__}"

@@ -15,7 +15,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from consumer import operations
 from consumer.api import state as application
@@ -32,7 +32,9 @@ router = APIRouter()
 
 _LAST_ID = 2**63 - 1
 MAX_IDS = 10_000
-RowId = Annotated[int, Field(ge=1, le=_LAST_ID)]
+# A body's numbers and flags as JSON types them (StrictInt, StrictBool): true is not 1, "5" is
+# not 5. The schema says so, and a body that breaks it is refused, not read as it might be meant.
+RowId = Annotated[StrictInt, Field(ge=1, le=_LAST_ID)]
 
 _OPERATOR_ERRORS: dict[int | str, dict[str, Any]] = {
     **ERRORS,
@@ -73,17 +75,17 @@ class LetterChoice(BaseModel):
     until: str | None = Field(
         default=None, max_length=64, description="Only those that failed before this."
     )
-    through: int | None = Field(
+    through: StrictInt | None = Field(
         default=None,
         ge=0,
         le=_LAST_ID,
         description="Only letters up to this id: the `through` a dry run gave, so that exactly"
         " the letters counted are taken, not those that arrived since.",
     )
-    limit: int | None = Field(
+    limit: StrictInt | None = Field(
         default=None, ge=1, le=1_000_000_000, description="At most this many."
     )
-    dry_run: bool = Field(
+    dry_run: StrictBool = Field(
         default=False, description="Only count what the filters choose now, and give `through`."
     )
     request_id: UUID | None = Field(
@@ -120,7 +122,7 @@ class LetterChoice(BaseModel):
 class ReplayRequest(LetterChoice):
     """A replay: which letters, and how often a letter may have been replayed already."""
 
-    max_replays: int = Field(
+    max_replays: StrictInt = Field(
         default=3, ge=0, le=1_000_000, description="Leave a letter replayed this many times."
     )
 
@@ -128,7 +130,9 @@ class ReplayRequest(LetterChoice):
 class PurgeRequest(LetterChoice):
     """A purge: which letters; with no filter and no ids, `all` must say so."""
 
-    all: bool = Field(default=False, description="Delete every dead letter (no filter given).")
+    all: StrictBool = Field(
+        default=False, description="Delete every dead letter (no filter given)."
+    )
 
 
 def _operator(request: Request) -> operations.Operator:

@@ -54,7 +54,7 @@ def _address_of(url: str) -> _Address:
 
 
 @contextmanager
-def translated_errors(*, url: str | None = None) -> Iterator[None]:
+def translated_errors(*, url: str | None = None) -> Iterator[None]:  # noqa: C901  # one clause for each kind of client error
     """Turn client and socket errors into the project's, with no secret in the message.
 
     `url`: the one broker address being connected to, if any; a failure to connect or log in
@@ -101,6 +101,16 @@ def translated_errors(*, url: str | None = None) -> Iterator[None]:
     except aio_pika.exceptions.AMQPError as exc:
         raise BrokerError(
             _refused_vhost(exc, address) or redact(str(exc)) or type(exc).__name__
+        ) from exc
+    except asyncio.CancelledError as exc:
+        # The client fails the calls waiting on a connection it gave up (no frames for three
+        # heartbeats) with the CancelledError of its reader task: an outage, unless this task
+        # itself is being cancelled (a stop, a timeout), which must go on as a cancellation.
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise
+        raise BrokerUnavailableError(
+            "broker unavailable: the connection was closed while a call waited on it"
         ) from exc
 
 
@@ -188,7 +198,7 @@ async def probe_channel(
         yield channel
     finally:
         if not channel.is_closed:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception), translated_errors():
                 await channel.close()
 
 

@@ -121,6 +121,26 @@ class TestOutages:
             assert await count_dead_letters(env.database_url) == 0
         assert took < 15, f"stopping took {took:.1f} s"
 
+    async def test_stopping_while_the_broker_hangs_ends_cleanly(self, env: Env) -> None:
+        """Stopped with its broker link frozen: the connection is given up, the stop is clean."""
+        # Two-second heartbeats: the frozen connection is judged dead well inside the shutdown
+        # timeout, and the call waiting on it fails the way the client fails it.
+        proxy, hanging = await proxied(env.settings, "amqp_url", amqp_heartbeat_seconds=2)
+        worker = Worker.from_settings(hanging)
+        async with Bus(env.amqp_url, env.topology) as bus:
+            with structlog.testing.capture_logs() as logs:
+                run = asyncio.create_task(worker.run())
+                ids = await backlog(bus, env.sql, 100, tasks=2)
+                await wait_for(lambda: count_rows(env.database_url), lambda n: n == 100)
+                proxy.freeze()
+                worker.stop()
+                await asyncio.wait_for(run, timeout=60)  # raises whatever ended the run
+            assert [line for line in logs if line["event"] == "stopped"]
+            assert not [line for line in logs if line["event"] == "shutdown timeout"]
+            await proxy.cut()
+            await assert_stored_exactly_once(env.sql, ids)
+            assert await count_dead_letters(env.database_url) == 0
+
     async def test_a_cut_broker_connection_is_reopened(self, env: Env) -> None:
         """Broker connection cut: the consumer reconnects, redeliveries are absorbed."""
         proxy, through_proxy = await proxied(env.settings, "amqp_url")

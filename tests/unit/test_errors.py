@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import asyncpg
 import pytest
 
 from consumer import errors
+from consumer.broker.amqp import translated_errors
 from consumer.errors import (
     BrokerUnavailableError,
     ConfigurationError,
@@ -108,3 +110,31 @@ class TestDriverErrors:
         with pytest.raises(DatabaseUnavailableError) as caught, translated():
             raise driver_error
         assert caught.value.retryable
+
+
+class TestBrokerClientErrors:
+    """The broker client's errors become the project's, once, at the broker's boundary."""
+
+    async def test_a_call_failed_by_a_connection_given_up_is_an_outage(self) -> None:
+        """The client's CancelledError for a call on a dropped connection: retried, not a stop."""
+        with pytest.raises(BrokerUnavailableError) as caught, translated_errors():
+            raise asyncio.CancelledError
+        assert caught.value.retryable
+
+    async def test_a_cancellation_of_the_caller_stays_one(self) -> None:
+        """A stop or a timeout cancelling the calling task goes on as a cancellation."""
+        entered = asyncio.Event()
+
+        async def call() -> None:
+            with translated_errors():
+                entered.set()
+                await asyncio.sleep(60)
+
+        task = asyncio.create_task(call())
+        await entered.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.01):
+                await call()

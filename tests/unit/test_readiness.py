@@ -8,7 +8,7 @@ import pytest
 import structlog
 from prometheus_client import CollectorRegistry, Gauge
 
-from consumer.errors import DatabaseUnavailableError
+from consumer.errors import BrokerUnavailableError, DatabaseUnavailableError
 from consumer.readiness import ReadinessWatch, Signs, judge
 from tests.fakes import until
 from tests.unit.test_worker import Rig
@@ -183,12 +183,14 @@ class TestWorkerSigns:
             assert await rig.worker.readiness() is None
 
     async def test_a_connection_dropped_during_the_probe(self) -> None:
-        """The client cancelling the probe as it drops the connection is a verdict, not an end."""
+        """The connection dropped under the probe (the client's error translated): a verdict."""
         rig = Rig()
         async with rig.running():
             await rig.until_consuming()
-            rig.broker.probe_failures = [asyncio.CancelledError()]
-            assert await rig.worker.readiness() == "the broker connection was lost"
+            rig.broker.probe_failures = [
+                BrokerUnavailableError("broker unavailable: the connection was closed")
+            ]
+            assert await rig.worker.readiness() == "broker unavailable: the connection was closed"
             assert await rig.worker.readiness() is None
 
     async def test_whatever_the_client_raises_is_a_verdict(self) -> None:
