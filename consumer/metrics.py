@@ -234,7 +234,8 @@ class HealthServer:
         app.router.add_get("/metrics", self._serve_metrics)
         app.router.add_get("/healthz", self._serve_health)
         app.router.add_get("/readyz", self._serve_readiness)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # Its handlers answer at once: a stop waits 2 s at most for one under way, not 60.
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await runner.setup()
         site = web.TCPSite(runner, self._host, self._port)
         try:

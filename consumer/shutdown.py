@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import os
+import sys
+
+import structlog
+
+log = structlog.get_logger("consumer")
 
 
 class Shutdown:
@@ -42,3 +49,24 @@ class Shutdown:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 await self._stopping.wait()
+
+
+def exit_if_stuck(*, after: float) -> asyncio.TimerHandle:
+    """In `after` seconds unless cancelled: log where every task waits, and exit with status 1.
+
+    For a process's own stop, once it has begun: every wait of a stop has a bound, so a stop
+    that outlasts them all waits somewhere none reaches, and would otherwise run until killed.
+    """
+
+    def give_up() -> None:
+        stacks = []
+        for task in asyncio.all_tasks():
+            stack = io.StringIO()
+            task.print_stack(file=stack)
+            stacks.append(stack.getvalue())
+        log.critical("the stop did not finish; exiting", seconds=after, tasks=stacks)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)  # what is stuck can't be awaited, nor unwound
+
+    return asyncio.get_running_loop().call_later(after, give_up)

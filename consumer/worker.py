@@ -30,13 +30,17 @@ from consumer.readiness import PROBE_TIMEOUT, ReadinessWatch, Signs
 from consumer.redaction import redact
 from consumer.retry import backoff
 from consumer.settings import Settings
-from consumer.shutdown import Shutdown
+from consumer.shutdown import Shutdown, exit_if_stuck
 from consumer.signals import stop_on_signals
 from consumer.store import Store
 from consumer.topology import Topology
 from consumer.triage import Delivery
 
 log = structlog.get_logger("consumer")
+
+# After the shutdown deadline, what a stop may still take: closing the health server (2 s), the
+# broker connection and the database pool (10 s each at most). Past it, the stop is stuck.
+CLOSING_SECONDS = 30.0
 
 
 class ConsumerStore(HistoryWriter, ExpiryBackend, Protocol):
@@ -396,7 +400,19 @@ async def _cancelled(task: asyncio.Task[None]) -> None:
 
 
 async def consume(settings: Settings) -> None:
-    """Run the consumer until SIGTERM or SIGINT."""
+    """Run the consumer until SIGTERM or SIGINT; a stop ends the process, whatever hangs."""
     worker = Worker.from_settings(settings)
-    with stop_on_signals(worker.stop):
-        await worker.run()
+    watchdog: asyncio.TimerHandle | None = None
+
+    def stop() -> None:
+        nonlocal watchdog
+        worker.stop()
+        if watchdog is None:
+            watchdog = exit_if_stuck(after=settings.shutdown_timeout_seconds + CLOSING_SECONDS)
+
+    try:
+        with stop_on_signals(stop):
+            await worker.run()
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()

@@ -16,6 +16,7 @@ import structlog
 from consumer.errors import DatabaseUnavailableError, StoreError
 from consumer.expiry import ExpiryLoop
 from consumer.metrics import Metrics
+from consumer.shutdown import exit_if_stuck
 from consumer.worker import Worker
 from tests.fakes import FakeMessage, InMemoryBroker, InMemoryStore, until
 from tests.unit.test_pipeline import quick_settings
@@ -150,6 +151,33 @@ class TestStopping:
             rig.worker.stop()
             await asyncio.wait_for(task, timeout=1)
         assert not rig.broker.connected
+
+    async def test_a_stop_that_outlasts_every_bound_exits_saying_where_it_waits(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Past its last bound, a stuck stop logs the stack of every task, then exits with 1."""
+        exits: list[int] = []
+        monkeypatch.setattr("consumer.shutdown.os._exit", exits.append)
+
+        async def stuck_somewhere_no_timeout_reaches() -> None:
+            await asyncio.Event().wait()
+
+        stuck = asyncio.create_task(stuck_somewhere_no_timeout_reaches())
+        with structlog.testing.capture_logs() as logs:
+            exit_if_stuck(after=0.01)
+            await until(lambda: exits == [1])
+        stuck.cancel()
+        [line] = [line for line in logs if line["log_level"] == "critical"]
+        assert line["event"] == "the stop did not finish; exiting"
+        assert any("stuck_somewhere_no_timeout_reaches" in stack for stack in line["tasks"])
+
+    async def test_a_stop_that_ends_cancels_the_exit(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A stop that finishes in time cancels the exit it armed."""
+        exits: list[int] = []
+        monkeypatch.setattr("consumer.shutdown.os._exit", exits.append)
+        exit_if_stuck(after=0.01).cancel()
+        await asyncio.sleep(0.05)
+        assert exits == []
 
 
 class TestTransit:
