@@ -41,6 +41,8 @@ log = structlog.get_logger("consumer")
 # After the shutdown deadline, what a stop may still take: closing the health server (2 s), the
 # broker connection and the database pool (10 s each at most). Past it, the stop is stuck.
 CLOSING_SECONDS = 30.0
+# How often a task being cancelled at the end is asked again, until it has ended.
+RECANCEL_SECONDS = 1.0
 
 
 class ConsumerStore(HistoryWriter, ExpiryBackend, Protocol):
@@ -393,8 +395,15 @@ def _body_bytes(delivery: Delivery) -> int:
 
 
 async def _cancelled(task: asyncio.Task[None]) -> None:
-    """Cancel `task` and wait until it has ended."""
-    task.cancel()
+    """Cancel `task` and wait until it has ended, cancelling it again each second until then.
+
+    Once is not always enough: a cancellation that reaches the AMQP client during a call on a
+    connection it is closing comes out as that connection's error (aiormq's TaskWrapper), so a
+    loop that outlives such errors, as the readiness watch does, would run on.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=RECANCEL_SECONDS)
     with contextlib.suppress(asyncio.CancelledError):
         await task
 

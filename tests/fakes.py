@@ -20,6 +20,7 @@ from consumer.broker.signing import HeaderSigner
 from consumer.deadletters import DeadLetter, letter_row
 from consumer.entries import NewEntry
 from consumer.errors import (
+    BrokerUnavailableError,
     DatabaseUnavailableError,
     DataRejectedError,
     NotConnectedError,
@@ -282,6 +283,11 @@ class InMemoryBroker:
     ready_messages: int | None = 0
     # Errors the next probes of the queue raise, one each.
     probe_failures: list[BaseException] = field(default_factory=list)
+    # Set while a probe waits on a broker that does not answer.
+    probing: asyncio.Event = field(default_factory=asyncio.Event)
+    # As aiormq does during a connection's close: the caller's cancellation, reaching a call,
+    # comes out as the connection's error.
+    cancellation_as_error: bool = False
 
     async def connect(self) -> None:
         """Connect."""
@@ -334,7 +340,15 @@ class InMemoryBroker:
         if self.probe_failures:
             raise self.probe_failures.pop(0)
         if self.ready_messages is None:
-            await asyncio.Event().wait()  # never set: a broker that does not answer
+            self.probing.set()
+            try:
+                await asyncio.Event().wait()  # never set: a broker that does not answer
+            except asyncio.CancelledError:
+                if not self.cancellation_as_error:
+                    raise
+                raise BrokerUnavailableError("broker unavailable: connection lost") from None
+            finally:
+                self.probing.clear()
         return self.ready_messages or 0
 
     async def cancel(self) -> None:

@@ -250,6 +250,22 @@ class TestStartUp:
 class TestCleanup:
     """Whatever fails on the way out, every connection is closed."""
 
+    async def test_a_readiness_probe_that_swallows_its_cancellation_still_ends(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The client turning the stop's cancellation into a connection error: the stop ends."""
+        monkeypatch.setattr("consumer.readiness.CHECK_INTERVAL", 0.01)
+        monkeypatch.setattr("consumer.worker.RECANCEL_SECONDS", 0.05)
+        rig = Rig()
+        rig.broker.ready_messages = None
+        rig.broker.cancellation_as_error = True
+        async with rig.running() as task:
+            await rig.until_consuming()
+            await rig.broker.probing.wait()
+            rig.worker.stop()
+            await asyncio.wait_for(task, timeout=5)  # a bound: without it, a hang is the failure
+        assert not rig.broker.connected
+
     async def test_a_failing_health_server_stop_still_closes_the_servers(self) -> None:
         """If the health server's stop raises, the broker and the database are closed anyway."""
         rig = Rig(metrics_port=free_port(), metrics_host="127.0.0.1")
