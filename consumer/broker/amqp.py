@@ -54,7 +54,7 @@ def _address_of(url: str) -> _Address:
 
 
 @contextmanager
-def translated_errors(*, url: str | None = None) -> Iterator[None]:  # noqa: C901  # one clause for each kind of client error
+def translated_errors(*, url: str | None = None) -> Iterator[None]:
     """Turn client and socket errors into the project's, with no secret in the message.
 
     `url`: the one broker address being connected to, if any; a failure to connect or log in
@@ -62,7 +62,8 @@ def translated_errors(*, url: str | None = None) -> Iterator[None]:  # noqa: C90
     """
     address = _address_of(url) if url is not None else None
     try:
-        yield
+        with _calls_failed_by_a_close():
+            yield
     except aiormq.exceptions.PublishError as exc:  # basic.return of a mandatory message
         raise UnroutableError(unroutable_message(exc)) from exc
     except aiormq.exceptions.DeliveryError as exc:  # a nack: say, a full queue refusing
@@ -102,15 +103,29 @@ def translated_errors(*, url: str | None = None) -> Iterator[None]:  # noqa: C90
         raise BrokerError(
             _refused_vhost(exc, address) or redact(str(exc)) or type(exc).__name__
         ) from exc
+
+
+@contextmanager
+def _calls_failed_by_a_close() -> Iterator[None]:
+    """The errors the client fails waiting calls with when it closes their channel: outages."""
+    try:
+        yield
     except asyncio.CancelledError as exc:
-        # The client fails the calls waiting on a connection it gave up (no frames for three
-        # heartbeats) with the CancelledError of its reader task: an outage, unless this task
-        # itself is being cancelled (a stop, a timeout), which must go on as a cancellation.
+        # A connection it gave up (no frames for three heartbeats): the CancelledError of its
+        # reader task. Unless this task itself is being cancelled (a stop, a timeout): that must
+        # go on as a cancellation.
         task = asyncio.current_task()
         if task is None or task.cancelling():
             raise
         raise BrokerUnavailableError(
             "broker unavailable: the connection was closed while a call waited on it"
+        ) from exc
+    except Exception as exc:
+        if type(exc) is not Exception:
+            raise
+        # A channel it closed with no reason given: a bare Exception (aiormq's FutureStore).
+        raise BrokerUnavailableError(
+            "broker unavailable: the channel was closed while a call waited on it"
         ) from exc
 
 

@@ -121,6 +121,17 @@ class TestBrokerClientErrors:
             raise asyncio.CancelledError
         assert caught.value.retryable
 
+    def test_a_call_failed_by_a_closed_channel_is_an_outage(self) -> None:
+        """The bare Exception the client fails a call with when its channel closes: retried."""
+        with pytest.raises(BrokerUnavailableError) as caught, translated_errors():
+            raise Exception  # noqa: TRY002  # exactly what aiormq raises
+        assert caught.value.retryable
+
+    def test_an_error_of_our_own_is_not_hidden(self) -> None:
+        """Any other exception, a bug of ours, goes on as it is."""
+        with pytest.raises(ValueError, match="ours"), translated_errors():
+            raise ValueError("ours")
+
     async def test_a_cancellation_of_the_caller_stays_one(self) -> None:
         """A stop or a timeout cancelling the calling task goes on as a cancellation."""
         entered = asyncio.Event()
