@@ -18,23 +18,19 @@ from __future__ import annotations
 
 import random
 import uuid
-from datetime import UTC, datetime, timedelta
 
 from consumer.store import Store
 from tests.benchmarks.common import (
     BATCHES_OPTION,
-    CAP,
     WARM_UP_BATCHES,
-    database_server,
+    clones,
     exit_unless_at_cap,
+    fill_realistically_to_cap,
     headed,
-    insert_in_chunks,
     realistic_batches,
-    realistic_rows,
     run_and_report,
     time_alternately,
 )
-from tests.helpers import admin, with_database
 
 TASKS = 300
 BATCH = 500
@@ -61,44 +57,14 @@ async def run(batches: int) -> dict[str, object]:
     rng = random.Random(10)
     tasks = [uuid.uuid4() for _ in range(TASKS)]
     work = realistic_batches(rng, tasks, batches, BATCH)
-    server = database_server()
-    tag = uuid.uuid4().hex[:8]
-    template = f"th_bench_counts_tpl_{tag}"
-    names = {variant: f"th_bench_counts_{n}_{tag}" for n, variant in enumerate(VARIANTS)}
-    await admin(server, f'CREATE DATABASE "{template}"')
-    try:
-        async with Store(with_database(server, template), max_connections=1) as store:
-            await store.migrate()
-            await store.create_tasks(tasks)
-            start = datetime.now(UTC) - timedelta(hours=1)
-            fill = [
-                row._replace(task_id=tasks[n % TASKS])
-                for n, row in enumerate(realistic_rows(rng, tasks, TASKS * CAP, start))
-            ]
-            await insert_in_chunks(store, fill)
-        await admin(
-            server, *(f'CREATE DATABASE "{name}" TEMPLATE "{template}"' for name in names.values())
-        )
-        for variant, statements in VARIANTS.items():
-            await admin(with_database(server, names[variant]), *statements, "VACUUM ANALYZE")
-        stores = [Store(with_database(server, name), max_connections=1) for name in names.values()]
-        for store in stores:
-            await store.open()
-        try:
-            seconds = await time_alternately(stores, work)
-            for store in stores:
-                await exit_unless_at_cap(store, TASKS)
-        finally:
-            for store in stores:
-                await store.close()
-    finally:
-        await admin(
-            server,
-            *(
-                f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
-                for name in [*names.values(), template]
-            ),
-        )
+
+    async def prepare(store: Store) -> None:
+        await fill_realistically_to_cap(store, rng, tasks)
+
+    async with clones("counts", prepare, VARIANTS, vacuum=True) as stores:
+        seconds = await time_alternately(list(stores.values()), work)
+        for store in stores.values():
+            await exit_unless_at_cap(store, TASKS)
     rows = sum(len(batch) for batch in work[WARM_UP_BATCHES:])
     rates = {variant: round(rows / s) for variant, s in zip(VARIANTS, seconds, strict=True)}
     return headed(

@@ -14,23 +14,20 @@ in both); batches alternate between them, so the machine's noise falls on both a
 from __future__ import annotations
 
 import random
-import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from collections.abc import Sequence
 
+from consumer.entries import NewEntry
 from consumer.store import Store, queries
 from tests.benchmarks.common import (
-    CAP,
-    WARM_UP_BATCHES,
+    clones,
+    compared,
     comparison_main,
-    database_server,
     exit_unless_at_cap,
-    headed,
-    insert_in_chunks,
+    fill_realistically_to_cap,
     realistic_batches,
-    realistic_rows,
+    time_alternately,
 )
-from tests.helpers import admin, with_database
 
 TASKS = 300
 BATCH = 500
@@ -50,60 +47,39 @@ def without_check(statement: str) -> str:
     return statement.replace(CHECK, "", 1).replace(JOIN, "", 1)
 
 
+class _Statement:
+    """A store whose inserts run `statement` in place of the consumer's own."""
+
+    def __init__(self, store: Store, statement: str) -> None:
+        """Insert through `store` with `statement`."""
+        self.store = store
+        self.statement = statement
+
+    async def insert_entries(self, rows: Sequence[NewEntry]) -> object:
+        """Insert `rows` with this statement; the consumer's own is back afterwards."""
+        own = queries.INSERT_ENTRIES
+        queries.INSERT_ENTRIES = self.statement  # the store reads it at each call
+        try:
+            return await self.store.insert_entries(rows)
+        finally:
+            queries.INSERT_ENTRIES = own
+
+
 async def run(batches: int) -> dict[str, object]:
     """Build the at-cap template, clone it twice, and time alternating batches."""
     rng = random.Random(7)
     tasks = [uuid.uuid4() for _ in range(TASKS)]
     work = realistic_batches(rng, tasks, batches, BATCH)
-    statements = (queries.INSERT_ENTRIES, without_check(queries.INSERT_ENTRIES))
-    server = database_server()
-    tag = uuid.uuid4().hex[:8]
-    template, on, off = (f"th_bench_{k}_{tag}" for k in ("tpl", "ledger", "noledger"))
-    await admin(server, f'CREATE DATABASE "{template}"')
-    seconds = [0.0, 0.0]
-    try:
-        async with Store(with_database(server, template), max_connections=1) as store:
-            await store.migrate()
-            for task in tasks:
-                await store.create_task(task)
-            start = datetime.now(UTC) - timedelta(hours=1)
-            fill = [
-                row._replace(task_id=tasks[n % TASKS])
-                for n, row in enumerate(realistic_rows(rng, tasks, TASKS * CAP, start))
-            ]
-            await insert_in_chunks(store, fill)
-        await admin(server, *(f'CREATE DATABASE "{n}" TEMPLATE "{template}"' for n in (on, off)))
-        for database in (on, off):
-            await admin(with_database(server, database), "VACUUM ANALYZE")
-        async with (
-            Store(with_database(server, on), max_connections=1) as with_check,
-            Store(with_database(server, off), max_connections=1) as without,
-        ):
-            sides = list(zip((with_check, without), statements, strict=True))
-            for n, batch in enumerate(work):
-                for k, (store, statement) in enumerate(sides):
-                    queries.INSERT_ENTRIES = statement  # the store reads it at each call
-                    started = time.perf_counter()
-                    await store.insert_entries(batch)
-                    if n >= WARM_UP_BATCHES:
-                        seconds[k] += time.perf_counter() - started
-            await exit_unless_at_cap(with_check, TASKS)
-    finally:
-        queries.INSERT_ENTRIES = statements[0]
-        await admin(
-            server, *(f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)' for n in (on, off, template))
-        )
-    timed = work[WARM_UP_BATCHES:]
-    with_rate, without_rate = (sum(len(batch) for batch in timed) / s for s in seconds)
-    return headed(
-        "ledger",
-        batches=len(timed),
-        batch_rows=len(timed[0]),
-        tasks_at_cap=TASKS,
-        rows_per_s_with_ledger=round(with_rate),
-        rows_per_s_without_ledger=round(without_rate),
-        ratio=round(with_rate / without_rate, 3),
-    )
+
+    async def prepare(store: Store) -> None:
+        await fill_realistically_to_cap(store, rng, tasks)
+
+    async with clones("ledger", prepare, {"with": (), "without": ()}, vacuum=True) as stores:
+        own = queries.INSERT_ENTRIES
+        sides = [_Statement(stores["with"], own), _Statement(stores["without"], without_check(own))]
+        seconds = await time_alternately(sides, work)
+        await exit_unless_at_cap(stores["with"], TASKS)
+    return compared("ledger", work, seconds, tasks_at_cap=TASKS)
 
 
 def main() -> None:

@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import random
 import uuid
-from datetime import UTC, datetime, timedelta
 
 from consumer.store import Store
 from tests.benchmarks.common import (
-    CAP,
     compare_trigger,
     comparison_main,
     exit_unless_at_cap,
-    insert_in_chunks,
+    fill_realistically_to_cap,
     realistic_batches,
-    realistic_rows,
 )
 
 TASKS = 300
@@ -38,14 +35,7 @@ async def run(batches: int) -> dict[str, object]:
     work = realistic_batches(rng, tasks, batches, BATCH)
 
     async def prepare(store: Store) -> None:
-        for task in tasks:
-            await store.create_task(task)
-        fill_start = datetime.now(UTC) - timedelta(hours=1)
-        fill = [
-            row._replace(task_id=tasks[n % TASKS])
-            for n, row in enumerate(realistic_rows(rng, tasks, TASKS * CAP, fill_start))
-        ]
-        await insert_in_chunks(store, fill)
+        await fill_realistically_to_cap(store, rng, tasks)
 
     async def check(store: Store) -> None:
         await exit_unless_at_cap(store, TASKS)

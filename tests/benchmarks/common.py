@@ -13,10 +13,10 @@ import random
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aio_pika
 from aio_pika.abc import AbstractQueue
@@ -220,7 +220,16 @@ async def exit_unless_at_cap(store: Store, tasks: int) -> None:
         sys.exit("benchmark: tasks are not exactly at the cap; the figures are void")
 
 
-async def time_alternately(stores: Sequence[Store], work: Sequence[list[NewEntry]]) -> list[float]:
+class Inserter(Protocol):
+    """What the timed benchmarks insert through: a store, or one that runs another statement."""
+
+    async def insert_entries(self, rows: Sequence[NewEntry]) -> object:
+        """Insert `rows`."""
+
+
+async def time_alternately(
+    stores: Sequence[Inserter], work: Sequence[list[NewEntry]]
+) -> list[float]:
     """Seconds each store spent inserting `work`, batch by batch in turn, so noise falls alike."""
     seconds = [0.0] * len(stores)
     for n, batch in enumerate(work):
@@ -261,6 +270,62 @@ def realistic_batches(
     ]
 
 
+async def fill_realistically_to_cap(
+    store: Store, rng: random.Random, tasks: list[uuid.UUID]
+) -> None:
+    """Create `tasks` and give each CAP realistic entries, an hour old: every batch then trims."""
+    await store.create_tasks(tasks)
+    start = datetime.now(UTC) - timedelta(hours=1)
+    fill = [
+        row._replace(task_id=tasks[n % len(tasks)])
+        for n, row in enumerate(realistic_rows(rng, tasks, len(tasks) * CAP, start))
+    ]
+    await insert_in_chunks(store, fill)
+
+
+@contextlib.asynccontextmanager
+async def clones(
+    name: str,
+    prepare: Callable[[Store], Awaitable[None]],
+    variants: Mapping[str, Sequence[str]],
+    *,
+    vacuum: bool = False,
+) -> AsyncIterator[dict[str, Store]]:
+    """An open store on each clone of a template `prepare` filled; all dropped afterwards.
+
+    The template is migrated, then given to `prepare`; each variant's clone runs its statements,
+    then VACUUM ANALYZE with `vacuum`. The stores come in the order of `variants`.
+    """
+    server = database_server()
+    tag = uuid.uuid4().hex[:8]
+    template = f"th_bench_{name}_tpl_{tag}"
+    names = {variant: f"th_bench_{name}_{n}_{tag}" for n, variant in enumerate(variants)}
+    await admin(server, f'CREATE DATABASE "{template}"')
+    try:
+        async with Store(with_database(server, template), max_connections=1) as store:
+            await store.migrate()
+            await prepare(store)
+        await admin(
+            server, *(f'CREATE DATABASE "{n}" TEMPLATE "{template}"' for n in names.values())
+        )
+        for variant, statements in variants.items():
+            run = [*statements, *(["VACUUM ANALYZE"] if vacuum else [])]
+            if run:
+                await admin(with_database(server, names[variant]), *run)
+        async with contextlib.AsyncExitStack() as stack:
+            yield {
+                variant: await stack.enter_async_context(
+                    Store(with_database(server, database), max_connections=1)
+                )
+                for variant, database in names.items()
+            }
+    finally:
+        await admin(
+            server,
+            *(f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)' for n in [*names.values(), template]),
+        )
+
+
 async def compare_trigger(
     name: str,
     prepare: Callable[[Store], Awaitable[None]],
@@ -277,32 +342,18 @@ async def compare_trigger(
     machine's noise falls on both alike; `check` looks at the clone with the trigger afterwards.
     `setup` goes into the result as it is.
     """
-    server = database_server()
-    tag = uuid.uuid4().hex[:8]
-    template, on, off = (f"th_bench_{k}_{tag}" for k in ("tpl", name, f"no{name}"))
-    await admin(server, f'CREATE DATABASE "{template}"')
-    try:
-        async with Store(with_database(server, template), max_connections=1) as store:
-            await store.migrate()
-            await prepare(store)
-        await admin(server, *(f'CREATE DATABASE "{n}" TEMPLATE "{template}"' for n in (on, off)))
-        await admin(
-            with_database(server, off),
-            f"ALTER TABLE task_build_history DISABLE TRIGGER task_build_history_{name}",
-        )
-        for database in (on, off) if vacuum else ():
-            await admin(with_database(server, database), "VACUUM ANALYZE")
-        async with (
-            Store(with_database(server, on), max_connections=1) as with_trigger,
-            Store(with_database(server, off), max_connections=1) as without_trigger,
-        ):
-            seconds = await time_alternately((with_trigger, without_trigger), work)
-            if check is not None:
-                await check(with_trigger)
-    finally:
-        await admin(
-            server, *(f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)' for n in (on, off, template))
-        )
+    disable = f"ALTER TABLE task_build_history DISABLE TRIGGER task_build_history_{name}"
+    async with clones(name, prepare, {"with": (), "without": (disable,)}, vacuum=vacuum) as stores:
+        seconds = await time_alternately(list(stores.values()), work)
+        if check is not None:
+            await check(stores["with"])
+    return compared(name, work, seconds, **setup)
+
+
+def compared(
+    name: str, work: Sequence[list[NewEntry]], seconds: Sequence[float], **setup: object
+) -> dict[str, object]:
+    """The result of timing `work` with `name` and without: rows/s of each, and their ratio."""
     timed = work[WARM_UP_BATCHES:]
     with_rate, without_rate = (sum(len(batch) for batch in timed) / s for s in seconds)
     return headed(
