@@ -32,6 +32,8 @@ from tests.harness import (
 from tests.helpers import breaking_on, new_task
 
 BACKLOG = 20_000
+# How many entries a task was ever given, those the cap removed included.
+RECEIVED = "SELECT received FROM task_build_history_counts WHERE task_id = $1"
 
 
 async def restart_and_drain(env: Env, bus: Bus) -> None:
@@ -88,14 +90,25 @@ class TestOutages:
                     await asyncio.sleep(8)
                     assert await count_rows(env.database_url) == 500
                     await proxy.start()
-                    await wait_for(lambda: count_rows(env.database_url), lambda n: n == 600)
-                    await wait_for(lambda: bus.depth(env.topology.queue), lambda n: n == 0)
+                    # Every late event stored, not only 100 of them: the count reaches 600 while
+                    # the last deliveries may still be in hand, and a stop then would send them
+                    # back to the queue, unstored.
+                    await wait_for(
+                        lambda: env.sql.fetchval(RECEIVED, late_task), lambda n: n == len(late)
+                    )
+                    assert await count_rows(env.database_url) == 600
             assert await count_dead_letters(env.database_url) == 0
         await proxy.cut()
         retries = [line for line in logs if line["event"] == "batch failed; retrying"]
         assert len(retries) >= 3
         assert all("database unavailable" in line["error"] for line in retries)
         # Everything from before the cut, and the newest 100 of the 300 sent during it.
+        kept = await env.sql.fetch(
+            "SELECT id FROM task_build_history WHERE task_id = $1 ORDER BY created_at, seq",
+            late_task,
+        )
+        position = {event_id: n for n, event_id in enumerate(late)}
+        assert [position.get(row["id"]) for row in kept] == list(range(200, 300))
         await assert_stored_exactly_once(env.sql, ids + late[-100:])
 
     async def test_shutdown_is_bounded_while_the_database_hangs(self, env: Env) -> None:
