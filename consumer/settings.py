@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import difflib
 import hmac
+import os
 import re
-from typing import Literal
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Literal
 from urllib.parse import urlsplit
 
+from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -19,13 +25,16 @@ LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 # A DNS name, an IPv4 address, or an IPv6 address in brackets or not; `*.` for subdomains.
 _HOST_NAME = re.compile(r"(\*\.)?[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?|\[?[0-9A-Fa-f:.]+\]?")
 LogLevel = Literal["debug", "info", "warning", "error"]
+PREFIX: Final = "TASK_HISTORY_"
+# Variables of the project's own test suite and benchmarks, which no command reads.
+RESERVED_PREFIXES: Final = (f"{PREFIX}TEST_", f"{PREFIX}BENCH_")
 
 
 class Settings(BaseSettings):
     """Everything the service reads from its environment; see docs/reference.md, Settings."""
 
     model_config = SettingsConfigDict(
-        env_prefix="TASK_HISTORY_",
+        env_prefix=PREFIX,
         env_file=".env",
         extra="ignore",
         frozen=True,
@@ -284,3 +293,43 @@ def load_settings(**overrides: object) -> Settings:
         raise ConfigurationError(
             f"invalid setting TASK_HISTORY_{field.upper()}: {message}"
         ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownVariable:
+    """A TASK_HISTORY_* variable no setting has: where it was set, and the name it resembles."""
+
+    name: str
+    source: str
+    closest: str | None
+
+
+def unknown_variables(
+    environment: Mapping[str, str], dotenv: Iterable[str] = ()
+) -> list[UnknownVariable]:
+    """The TASK_HISTORY_* names in `environment` and `dotenv` that are not settings. No I/O.
+
+    Names are compared in upper case, as the settings are read; the test suite's own variables
+    (RESERVED_PREFIXES) are not settings and not reported.
+    """
+    known = [name.upper() for name in Settings.model_fields]
+    found: list[UnknownVariable] = []
+    for names, source in ((environment, "environment"), (dotenv, ".env")):
+        for name in sorted(names):
+            upper = name.upper()
+            if not upper.startswith(PREFIX) or upper.startswith(RESERVED_PREFIXES):
+                continue
+            setting = upper.removeprefix(PREFIX)
+            if setting in known:
+                continue
+            # Compared without the prefix, which every name shares and would make all alike.
+            closest = difflib.get_close_matches(setting, known, n=1, cutoff=0.75)
+            found.append(UnknownVariable(name, source, PREFIX + closest[0] if closest else None))
+    return found
+
+
+def unknown_variables_here() -> list[UnknownVariable]:
+    """unknown_variables() of this process's environment and the `.env` it reads."""
+    dotenv = Path(".env")
+    names = list(dotenv_values(dotenv)) if dotenv.is_file() else []
+    return unknown_variables(os.environ, names)

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import click
+import structlog
 
 from consumer.logs import configure_logging
 from consumer.redaction import url_secrets
-from consumer.settings import Settings, load_settings
+from consumer.settings import Settings, load_settings, unknown_variables_here
 
 PROG = "task-history"
 T = TypeVar("T")
@@ -21,6 +22,8 @@ T = TypeVar("T")
 SERVICES = frozenset({"consume", "serve"})
 
 _FLAGS = "task_history.flags"  # key of ctx.meta, which every nested context shares
+
+log = structlog.get_logger("settings")
 
 
 @dataclass
@@ -151,6 +154,14 @@ def settings_from(ctx: click.Context, **overrides: object) -> Settings:
             ],
             quiet_libraries=ctx.command.name not in SERVICES,
         )
+        # A misspelt name is otherwise silently ignored, and its setting left at its default.
+        for unknown in unknown_variables_here():
+            log.warning(
+                "unknown setting ignored",
+                variable=unknown.name,
+                set_in=unknown.source,
+                did_you_mean=unknown.closest,
+            )
         root.obj.settings = settings
     return root.obj.settings
 

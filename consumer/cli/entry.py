@@ -9,7 +9,12 @@ import structlog
 
 from consumer.cli.context import PROG, Invocation
 from consumer.cli.root import cli
-from consumer.errors import ConfigurationError, TaskHistoryError
+from consumer.errors import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    NotMigratedError,
+    TaskHistoryError,
+)
 from consumer.inert import inert
 from consumer.redaction import redact
 
@@ -31,6 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if invocation.settings is not None:
             log.debug("command failed", exc_info=exc)
         message, code = _summary(exc)
+        if isinstance(exc, NotMigratedError | DatabaseUnavailableError) and invocation.settings:
+            # So that the database migrated next, or checked, is the one the command used.
+            message += f" [{_database(invocation.settings.database_url)}]"
         # An error may quote data (a message id, a line of a file): inert, like all data shown.
         click.echo(f"{PROG}: error: {inert(message + _notes(exc))}", err=True)
         return code
@@ -61,6 +69,13 @@ def _summary(exc: Exception) -> tuple[str, int]:
             return str(exc), 1
         case _:
             return redact(f"unexpected {type(exc).__name__}: {exc}"), 1
+
+
+def _database(url: str) -> str:
+    """Which database `url` names, as an error line says it."""
+    from consumer.store.pool import described  # noqa: PLC0415  # loads the driver: errors only
+
+    return described(url)
 
 
 def _notes(exc: Exception) -> str:

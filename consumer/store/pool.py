@@ -72,8 +72,10 @@ def translated() -> Iterator[None]:
     except asyncpg.exceptions.TransactionRollbackError as exc:
         raise ConcurrencyConflictError(redact(str(exc))) from exc
     except (asyncpg.UndefinedTableError, asyncpg.UndefinedFunctionError) as exc:
+        # The server's message without its HINT line, which suggests casts, not a migration.
         raise NotMigratedError(
-            f"{redact(str(exc))}: the database is not migrated; run `task-history migrate`"
+            f"the database is not migrated ({redact(exc.message or str(exc))});"
+            " run `task-history migrate`"
         ) from exc
     except asyncpg.PostgresError as exc:
         raise StoreError(redact(str(exc))) from exc
@@ -114,6 +116,13 @@ def _place(dsn: str) -> tuple[list[str], str | None, str | None]:
         for address in addresses
     ]
     return places, parameters.user, parameters.database
+
+
+def described(dsn: str) -> str:
+    """Which database `dsn` names, for an error line: its name, user and address, no password."""
+    places, user, database = _place(dsn)
+    where = ", ".join(places) or "the URL's address"
+    return f"database {database!r} on {where} as role {user!r}"
 
 
 @contextmanager

@@ -24,6 +24,16 @@ DEFAULT_MAX_ENTRIES = 100
 DEFAULT_RETENTION = timedelta(days=20)
 
 
+def as_uuid(value: uuid.UUID | str) -> uuid.UUID:
+    """`value` as a UUID, as PostgreSQL reads a uuid parameter given as text; ValueError if not."""
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(value)
+    except (TypeError, ValueError, AttributeError):
+        raise ValueError(f"not a UUID: {value!r}") from None
+
+
 @dataclass(frozen=True, slots=True)
 class Refusal:
     """An event the consumer would have dead-lettered: the event, its `x-error` code and why."""
@@ -56,7 +66,7 @@ class InMemoryPublisher(AsyncResource):
     def __init__(
         self,
         *,
-        tasks: Iterable[uuid.UUID] | None = None,
+        tasks: Iterable[uuid.UUID | str] | None = None,
         create_missing_tasks: bool = False,
         max_entries_per_task: int = DEFAULT_MAX_ENTRIES,
         retention: timedelta = DEFAULT_RETENTION,
@@ -71,7 +81,7 @@ class InMemoryPublisher(AsyncResource):
         self.create_missing_tasks = create_missing_tasks
         self.published: list[OutgoingEvent] = []
         self.refused: list[Refusal] = []
-        self._tasks = None if tasks is None else set(tasks)
+        self._tasks = None if tasks is None else {as_uuid(task) for task in tasks}
         self._entries: dict[uuid.UUID, list[tuple[HistoryEntry, int]]] = {}
         self._ids: set[uuid.UUID] = set()
         self._received: dict[uuid.UUID, int] = {}
@@ -144,17 +154,20 @@ class InMemoryPublisher(AsyncResource):
         now = datetime.now(UTC)
         return [entry for entry, _ in entries if entry.expires_at > now]
 
-    async def find_by_task(self, task_id: uuid.UUID) -> list[HistoryEntry]:
+    async def find_by_task(self, task_id: uuid.UUID | str) -> list[HistoryEntry]:
         """A task's stored entries, oldest first, as Store.find_by_task returns them."""
-        return self._visible(self._entries.get(task_id, []))
+        return self._visible(self._entries.get(as_uuid(task_id), []))
 
-    async def find_by_ids(self, ids: Collection[uuid.UUID]) -> list[HistoryEntry]:
+    async def find_by_ids(self, ids: Collection[uuid.UUID | str]) -> list[HistoryEntry]:
         """The stored entries with these ids, oldest first."""
-        wanted = set(ids)
+        wanted = {as_uuid(event_id) for event_id in ids}
         found = [pair for kept in self._entries.values() for pair in kept if pair[0].id in wanted]
         found.sort(key=lambda pair: (pair[0].created_at, pair[1]))
         return self._visible(found)
 
-    async def received_by_tasks(self, task_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, int]:
+    async def received_by_tasks(
+        self, task_ids: Collection[uuid.UUID | str]
+    ) -> dict[uuid.UUID, int]:
         """How many entries each task was ever given, the ones the cap removed included."""
-        return {task: self._received[task] for task in task_ids if task in self._received}
+        wanted = {as_uuid(task) for task in task_ids}
+        return {task: self._received[task] for task in wanted if task in self._received}

@@ -20,7 +20,7 @@ from consumer.publisher import (
     prepare_events,
 )
 from consumer.store import Store
-from consumer.testing.memory import InMemoryPublisher
+from consumer.testing.memory import InMemoryPublisher, as_uuid
 
 T = TypeVar("T")
 
@@ -54,10 +54,11 @@ async def _opened(database: str | HistorySource) -> AsyncIterator[HistorySource]
         yield store
 
 
-async def read_history(database: str | HistorySource, task_id: UUID) -> list[HistoryEntry]:
+async def read_history(database: str | HistorySource, task_id: UUID | str) -> list[HistoryEntry]:
     """A task's stored entries, oldest first (a database URL, a Store or an InMemoryPublisher)."""
+    task = as_uuid(task_id)
     async with _opened(database) as source:
-        return await source.find_by_task(task_id)
+        return await source.find_by_task(task)
 
 
 def _summary(entries: Sequence[HistoryEntry]) -> str:
@@ -83,7 +84,7 @@ async def _until(
 
 async def wait_for_entries(
     database: str | HistorySource,
-    task_id: UUID,
+    task_id: UUID | str,
     count: int,
     *,
     timeout: float = 10,  # noqa: ASYNC109  # the wait's failure message names it
@@ -91,11 +92,12 @@ async def wait_for_entries(
     """Wait until a task has at least `count` entries; return them, oldest first.
 
     Raises HistoryNotSeenError (an AssertionError) after `timeout` seconds, saying how many
-    entries the task had and which.
+    entries the task had and which. `task_id` may be a UUID or its text, as with the database.
     """
+    task = as_uuid(task_id)
     async with _opened(database) as source:
         seen, done = await _until(
-            lambda: source.find_by_task(task_id),
+            lambda: source.find_by_task(task),
             lambda entries: len(entries) >= count,
             within=timeout,
         )

@@ -612,7 +612,7 @@ class TestScreenshots:
     """The pictures in the guides, taken from the console itself.
 
     Written to docs/images only when asked, so a test run leaves the checkout as it found it:
-    TASK_HISTORY_UPDATE_SCREENSHOT=1 .venv/bin/pytest tests/browser -k screenshot
+    TASK_HISTORY_TEST_UPDATE_SCREENSHOT=1 .venv/bin/pytest tests/browser -k screenshot
     """
 
     async def test_screenshots_of_the_console(

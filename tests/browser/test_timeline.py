@@ -34,9 +34,9 @@ from tests.helpers import new_task
 
 # The picture docs/reading.md shows; rewritten only when asked, so a test run leaves the
 # checkout as it found it:
-#   TASK_HISTORY_UPDATE_SCREENSHOT=1 .venv/bin/pytest tests/browser -k screenshot
+#   TASK_HISTORY_TEST_UPDATE_SCREENSHOT=1 .venv/bin/pytest tests/browser -k screenshot
 SCREENSHOT = REPOSITORY / "docs" / "images" / "timeline.png"
-UPDATE_SCREENSHOT_ENV = "TASK_HISTORY_UPDATE_SCREENSHOT"
+UPDATE_SCREENSHOT_ENV = "TASK_HISTORY_TEST_UPDATE_SCREENSHOT"
 # The page's promise: an entry stored while it is open shows within a second.
 LIVE_BOUND_MS = 1000
 

@@ -16,7 +16,7 @@ The server has both tokens; Schemathesis sends the operator's, which reads every
 the routes that replay and purge dead letters are fuzzed past their refusals (replays go to the
 test's own exchange).
 
-The same requests every run, from the number 1; TASK_HISTORY_FUZZ_SEED=N draws others (and the
+The same requests every run, from the number 1; TASK_HISTORY_TEST_FUZZ_SEED=N draws others (and the
 stream's Hypothesis examples too). The counts (requests, statuses, failures, seed) are printed
 in the test run's summary.
 """
@@ -51,7 +51,7 @@ from tests.letters import bury, letter
 TOKEN = "schemathesis-token"  # noqa: S105  # the test's own token: the operator's
 READER_TOKEN = "schemathesis-reader"  # noqa: S105  # the test's own token
 SCHEMATHESIS = Path(sys.executable).parent / "st"
-SEED = os.environ.get("TASK_HISTORY_FUZZ_SEED")
+SEED = os.environ.get("TASK_HISTORY_TEST_FUZZ_SEED")
 
 
 @dataclass(frozen=True)

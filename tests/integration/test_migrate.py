@@ -133,6 +133,20 @@ class TestMigrate:
             with pytest.raises(NotMigratedError, match="task-history migrate"):
                 await store.count_by_task(uuid.uuid4())
 
+    async def test_the_error_line_names_the_database(
+        self, empty_database_url: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A command on an empty database says which one to migrate, and no HINT from the server."""
+        database = empty_database_url.rsplit("/", 1)[1]
+        code = await asyncio.to_thread(
+            main, ["show", "--database-url", empty_database_url, str(uuid.uuid4())]
+        )
+        assert code == 1
+        [line] = capsys.readouterr().err.splitlines()
+        assert line.startswith("task-history: error: the database is not migrated (relation ")
+        assert f"run `task-history migrate` [database '{database}' on " in line
+        assert "HINT" not in line
+
     async def test_an_edited_migration_is_refused(
         self, store: Store, sql: asyncpg.Connection
     ) -> None:

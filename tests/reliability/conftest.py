@@ -1,7 +1,7 @@
 """The reliability suite's figures: each test records what it injected and what it saw.
 
 They are printed at the end of the run, and written as JSON to the file named by
-$TASK_HISTORY_RELIABILITY_REPORT when it is set (README's Reliability table comes from there).
+$TASK_HISTORY_TEST_RELIABILITY_REPORT when it is set (README's Reliability table comes from there).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 
 from tests.harness import stored_twice
 
-REPORT_ENV = "TASK_HISTORY_RELIABILITY_REPORT"
+REPORT_ENV = "TASK_HISTORY_TEST_RELIABILITY_REPORT"
 
 
 @dataclass

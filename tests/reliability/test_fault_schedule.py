@@ -1,7 +1,7 @@
 """Faults at random, interleaved, over two consumers and both servers; each event exactly once.
 
 75 s of faults in the normal run, always the same schedule. Any length and schedule:
-TASK_HISTORY_FAULT_MINUTES=10 TASK_HISTORY_FAULT_SEED=7 .venv/bin/pytest
+TASK_HISTORY_TEST_FAULT_MINUTES=10 TASK_HISTORY_TEST_FAULT_SEED=7 .venv/bin/pytest
 tests/reliability/test_fault_schedule.py (docs/development.md, Reliability tests).
 """
 
@@ -22,8 +22,8 @@ from tests.reliability.conftest import Figures
 from tests.reliability.fault_rig import fault_rig
 from tests.reliability.fault_schedule import by_kind, describe_run, inflict, plan
 
-MINUTES = float(os.environ.get("TASK_HISTORY_FAULT_MINUTES", "1.25"))
-NUMBER = int(os.environ.get("TASK_HISTORY_FAULT_SEED", "3"))
+MINUTES = float(os.environ.get("TASK_HISTORY_TEST_FAULT_MINUTES", "1.25"))
+NUMBER = int(os.environ.get("TASK_HISTORY_TEST_FAULT_SEED", "3"))
 DRAIN_TIMEOUT = 240.0  # seconds for the backlog of the faults to be written once they end
 
 

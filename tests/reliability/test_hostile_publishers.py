@@ -12,8 +12,8 @@ row or exactly one dead letter with a reason; a message with nothing hostile and
 must be a row, stored as if the forged headers were not there; the consumer never drops its
 connection and never exits. The counts go to the run's report.
 
-The same messages every run (derandomized); TASK_HISTORY_FUZZ_SEED draws others, and
-TASK_HISTORY_FUZZ_MESSAGES sets how many (1,500).
+The same messages every run (derandomized); TASK_HISTORY_TEST_FUZZ_SEED draws others, and
+TASK_HISTORY_TEST_FUZZ_MESSAGES sets how many (1,500).
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ from tests.hostile import (
 )
 from tests.reliability.conftest import Figures
 
-MESSAGES = int(os.environ.get("TASK_HISTORY_FUZZ_MESSAGES", "1500"))
-SEED = os.environ.get("TASK_HISTORY_FUZZ_SEED")
+MESSAGES = int(os.environ.get("TASK_HISTORY_TEST_FUZZ_MESSAGES", "1500"))
+SEED = os.environ.get("TASK_HISTORY_TEST_FUZZ_SEED")
 TOKEN = re.compile(rb"tok([0-9a-f]{32})")
 LAST_SECOND = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
 
@@ -251,7 +251,7 @@ def hostile_messages(draw: st.DrawFn, tasks: list[uuid.UUID], queues: tuple[str,
 
 
 def draw_messages(tasks: list[uuid.UUID], queues: tuple[str, str], count: int) -> list[Drawn]:
-    """`count` messages: the same every run, unless TASK_HISTORY_FUZZ_SEED says otherwise."""
+    """`count` messages: the same every run, unless TASK_HISTORY_TEST_FUZZ_SEED says otherwise."""
     made: list[Drawn] = []
 
     @settings(

@@ -1,6 +1,6 @@
 """Soak: a steady stream with bad messages mixed in; memory, connections and the queue stay flat.
 
-60 s in the normal run; set TASK_HISTORY_SOAK_SECONDS=600 for the full ten minutes.
+60 s in the normal run; set TASK_HISTORY_TEST_SOAK_SECONDS=600 for the full ten minutes.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from tests.harness import Bus, ConsumerProcess, count_dead_letters, count_rows, 
 from tests.helpers import new_task
 from tests.reliability.conftest import Figures
 
-SECONDS = float(os.environ.get("TASK_HISTORY_SOAK_SECONDS", "60"))
+SECONDS = float(os.environ.get("TASK_HISTORY_TEST_SOAK_SECONDS", "60"))
 RATE = 200  # events per second
 BAD_EVERY = 20  # one message in 20 is bad
 WARM_UP = 10.0  # seconds before memory is judged: imports, pools and buffers settle

@@ -18,7 +18,7 @@ from consumer.testing import (
 )
 
 
-def event(task: uuid.UUID, content: str = "did something", **fields: Any) -> dict[str, Any]:  # noqa: ANN401
+def event(task: uuid.UUID | str, content: str = "did something", **fields: Any) -> dict[str, Any]:  # noqa: ANN401
     """A valid event for `task`, with `fields` added or replaced."""
     return {"task_id": task, "context_type": "agent_turn", "content": content, **fields}
 
@@ -153,6 +153,32 @@ class TestTheWaitsAcceptIt:
         given = uuid.uuid4()
         with pytest.raises(HistoryNotSeenError, match=f"are not: {given}"):
             await publish_and_wait([event(uuid.uuid4(), id=given)], database=history, timeout=0.1)
+
+
+class TestTaskIdsAsText:
+    """A task id given as text is the same task as its UUID, as in the database."""
+
+    async def test_the_waits_find_a_task_named_by_text(self) -> None:
+        """Published with a str task id, read and waited for by str or UUID alike."""
+        history = InMemoryPublisher()
+        task = uuid.uuid4()
+        await history.publish(event(str(task)))
+        assert len(await wait_for_entries(history, str(task), 1, timeout=0.1)) == 1
+        assert len(await read_history(history, str(task).upper())) == 1
+        assert len(await read_history(history, task)) == 1
+        assert await history.received_by_tasks([str(task)]) == {task: 1}
+
+    async def test_known_tasks_given_as_text(self) -> None:
+        """`tasks` given as text knows the task an event names by UUID."""
+        task = uuid.uuid4()
+        history = InMemoryPublisher(tasks=[str(task)])
+        await history.publish(event(task))
+        assert history.refused == []
+
+    async def test_a_task_id_that_is_not_a_uuid_says_so(self) -> None:
+        """A malformed id is a ValueError naming it, not an empty history."""
+        with pytest.raises(ValueError, match="not a UUID: 'task-1'"):
+            await read_history(InMemoryPublisher(), "task-1")
 
 
 GUIDE = Path(__file__).resolve().parents[2] / "docs" / "publishing.md"

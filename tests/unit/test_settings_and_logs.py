@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import structlog
 
+from consumer.cli import main
 from consumer.errors import ConfigurationError
 from consumer.logs import configure_logging
 from consumer.redaction import redact, url_secrets
-from consumer.settings import load_settings
+from consumer.settings import load_settings, unknown_variables
 
 
 class TestSettings:
@@ -65,6 +66,53 @@ class TestSettings:
         monkeypatch.setenv("TASK_HISTORY_DATABASE_URL", "postgresql://localhost:99999/x")
         with pytest.raises(ConfigurationError, match=r"not a PostgreSQL URL .*\(port 99999\)"):
             load_settings()
+
+
+class TestUnknownVariables:
+    """A TASK_HISTORY_* name no setting has is reported, with the setting it resembles."""
+
+    def test_a_typo_names_the_closest_setting(self) -> None:
+        """A misspelt name, set in the environment or .env, gets the name it was meant to be."""
+        found = unknown_variables(
+            {"TASK_HISTORY_DATABSE_URL": "x", "TASK_HISTORY_DATABASE_URL": "y", "PATH": "/bin"},
+            ["TASK_HISTORY_AMQP_URLS"],
+        )
+        assert [(u.name, u.source, u.closest) for u in found] == [
+            ("TASK_HISTORY_DATABSE_URL", "environment", "TASK_HISTORY_DATABASE_URL"),
+            ("TASK_HISTORY_AMQP_URLS", ".env", "TASK_HISTORY_AMQP_URL"),
+        ]
+
+    def test_names_are_compared_as_the_settings_read_them(self) -> None:
+        """Lower case is a known setting (they are read case-insensitively), not an unknown one."""
+        assert unknown_variables({"task_history_log_level": "debug"}) == []
+
+    def test_nothing_alike_gets_no_guess(self) -> None:
+        """A name like no setting is still reported, without a guess drawn from the prefix."""
+        [found] = unknown_variables({"TASK_HISTORY_ZZZ": "1"})
+        assert found.closest is None
+
+    def test_the_test_suites_variables_are_not_settings(self) -> None:
+        """TASK_HISTORY_TEST_* and TASK_HISTORY_BENCH_* belong to the test suite: no warning."""
+        names = {"TASK_HISTORY_TEST_DATABASE_URL": "x", "TASK_HISTORY_BENCH_AMQP_URL": "y"}
+        assert unknown_variables(names) == []
+
+    def test_a_command_warns_once_per_name_and_runs(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A command reading settings warns of each typo, then goes on with the defaults."""
+        monkeypatch.chdir(tmp_path)
+        (tmp_path / ".env").write_text("TASK_HISTORY_BATCHSIZE=10\n")
+        monkeypatch.setenv("TASK_HISTORY_DATABSE_URL", "postgresql://elsewhere/db")
+        nowhere = "postgresql://postgres@127.0.0.1:1/postgres"
+        assert main(["--log-format", "json", "expire", "--database-url", nowhere]) == 1
+        *warnings, error = capsys.readouterr().err.splitlines()
+        assert error.startswith("task-history: error: database unavailable")
+        lines = [json.loads(line) for line in warnings]
+        assert [(line["event"], line["variable"], line["did_you_mean"]) for line in lines] == [
+            ("unknown setting ignored", "TASK_HISTORY_DATABSE_URL", "TASK_HISTORY_DATABASE_URL"),
+            ("unknown setting ignored", "TASK_HISTORY_BATCHSIZE", "TASK_HISTORY_BATCH_SIZE"),
+        ]
+        assert [line["set_in"] for line in lines] == ["environment", ".env"]
 
 
 class TestRedaction:
