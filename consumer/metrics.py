@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from datetime import datetime
 
 import structlog
@@ -15,13 +15,19 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
+    disable_created_metrics,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from consumer.deadletters import ERROR_CODES
 from consumer.errors import ConfigurationError
 
 log = structlog.get_logger("metrics")
+
+# A `_created` series beside every counter and histogram doubles what is scraped for a time
+# no query here needs (a restart shows as a counter reset anyway).
+disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
 
 # What /readyz asks: None when ready, else why not (one short line).
 Readiness = Callable[[], Awaitable[str | None]]
@@ -42,21 +48,26 @@ def metric_code(code: str) -> str:
     return code if code in KNOWN_CODES else "other"
 
 
-class Metrics:
-    """The consumer's counters and histograms, in a registry of their own.
+def new_registry() -> CollectorRegistry:
+    """A registry of a process's own, with the usual process_* and python_* series.
 
-    One registry per worker, not the process-wide default: two workers in one process (tests)
-    count separately.
+    One registry per worker or application, not the process-wide default: two of them in one
+    process (tests) count separately.
     """
+    registry = CollectorRegistry(auto_describe=True)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+class Metrics:
+    """The consumer's counters and histograms: what this process did, since it started."""
 
     def __init__(self) -> None:
         """Create every metric at zero."""
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = new_registry()
         r = self.registry
-        # The usual process_*, python_* series, as the default registry would have them.
-        ProcessCollector(registry=r)
-        PlatformCollector(registry=r)
-        GCCollector(registry=r)
         self.received = Counter(
             "task_history_events_received", "Messages taken from the events queue", registry=r
         )
@@ -106,7 +117,10 @@ class Metrics:
             registry=r,
         )
         self.batch_size = Histogram(
-            "task_history_batch_size", "Messages per batch", buckets=_BATCH_SIZES, registry=r
+            "task_history_batch_messages",
+            "Messages per batch",
+            buckets=_BATCH_SIZES,
+            registry=r,
         )
         self.write_seconds = Histogram(
             "task_history_batch_write_seconds",
@@ -130,23 +144,6 @@ class Metrics:
         self.expired = Counter(
             "task_history_expired_entries", "Expired entries deleted by this consumer", registry=r
         )
-        # Read from the database when scraped: the same for every replica, whoever wrote them.
-        self.dead_letters = Gauge(
-            "task_history_dead_letters",
-            "Dead letters in the table, by x-error code",
-            ["code"],
-            registry=r,
-        )
-        self.dead_letters_replayed = Gauge(
-            "task_history_dead_letters_replayed",
-            "Dead letters `task-history dlq replay` has sent back, ever",
-            registry=r,
-        )
-        self.dead_letters_purged = Gauge(
-            "task_history_dead_letters_purged",
-            "Dead letters `task-history dlq purge` has deleted, ever",
-            registry=r,
-        )
         self.ready = Gauge(
             "task_history_ready",
             "1 while /readyz says ready: consuming, both servers answering, no stall; else 0",
@@ -162,6 +159,12 @@ class Metrics:
             "task_history_inbox_paused",
             "1 while the consumer takes no deliveries because the messages in hand are over"
             " TASK_HISTORY_INBOX_HIGH_BYTES, until they are under TASK_HISTORY_INBOX_LOW_BYTES",
+            registry=r,
+        )
+        self.queue_messages = Gauge(
+            "task_history_queue_messages",
+            "Messages ready in the events queue, as the last readiness probe (every 2 s) saw"
+            " them; the same queue for every replica: max() across them, not sum()",
             registry=r,
         )
         self.inbox_bytes = Gauge(
@@ -183,16 +186,6 @@ class Metrics:
         for kind in ("unsigned", "out_of_range", "too_deep"):
             self.ignored_values.labels(kind=kind)
 
-    def show_dead_letters(self, counts: Mapping[str, int], *, replayed: int, purged: int) -> None:
-        """Set the dead-letter gauges to what the database holds now."""
-        self.dead_letters.clear()
-        for code in KNOWN_CODES:
-            self.dead_letters.labels(code=code).set(0)
-        for code, count in counts.items():
-            self.dead_letters.labels(code=metric_code(code)).inc(count)
-        self.dead_letters_replayed.set(replayed)
-        self.dead_letters_purged.set(purged)
-
     def observe_lag(self, created: list[datetime], *, now: datetime) -> None:
         """Record the lag of rows just committed, from their `created_at`."""
         for created_at in created:
@@ -201,6 +194,54 @@ class Metrics:
     def render(self) -> bytes:
         """The metrics in the Prometheus text format."""
         return generate_latest(self.registry)
+
+
+class DeadLetterCensus:
+    """The dead letters the database holds, by code, and how many were replayed and purged.
+
+    Read from the database, so the same for every process that reads it: `serve` exposes
+    them, not the consumers, whose sum across replicas would count each letter once per
+    replica.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        """Expose the census in `registry`; zero until `show()`."""
+        self._counts: dict[str, int] = dict.fromkeys(KNOWN_CODES, 0)
+        self._replayed = 0
+        self._purged = 0
+        registry.register(self)
+
+    def show(self, counts: Mapping[str, int], *, replayed: int, purged: int) -> None:
+        """Take what the database holds now."""
+        self._counts = dict.fromkeys(KNOWN_CODES, 0)
+        for code, count in counts.items():
+            self._counts[metric_code(code)] += count
+        self._replayed, self._purged = replayed, purged
+
+    def collect(self) -> Iterator[Metric]:
+        """The three families, as a scrape reads them."""
+        letters = GaugeMetricFamily(
+            "task_history_dead_letters",
+            "Dead letters in the database now, by x-error code (other: a code of another tool)",
+            labels=["code"],
+        )
+        for code, count in self._counts.items():
+            letters.add_metric([code], count)
+        yield letters
+        yield CounterMetricFamily(
+            "task_history_dead_letters_replayed",
+            "Dead letters sent back by `task-history dlq replay` or the API, ever",
+            value=self._replayed,
+        )
+        yield CounterMetricFamily(
+            "task_history_dead_letters_purged",
+            "Dead letters deleted by `task-history dlq purge` or the API, ever",
+            value=self._purged,
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        """The same families, for the registry's check of duplicate names."""
+        return self.collect()
 
 
 class HealthServer:
@@ -213,16 +254,10 @@ class HealthServer:
         ready: Readiness,
         host: str,
         port: int,
-        refresh: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        """Prepare the server; `start()` listens on host:port (port 0 picks a free one).
-
-        `refresh`, if given, brings the metrics read from the database up to date before each
-        scrape.
-        """
+        """Prepare the server; `start()` listens on host:port (port 0 picks a free one)."""
         self._metrics = metrics
         self._ready = ready
-        self._refresh = refresh
         self._host = host
         self._port = port
         self._runner: web.AppRunner | None = None
@@ -258,8 +293,6 @@ class HealthServer:
             await runner.cleanup()
 
     async def _serve_metrics(self, _request: web.Request) -> web.Response:
-        if self._refresh is not None:
-            await self._refresh()
         response = web.Response(body=self._metrics.render())
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response

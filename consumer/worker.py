@@ -63,9 +63,6 @@ class ConsumerStore(HistoryWriter, ExpiryBackend, Protocol):
     async def ping(self, *, within: float = 2) -> None:
         """Raise unless the database answers within `within` seconds."""
 
-    async def dead_letter_totals(self) -> tuple[dict[str, int], int, int]:
-        """Dead letters by code, and how many were replayed and purged, ever."""
-
     async def replication(self) -> tuple[int, bool]:
         """How many standbys the database streams to, and whether commits wait for one."""
 
@@ -170,7 +167,6 @@ class Worker:
                 ready=self._latest_readiness,
                 host=settings.metrics_host,
                 port=settings.metrics_port,
-                refresh=self._refresh_dead_letter_metrics,
             )
 
     @classmethod
@@ -248,16 +244,6 @@ class Worker:
         if self._abandon is not None:
             self._abandon.cancel()
 
-    async def _refresh_dead_letter_metrics(self) -> None:
-        """Read the dead-letter counts for a scrape; on a failure, keep the last ones."""
-        try:
-            async with asyncio.timeout(2):
-                counts, replayed, purged = await self._store.dead_letter_totals()
-        except (TaskHistoryError, TimeoutError) as exc:
-            log.debug("dead-letter metrics not refreshed", error=str(exc) or type(exc).__name__)
-            return
-        self.metrics.show_dead_letters(counts, replayed=replayed, purged=purged)
-
     async def readiness(self) -> str | None:
         """Check now: None while consuming, both servers answering, no stall; else why not.
 
@@ -276,6 +262,8 @@ class Worker:
         if self._pipeline.refusal is not None:
             return Signs(refusal=self._pipeline.refusal)
         waiting, broker_problem = await self._ask_broker()
+        if waiting is not None:
+            self.metrics.queue_messages.set(waiting)
         database_problem = None
         try:
             await self._store.ping(within=PROBE_TIMEOUT)

@@ -224,14 +224,6 @@ class InMemoryStore:
         self._maybe_fail()
         return TEST_KEY
 
-    async def dead_letter_totals(self) -> tuple[dict[str, int], int, int]:
-        """The dead letters by code; none replayed or purged here."""
-        self._maybe_fail()
-        counts: dict[str, int] = {}
-        for letter in self.dead_letters:
-            counts[letter.code] = counts.get(letter.code, 0) + 1
-        return counts, 0, 0
-
     async def expiry_job(self) -> str | None:
         """The registered pg_cron job, if the test set one."""
         self._maybe_fail()

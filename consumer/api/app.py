@@ -107,6 +107,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         # Behind the token when one is set, like every route but the health checks.
+        await state.count_dead_letters()
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     # Middleware added last runs first: the accounting sees every answer, refusals included;

@@ -5,16 +5,10 @@ from __future__ import annotations
 import time
 
 import structlog
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    GCCollector,
-    Histogram,
-    PlatformCollector,
-    ProcessCollector,
-)
+from prometheus_client import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from consumer.metrics import DeadLetterCensus, new_registry
 
 log = structlog.get_logger("access")
 
@@ -24,15 +18,13 @@ _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 
 
 
 class ApiMetrics:
-    """The API's metrics, in a registry of their own (one per application)."""
+    """The API's metrics, and the dead letters the database holds (one registry per app)."""
 
     def __init__(self) -> None:
         """Create every metric at zero."""
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = new_registry()
         r = self.registry
-        ProcessCollector(registry=r)
-        PlatformCollector(registry=r)
-        GCCollector(registry=r)
+        self.dead_letters = DeadLetterCensus(r)
         self.requests = Counter(
             "task_history_api_requests",
             "HTTP requests answered, by route and status",

@@ -9,7 +9,7 @@ from fastapi import Request
 
 from consumer.api.feeds import Feeds
 from consumer.api.requests import ApiMetrics
-from consumer.errors import DatabaseUnavailableError, StoreError
+from consumer.errors import DatabaseUnavailableError, StoreError, TaskHistoryError
 from consumer.settings import Settings
 from consumer.store import Store
 
@@ -116,6 +116,16 @@ class ApiState:
         self.connected.set()
         log.info("connected to the database")
         await self.feeds.run()
+
+    async def count_dead_letters(self) -> None:
+        """Bring the metrics' dead-letter census up to date; on a failure, keep the last one."""
+        try:
+            async with asyncio.timeout(2):
+                counts, replayed, purged = await self.connected_store().dead_letter_totals()
+        except (TaskHistoryError, TimeoutError) as exc:
+            log.debug("dead-letter metrics not refreshed", error=str(exc) or type(exc).__name__)
+            return
+        self.metrics.dead_letters.show(counts, replayed=replayed, purged=purged)
 
     def connected_store(self) -> Store:
         """The store, once connected; DatabaseUnavailableError before."""

@@ -228,7 +228,10 @@ class TestAccessLogAndMetrics:
     async def test_log_lines_and_metrics(
         self, database_url: str, http: aiohttp.ClientSession, tmp_path: Path
     ) -> None:
-        """Each request is a line (method, path, status, bytes, ms); the token is in none."""
+        """Each request is a line (method, path, status, bytes, ms); the token is in none.
+
+        /metrics has the API's series and the dead letters the database holds.
+        """
         task = uuid.uuid4()
         log_path = tmp_path / "serve.log"
         environment = _environment(database_url) | {"TASK_HISTORY_API_TOKEN": TOKEN}
@@ -253,6 +256,15 @@ class TestAccessLogAndMetrics:
                 " 1.0" in metrics
             )
             assert "process_resident_memory_bytes" in metrics
+            # The dead letters the database holds, read at the scrape; no _created series.
+            await bury(database_url, [letter(1, code="invalid_json"), letter(2, code="?")])
+            async with http.get(f"{url}/metrics", headers=auth) as response:
+                metrics = await response.text()
+            assert 'task_history_dead_letters{code="invalid_json"} 1.0' in metrics
+            assert 'task_history_dead_letters{code="other"} 1.0' in metrics
+            assert 'task_history_dead_letters{code="unknown_task"} 0.0' in metrics
+            assert "task_history_dead_letters_replayed_total 0.0" in metrics
+            assert "_created" not in metrics
         finally:
             process.send_signal(signal.SIGTERM)
             await asyncio.wait_for(process.wait(), 15)
@@ -267,6 +279,7 @@ class TestAccessLogAndMetrics:
             ("GET", path, 200),
             ("GET", path, 401),
             ("GET", "/metrics", 401),
+            ("GET", "/metrics", 200),
             ("GET", "/metrics", 200),
         ]
         assert requests[0]["query"] == "token=***"

@@ -111,7 +111,7 @@ class TestCounters:
             await bus.publish(event(task, "x", context_type="bogus"))
             samples = await wait_for(
                 lambda: scrape(settings),
-                lambda s: value(s, "task_history_batch_size_sum") == 54,
+                lambda s: value(s, "task_history_batch_messages_sum") == 54,
                 what="54 messages handled",
             )
         assert value(samples, "task_history_events_received_total") == 54
@@ -121,7 +121,7 @@ class TestCounters:
         assert value(samples, dead, code="invalid_json") == 1
         assert value(samples, dead, code="invalid_event") == 2
         assert value(samples, dead, code="unknown_task") == 0
-        assert value(samples, "task_history_batch_size_count") >= 1
+        assert value(samples, "task_history_batch_messages_count") >= 1
         assert value(samples, "task_history_batch_write_seconds_count") >= 1
         assert value(samples, "task_history_event_lag_seconds_count") == 50
         # The one event created 30 s ago lands in no bucket below 30 s.

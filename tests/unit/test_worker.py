@@ -9,7 +9,6 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
 import structlog
 
@@ -198,33 +197,6 @@ class TestTransit:
         (letter,) = rig.store.dead_letters
         assert (letter.code, letter.body) == ("delivery_limit", b"crashes consumers")
         assert rig.store.contents == []
-
-
-class TestDeadLetterMetrics:
-    """The dead-letter gauges show what the database holds, read at each scrape."""
-
-    async def test_a_scrape_reads_the_rows_by_code(self) -> None:
-        """/metrics reports the table's dead letters by code, every known code from zero."""
-        rig = Rig(metrics_port=free_port(), metrics_host="127.0.0.1")
-        health = rig.worker.health
-        assert health is not None
-        poison = FakeMessage(
-            b"x",
-            headers={"x-death": [{"reason": "delivery_limit"}]},
-            exchange="task_build_history.dlx",
-        )
-        async with rig.running():
-            await rig.until_consuming()
-            await rig.broker.deliver_dead(poison)
-            await until(lambda: bool(rig.broker.acked))
-            async with (
-                aiohttp.ClientSession() as session,
-                session.get(f"http://127.0.0.1:{health.port}/metrics") as response,
-            ):
-                text = await response.text()
-        assert 'task_history_dead_letters{code="delivery_limit"} 1.0' in text
-        assert 'task_history_dead_letters{code="invalid_json"} 0.0' in text
-        assert "task_history_dead_letters_replayed 0.0" in text
 
 
 class TestStartUp:
