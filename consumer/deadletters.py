@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import math
@@ -212,23 +213,38 @@ def jsonable(value: object) -> object:
 
 
 def shown(letter: DeadLetter) -> dict[str, Any]:
-    """The whole message, JSON-ready: properties, headers, and the body (parsed if JSON)."""
-    body: object
-    try:
-        body = json.loads(letter.body) if letter.body_whole else _kept_text(letter.body)
-    except (ValueError, RecursionError):
-        body = letter.body.decode("utf-8", "replace")
+    """The whole message, JSON-ready: properties, headers, and the body.
+
+    The body parsed if it is JSON, else as text if it is UTF-8; else `body` is null and
+    `body_base64` holds its bytes, as `dlq export` writes them: no byte is replaced unseen.
+    """
+    body: dict[str, object] = {}
+    if letter.body_whole:
+        with contextlib.suppress(ValueError, RecursionError):
+            body = {"body": json.loads(letter.body)}
+    if not body:
+        text = _utf8(letter.body, cut=not letter.body_whole)
+        if text is not None:
+            body = {"body": text}
+        else:
+            body = {"body": None, "body_base64": base64.b64encode(letter.body).decode("ascii")}
     return {
         **letter.summary(),
         "properties": jsonable(letter.properties),
         "headers": jsonable(letter.headers),
-        "body": body,
+        **body,
     }
 
 
-def _kept_text(prefix: bytes) -> str:
-    """A body's kept prefix as text (a character cut at its end is dropped)."""
-    return prefix.decode("utf-8", "ignore") if prefix else ""
+def _utf8(data: bytes, *, cut: bool) -> str | None:
+    """`data` as text if it is UTF-8, else None; a `cut` prefix may end mid-character."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # A prefix cut inside a character: the bytes before it, if they are all that is wrong.
+        if cut and exc.reason == "unexpected end of data":
+            return _utf8(data[: exc.start], cut=False)
+        return None
 
 
 def _task_of(body: bytes, *, whole: bool) -> str | None:

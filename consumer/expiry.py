@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import structlog
 
@@ -18,6 +18,13 @@ log = structlog.get_logger("consumer")
 CRON_SILENCE = timedelta(hours=25)
 
 
+class Expired(NamedTuple):
+    """What one expiry run deleted: entries, and dead letters past their own retention."""
+
+    entries: int
+    dead_letters: int
+
+
 class ExpiryBackend(Protocol):
     """What the expiry loop asks of the database."""
 
@@ -27,7 +34,7 @@ class ExpiryBackend(Protocol):
     async def expiry_job_silent(self, *, longer_than: timedelta) -> bool:
         """Whether that job has not run for `longer_than`."""
 
-    async def expire_exclusively(self, *, batch_size: int) -> int | None:
+    async def expire_exclusively(self, *, batch_size: int) -> Expired | None:
         """Delete expired entries; None if another replica is at it."""
 
     async def forget_received(self, *, batch_size: int) -> int:
@@ -92,5 +99,5 @@ class ExpiryLoop:
             log.debug("expiry skipped: another replica is running it")
         else:
             self._metrics.expiry_runs.labels(outcome="done").inc()
-            self._metrics.expired.inc(deleted)
-            log.info("expired", deleted=deleted)
+            self._metrics.expired.inc(deleted.entries)
+            log.info("expired", entries=deleted.entries, dead_letters=deleted.dead_letters)

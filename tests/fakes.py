@@ -25,6 +25,7 @@ from consumer.errors import (
     DataRejectedError,
     NotConnectedError,
 )
+from consumer.expiry import Expired
 from consumer.incoming import Incoming
 from consumer.topology import Topology
 
@@ -233,11 +234,11 @@ class InMemoryStore:
         """Never silent."""
         return False
 
-    async def expire_exclusively(self, *, batch_size: int) -> int | None:  # noqa: ARG002  # nothing to delete
+    async def expire_exclusively(self, *, batch_size: int) -> Expired | None:  # noqa: ARG002  # nothing to delete
         """Count a run; nothing expires here."""
         self._maybe_fail()
         self.expired_runs += 1
-        return 0
+        return Expired(entries=0, dead_letters=0)
 
     async def forget_received(self, *, batch_size: int) -> int:  # noqa: ARG002  # all at once
         """Forget nothing: the window outlasts any test."""

@@ -68,7 +68,14 @@ class DeadLetterMessage(DeadLetterSummary):
 
     properties: dict[str, object]
     headers: dict[str, object]
-    body: object = Field(description="The body parsed as JSON, else as text.")
+    body: object = Field(
+        description="The body parsed as JSON, else as text; null when it is not UTF-8 (see"
+        " body_base64)."
+    )
+    body_base64: str | None = Field(
+        default=None,
+        description="When the body is not UTF-8: its bytes as kept, in base64 (as `dlq export`).",
+    )
     body_bytes: int = Field(description="The body's length in bytes, as stored.")
     body_text: str | None = Field(
         description="The body exactly, when it is UTF-8 text; else null (see body_hex)."

@@ -22,6 +22,8 @@ T = TypeVar("T")
 SERVICES = frozenset({"consume", "serve"})
 
 _FLAGS = "task_history.flags"  # key of ctx.meta, which every nested context shares
+# Click cuts a command's summary to fit one line, mid-sentence ("until..."); it is wrapped instead.
+SUMMARY_LIMIT = 1000
 
 log = structlog.get_logger("settings")
 
@@ -119,6 +121,17 @@ class Group(_SharesGlobalOptions, click.Group):
 
     command_class = Command
     group_class = type  # a group made with @group.group() is of this class too
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Each command with the whole first sentence of its help, wrapped, never cut short."""
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=SUMMARY_LIMIT)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
         """Register `cmd` (and whatever it holds), giving it the global options."""

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import select
+import sys
 from collections.abc import Sequence
 
 import click
@@ -21,29 +25,64 @@ from consumer.redaction import redact
 log = structlog.get_logger()
 
 
+# A reader that went away (`| head -1`): the exit status of a process SIGPIPE ends, as every
+# other program in the pipeline gives it (128 + 13), and no message: nothing went wrong.
+BROKEN_PIPE_EXIT = 141
+# Errors of a full or broken output, for which the error line says "can't write".
+_OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code instead of raising on errors."""
     invocation = Invocation()
     try:
         result = cli.main(args=argv, prog_name=PROG, standalone_mode=False, obj=invocation)
-    except Exception as exc:  # the last line of defence: whatever failed, one line on stderr
-        if _asks_for_help(exc) and isinstance(exc, click.UsageError) and exc.ctx is not None:
-            # A group without a command (`task-history`, `task-history dlq`): its help.
-            click.echo(exc.ctx.get_help())
-            return 0
-        # The traceback goes to the debug log. Logging is set up with the settings: before
-        # that, structlog's defaults would print it to stdout at any level, so it is not logged.
-        if invocation.settings is not None:
-            log.debug("command failed", exc_info=exc)
-        message, code = _summary(exc)
-        if isinstance(exc, NotMigratedError | DatabaseUnavailableError) and invocation.settings:
-            # So that the database migrated next, or checked, is the one the command used.
-            message += f" [{_database(invocation.settings.database_url)}]"
-        # An error may quote data (a message id, a line of a file): inert, like all data shown.
-        click.echo(f"{PROG}: error: {inert(message + _notes(exc))}", err=True)
-        return code
+        # Here, not at exit: a failing final flush would be Python's own message and status.
+        sys.stdout.flush()
+    except BrokenPipeError as exc:
+        if not _stdout_reader_gone():  # a socket's, say: an error like any other
+            return _report(exc, invocation)
+        _discard_stdout()
+        return BROKEN_PIPE_EXIT
+    except SystemExit:
+        # Click turns a broken pipe inside a command into exit 1; others exit on purpose.
+        if _stdout_reader_gone():
+            _discard_stdout()
+            return BROKEN_PIPE_EXIT
+        raise
+    except Exception as exc:  # noqa: BLE001  # the last line of defence: one line on stderr
+        return _report(exc, invocation)
     # standalone_mode=False returns the exit code of --help/--version, else the command's None.
     return result if isinstance(result, int) else 0
+
+
+def _report(exc: Exception, invocation: Invocation) -> int:
+    """Say what failed in one line on stderr (or show a group's help); the exit code."""
+    if _asks_for_help(exc) and isinstance(exc, click.UsageError) and exc.ctx is not None:
+        # A group without a command (`task-history`, `task-history dlq`): its help.
+        click.echo(exc.ctx.get_help())
+        return 0
+    # The traceback goes to the debug log. Logging is set up with the settings: before
+    # that, structlog's defaults would print it to stdout at any level, so it is not logged.
+    if invocation.settings is not None:
+        log.debug("command failed", exc_info=exc)
+    message, code = _summary(exc)
+    if isinstance(exc, NotMigratedError | DatabaseUnavailableError) and invocation.settings:
+        # So that the database migrated next, or checked, is the one the command used.
+        message += f" [{_database(invocation.settings.database_url)}]"
+    # An error may quote data (a message id, a line of a file): inert, like all data shown.
+    click.echo(f"{PROG}: error: {inert(message + _notes(exc))}", err=True)
+    return code
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe or socket whose reading end has closed."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no real file behind stdout
+        return False
 
 
 def _asks_for_help(exc: Exception) -> bool:
@@ -53,7 +92,7 @@ def _asks_for_help(exc: Exception) -> bool:
     return no_command is not None and isinstance(exc, no_command)
 
 
-def _summary(exc: Exception) -> tuple[str, int]:
+def _summary(exc: Exception) -> tuple[str, int]:  # noqa: PLR0911  # one case per kind
     """The one-line message of a failure, and the exit code it gives."""
     match exc:
         case click.UsageError():
@@ -65,10 +104,23 @@ def _summary(exc: Exception) -> tuple[str, int]:
             return "interrupted", 1
         case ConfigurationError():
             return str(exc), 2
+        case OSError() if exc.errno in _OUTPUT_ERRNOS and exc.filename is None:
+            _discard_stdout()  # what is still buffered can't be written either
+            return f"can't write the output: {exc.strerror}", 1
         case TaskHistoryError():
             return str(exc), 1
         case _:
             return redact(f"unexpected {type(exc).__name__}: {exc}"), 1
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush has nowhere to fail."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real file behind stdout (a test's capture)
+        return
 
 
 def _database(url: str) -> str:

@@ -162,7 +162,7 @@ def _print_table(subject: str, entries: Sequence[HistoryEntry], *, newest_first:
 
 @click.command(cls=Command)
 @click.argument("task_id", type=click.UUID, required=False)
-@click.option("--task", "task_alias", type=click.UUID, hidden=True, help="The same as TASK_ID.")
+@click.option("--task", "task_alias", type=click.UUID, help="The same as TASK_ID.")
 @click.option("--workspace", "workspace_id", type=click.UUID, help="Entries of this workspace.")
 @click.option("--session", "session_id", type=click.UUID, help="Entries of this session.")
 @click.option(

@@ -47,6 +47,9 @@ def export_to(output: str, write: Callable[[TextIO], int], *, noun: str) -> None
         sink = Path(output).open("w", encoding="utf-8")  # noqa: SIM115  # closed just below
     except OSError as exc:
         raise click.FileError(output, hint=exc.strerror) from None
-    with sink:
-        written = write(sink)
+    try:
+        with sink:
+            written = write(sink)
+    except OSError as exc:  # a full disk, a quota
+        raise click.ClickException(f"can't write {output}: {exc.strerror}") from None
     click.echo(f"exported {written} {noun} to {output}")

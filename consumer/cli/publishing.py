@@ -137,6 +137,15 @@ async def _publish_and_wait(
         try:
             entry = await asyncio.wait_for(_stored(store, task_id, event_id), WAIT_SECONDS)
         except TimeoutError:
+            if await absence_of(store, task_id) is not None:
+                # Not the consumer's fault: the event waits for its task, as the hint said.
+                raise TaskHistoryError(
+                    f"event {event_id} was published but not stored within {WAIT_SECONDS} s:"
+                    f" task {task_id} still does not exist, so the consumer holds the event for"
+                    f" it up to {settings.unknown_task_retry_seconds:g} s"
+                    " (TASK_HISTORY_UNKNOWN_TASK_RETRY_SECONDS), then dead-letters it; create"
+                    " the task, or publish with --create-task"
+                ) from None
             raise TaskHistoryError(
                 f"event {event_id} was published but not stored within {WAIT_SECONDS} s: is"
                 " `task-history consume` running, on this broker and this database?"

@@ -49,11 +49,23 @@ def migrate(ctx: click.Context, *, skip_broker: bool) -> None:
 
 
 @click.command(cls=Command)
-@click.option("--batch-size", type=click.IntRange(1, 10_000), help="[TASK_HISTORY_BATCH_SIZE]")
 @click.option(
-    "--batch-wait-ms", type=click.IntRange(0, 60_000), help="[TASK_HISTORY_BATCH_WAIT_MS]"
+    "--batch-size",
+    type=click.IntRange(1, 10_000),
+    help="Events per batch (one INSERT) at most [TASK_HISTORY_BATCH_SIZE; default: 500]",
 )
-@click.option("--prefetch", type=click.IntRange(1, 65_535), help="[TASK_HISTORY_PREFETCH]")
+@click.option(
+    "--batch-wait-ms",
+    type=click.IntRange(0, 60_000),
+    help="Longest a batch keeps growing while events keep arriving; not a wait"
+    " [TASK_HISTORY_BATCH_WAIT_MS; default: 50]",
+)
+@click.option(
+    "--prefetch",
+    type=click.IntRange(1, 65_535),
+    help="Unacked messages the broker may send at most"
+    " [TASK_HISTORY_PREFETCH; default: twice the batch size]",
+)
 @click.pass_context
 def consume(ctx: click.Context, /, **options: int | None) -> None:
     """Move events from RabbitMQ to PostgreSQL until SIGTERM or SIGINT."""
@@ -72,17 +84,20 @@ def consume(ctx: click.Context, /, **options: int | None) -> None:
 @click.command(cls=Command)
 @click.pass_context
 def expire(ctx: click.Context) -> None:
-    """Delete expired entries now and print how many went ("deleted 12 expired entries")."""
+    """Delete expired entries and old dead letters now; print how many of each went."""
+    from consumer.expiry import Expired  # noqa: PLC0415  # the same
     from consumer.store import Store  # noqa: PLC0415  # loads asyncpg: at run time only
 
     settings = settings_from(ctx)
 
-    async def run() -> int:
+    async def run() -> Expired:
         async with Store(settings.database_url, max_connections=1) as store:
             return await store.expire(batch_size=settings.expire_batch_size)
 
     deleted = run_async(run)
-    click.echo(f"deleted {deleted} expired {'entry' if deleted == 1 else 'entries'}")
+    entries = f"{deleted.entries} expired {'entry' if deleted.entries == 1 else 'entries'}"
+    letters = f"{deleted.dead_letters} dead {'letter' if deleted.dead_letters == 1 else 'letters'}"
+    click.echo(f"deleted {entries} and {letters} past their retention")
 
 
 @click.command(cls=Command)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
+from consumer.expiry import Expired
 from consumer.store import queries
 from consumer.store.pool import StoreBase
 
@@ -11,8 +12,8 @@ from consumer.store.pool import StoreBase
 class ExpiryStore(StoreBase):
     """Deleting expired entries and dead letters, and received ids past their window."""
 
-    async def expire(self, *, batch_size: int = 10_000) -> int:
-        """Delete every expired entry and dead letter, `batch_size` per transaction; how many.
+    async def expire(self, *, batch_size: int = 10_000) -> Expired:
+        """Delete every expired entry and dead letter, `batch_size` a transaction; how many of each.
 
         Received ids older than their window are forgotten too (not counted).
         """
@@ -26,7 +27,7 @@ class ExpiryStore(StoreBase):
         async with self._connection() as connection:
             return await _repeat(connection, queries.FORGET_RECEIVED_BATCH, batch_size)
 
-    async def expire_exclusively(self, *, batch_size: int = 10_000) -> int | None:
+    async def expire_exclusively(self, *, batch_size: int = 10_000) -> Expired | None:
         """Like `expire`, unless another replica is expiring right now: then None at once."""
         async with self._connection() as connection:
             if not await connection.fetchval(queries.TRY_LOCK, queries.EXPIRE_LOCK):
@@ -37,11 +38,11 @@ class ExpiryStore(StoreBase):
                 await connection.execute(queries.UNLOCK, queries.EXPIRE_LOCK)
 
 
-async def _expire_on(connection: asyncpg.Connection, batch_size: int) -> int:
-    total = 0
-    for query in (queries.EXPIRE_BATCH, queries.EXPIRE_DEAD_LETTERS_BATCH):
-        total += await _repeat(connection, query, batch_size)
-    return total
+async def _expire_on(connection: asyncpg.Connection, batch_size: int) -> Expired:
+    return Expired(
+        entries=await _repeat(connection, queries.EXPIRE_BATCH, batch_size),
+        dead_letters=await _repeat(connection, queries.EXPIRE_DEAD_LETTERS_BATCH, batch_size),
+    )
 
 
 async def _repeat(connection: asyncpg.Connection, query: str, batch_size: int) -> int:

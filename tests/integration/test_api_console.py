@@ -356,7 +356,7 @@ class TestDeadLetterPages:
     async def test_one_letter_as_text_or_hex(
         self, api: str, http: aiohttp.ClientSession, database_url: str, sql: asyncpg.Connection
     ) -> None:
-        """A UTF-8 body comes as text exactly; any other as hex, with its size."""
+        """A UTF-8 body comes as text exactly; any other as hex and base64, with its size."""
         await bury(database_url, [letter(1), letter(2, code="invalid_json", body=b"\xff\x00ab")])
         first, second = await sql.fetchval("SELECT array_agg(id ORDER BY id) FROM " + TABLE)
         status, text = await get_json(http, f"{api}/dead-letters/{first}")
@@ -369,6 +369,8 @@ class TestDeadLetterPages:
             "ff006162",
             4,
         )
+        # No byte replaced unseen: the body is null, and its bytes are there in base64.
+        assert (binary["body"], binary["body_base64"]) == (None, "/wBhYg==")
 
 
 class TestOperatorRoutesExistOnlyWithTheToken:

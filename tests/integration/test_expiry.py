@@ -63,10 +63,10 @@ class TestExpire:
         await insert_rows(sql, [(a, DAYS_AGO_25 + timedelta(seconds=i)) for i in range(7)])
         await insert_rows(sql, [(b, DAYS_AGO_25)])
         fresh = await insert_rows(sql, [(a, at(i)) for i in range(3)])
-        assert await store.expire() == 8
+        assert await store.expire() == (8, 0)
         assert await kept_ids(sql, a) == fresh
         assert await kept_ids(sql, b) == []
-        assert await store.expire() == 0
+        assert await store.expire() == (0, 0)
 
     async def test_dead_letters_past_their_retention_go_too(
         self, store: Store, sql: asyncpg.Connection
@@ -77,7 +77,7 @@ class TestExpire:
         )
         old = [letter(n, failed_at=datetime.now(UTC) - timedelta(days=8)) for n in range(3)]
         await store.write_batch([], [*old, letter(3, failed_at=datetime.now(UTC))])
-        assert await store.expire(batch_size=2) == 3
+        assert await store.expire(batch_size=2) == (0, 3)
         remaining = await sql.fetch("SELECT message_id FROM task_build_history_dead_letters")
         assert [row["message_id"] for row in remaining] == ["m3"]
 
@@ -85,7 +85,7 @@ class TestExpire:
         """A batch size smaller than the backlog still deletes all of it."""
         tasks = [await new_task(sql) for _ in range(3)]
         await insert_rows(sql, [(tasks[i % 3], DAYS_AGO_25) for i in range(20)])
-        assert await store.expire(batch_size=7) == 20
+        assert await store.expire(batch_size=7) == (20, 0)
         assert await sql.fetchval("SELECT count(*) FROM task_build_history") == 0
 
     async def test_counts_stay_exact_after_expiry(
@@ -95,7 +95,7 @@ class TestExpire:
         task = await new_task(sql)
         await insert_rows(sql, [(task, DAYS_AGO_25 + timedelta(seconds=i)) for i in range(60)])
         await insert_rows(sql, [(task, at(i)) for i in range(40)])
-        assert await store.expire() == 60
+        assert await store.expire() == (60, 0)
         await insert_rows(sql, [(task, at(100 + i)) for i in range(60)])
         assert len(await kept_ids(sql, task)) == 100
 
@@ -153,4 +153,6 @@ class TestExpireCommand:
 
         on_database(database_url, seed)
         assert main(["--database-url", database_url, "expire"]) == 0
-        assert capsys.readouterr().out == "deleted 3 expired entries\n"
+        assert capsys.readouterr().out == (
+            "deleted 3 expired entries and 0 dead letters past their retention\n"
+        )

@@ -138,3 +138,46 @@ class TestExportCommand:
         assert main([*argv, "--newest-first", "--limit", "2"]) == 0
         newest = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
         assert [line["content"] for line in newest] == ["not an agent turn", "row 3"]
+
+
+class TestOutputThatCantBeWritten:
+    """`export | head -1` and `export -o /dev/full`, on a table larger than a pipe holds."""
+
+    @pytest.fixture
+    async def filled(self, database_url: str, sql: asyncpg.Connection) -> str:
+        """The test's database, holding 2,000 entries of 200 characters (400 kB of JSON)."""
+        await sql.execute(
+            "INSERT INTO tasks (id) SELECT gen_random_uuid() FROM generate_series(1, 20)"
+        )
+        await sql.execute(
+            """
+            INSERT INTO task_build_history (task_id, context_type, content)
+            SELECT t.id, 'agent_turn', repeat('y', 200)
+            FROM tasks AS t CROSS JOIN generate_series(1, 100)
+            """
+        )
+        return database_url
+
+    def test_a_reader_that_goes_away_ends_it_141_and_silent(self, filled: str) -> None:
+        """Ten times: the exit status of a program SIGPIPE ends, never 0 or 1, nothing on stderr."""
+        for _ in range(10):
+            shell = f"{sys.executable} -m consumer export | head -1 >/dev/null"
+            done = subprocess.run(
+                ["/bin/bash", "-c", shell + "; echo ${PIPESTATUS[0]} >&2"],
+                env=environment(filled),
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert done.stderr == "141\n"
+
+    def test_a_full_disk_names_the_file(
+        self, filled: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """`-o /dev/full`: one line saying which file can't be written and why, exit 1."""
+        assert main(["--database-url", filled, "export", "-o", "/dev/full"]) == 1
+        captured = capsys.readouterr()
+        assert captured.err == (
+            "task-history: error: can't write /dev/full: No space left on device\n"
+        )

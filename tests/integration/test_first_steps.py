@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pty
@@ -15,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from consumer.cli import main, publishing
 from consumer.settings import Settings
 from tests.cluster import free_port
 from tests.harness import (
@@ -278,6 +280,28 @@ class TestUnknownTasks:
         assert "2 of its events are dead letters (unknown_task)" in out
         assert f"task-history dlq replay --task {task} --error unknown_task" in out
 
+    async def test_publish_wait_blames_the_missing_task_not_the_consumer(
+        self,
+        settings: Settings,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """`publish --wait` for a task that does not exist ends saying so, not blaming `consume`."""
+        for name, value in settings_environment(settings).items():
+            if name.startswith("TASK_HISTORY_"):
+                monkeypatch.setenv(name, value)
+        monkeypatch.setattr(publishing, "WAIT_SECONDS", 1)
+        assert await asyncio.to_thread(main, ["migrate"]) == 0
+        task = str(uuid.uuid4())
+        argv = ["publish", "--wait", "--task", task, "--type", "agent_turn", "--content", "x"]
+        capsys.readouterr()
+        assert await asyncio.to_thread(main, argv) == 1
+        error = capsys.readouterr().err.splitlines()
+        assert error[0].startswith(f"no task {task} exists")  # the hint, before the wait
+        assert f"task {task} still does not exist" in error[-1]
+        assert "--create-task" in error[-1]
+        assert "is `task-history consume` running" not in error[-1]
+
     async def test_with_json_the_hint_goes_to_stderr(self, settings: Settings) -> None:
         """--json keeps stdout for JSON: nothing there, the hint on stderr."""
         task = str(uuid.uuid4())
@@ -379,7 +403,7 @@ class TestOneVocabulary:
         """`expire` says what it deleted."""
         code, out, err = await run_command("expire", environment=settings_environment(settings))
         assert code == 0, err
-        assert out == "deleted 0 expired entries\n"
+        assert out == "deleted 0 expired entries and 0 dead letters past their retention\n"
 
     async def test_filters_that_match_nothing(
         self, settings: Settings, sql: asyncpg.Connection

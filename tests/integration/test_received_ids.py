@@ -122,7 +122,7 @@ class TestTheWindow:
             await sql.execute(
                 "UPDATE task_build_history_received SET received_at = now() - interval '1 minute'"
             )
-            assert await store.expire() == 0
+            assert await store.expire() == (0, 0)
         assert await sql.fetchval("SELECT count(*) FROM task_build_history_received") == 0
 
     async def test_the_window_is_a_database_setting(self, sql: asyncpg.Connection) -> None:

@@ -118,7 +118,7 @@ class TestConsumerRoleIsEnough:
         old_task = await new_task(sql)  # not `task`: at the cap, the trim would take them first
         await insert_rows(sql, [(old_task, long_ago + timedelta(seconds=n)) for n in range(3)])
         async with Store(consumer_url, max_connections=1) as store:
-            assert await store.expire() == 3
+            assert await store.expire() == (3, 0)
             assert await store.delete_by_task(unknown) == 1
             assert len(await store.find_by_task(task)) == 100
 

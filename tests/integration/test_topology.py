@@ -133,4 +133,4 @@ class TestExpirySchedule:
         await sql.execute("SELECT pg_advisory_lock($1)", EXPIRE_LOCK)
         assert await store.expire_exclusively() is None
         await sql.execute("SELECT pg_advisory_unlock($1)", EXPIRE_LOCK)
-        assert await store.expire_exclusively() == 3
+        assert await store.expire_exclusively() == (3, 0)

@@ -263,3 +263,83 @@ class TestEntryPoints:
         """--version prints the package version."""
         assert main(["--version"]) == 0
         assert "task-history, version" in capsys.readouterr().out
+
+
+# A command with more output than a pipe holds, added to the real command line, run by main().
+_LONG_OUTPUT = """
+import sys
+import click
+from consumer.cli import main
+from consumer.cli.root import cli
+
+@cli.command()
+def long() -> None:
+    for n in range(20_000):
+        click.echo(f"line {n:05} " + "x" * 60)
+
+sys.exit(main(["long"]))
+"""
+
+
+def into_head(script: str) -> tuple[int, str]:
+    """Run `script | head -1`: the script's exit status, and what it wrote on stderr."""
+    writer = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert writer.stdout is not None
+    assert writer.stdout.readline().startswith(b"line 00000")
+    writer.stdout.close()  # as head does after its line
+    _, err = writer.communicate(timeout=60)
+    return writer.returncode, err.decode()
+
+
+class TestOutputThatCantBeWritten:
+    """A reader that goes away, or a full disk: a conventional status, at most one line."""
+
+    def test_a_closed_pipe_is_141_and_silent_every_time(self) -> None:
+        """`| head -1` ends it as SIGPIPE ends other programs: 141, nothing on stderr (5 runs)."""
+        assert [into_head(_LONG_OUTPUT) for _ in range(5)] == [(141, "")] * 5
+
+    def test_a_full_disk_is_one_line(self) -> None:
+        """Output to /dev/full: exit 1 and one line naming the reason."""
+        with Path("/dev/full").open("w") as full:
+            result = subprocess.run(
+                [sys.executable, "-m", "consumer", "schema", "--typescript"],
+                stdout=full,
+                stderr=subprocess.PIPE,
+                text=True,
+                check=False,
+            )
+        assert result.returncode == 1
+        assert (
+            result.stderr
+            == "task-history: error: can't write the output: No space left on device\n"
+        )
+
+
+class TestHelp:
+    """What `--help` shows is whole."""
+
+    def test_every_command_summary_is_a_whole_sentence(self) -> None:
+        """The command lists show each first sentence whole, wrapped, never cut with '...'."""
+        for group in ([], ["dlq"]):
+            result = subprocess.run(
+                [sys.executable, "-m", "consumer", *group, "--help"],
+                capture_output=True,
+                text=True,
+                check=False,
+                env={**os.environ, "COLUMNS": "80"},
+            )
+            commands = result.stdout.split("Commands:\n", 1)[1]
+            assert "..." not in commands
+            summaries = " ".join(commands.split()).split(". ")
+            assert len(summaries) >= (6 if group else 12)
+
+    def test_every_option_says_what_it_does(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """The options of consume say what they do; export shows --task."""
+        assert main(["consume", "--help"]) == 0
+        help_text = capsys.readouterr().out
+        assert "Events per batch" in help_text
+        assert "Unacked messages the broker may send" in help_text
+        assert main(["export", "--help"]) == 0
+        assert "--task UUID" in capsys.readouterr().out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import uuid
@@ -461,8 +462,22 @@ class TestShown:
         assert whole["headers"]["when"] == NOW.isoformat()
 
     def test_other_bodies_as_text(self) -> None:
-        """A body that isn't JSON is shown as text, bad bytes replaced."""
-        assert shown(letter_of(body=b"plain \xff"))["body"] == "plain \ufffd"
+        """A UTF-8 body that isn't JSON is shown as text, and nothing else."""
+        whole = shown(letter_of(body="plain é".encode()))
+        assert whole["body"] == "plain é"
+        assert "body_base64" not in whole
+
+    def test_bytes_that_are_not_utf8_are_never_replaced(self) -> None:
+        """Not UTF-8: no text with replacement characters, but the bytes in base64."""
+        whole = shown(letter_of(body=b"plain \xff"))
+        assert whole["body"] is None
+        assert base64.b64decode(whole["body_base64"]) == b"plain \xff"
+
+    def test_a_kept_prefix_cut_inside_a_character_is_still_text(self) -> None:
+        """A prefix of a long body may end mid-character: the whole characters before it show."""
+        cut = "ab€".encode()[:-1]  # the euro sign's last byte cut off
+        letter = dataclasses.replace(letter_of(body=cut), body_bytes=4, body_sha256=b"\0" * 32)
+        assert shown(letter)["body"] == "ab"
 
     def test_jsonable(self) -> None:
         """Nested tables, lists, times and decimals all convert."""
