@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno as errno_codes
+import logging
 import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -233,6 +234,28 @@ async def close_connection(connection: aio_pika.abc.AbstractConnection, *, grace
         await asyncio.wait_for(connection.close(), grace)
 
 
+class _RaisedInstead(logging.Filter):
+    """Drops aiormq's own line for a connect that failed: the caller raises it, in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Keep every record but that one."""
+        return not str(record.msg).startswith("error when creating transport")
+
+
+_RAISED_INSTEAD = _RaisedInstead()
+
+
+def quiet_connect_failures() -> None:
+    """Keep aiormq from logging the connect failures it raises to us (idempotent).
+
+    Without it a program that prints our error gets a second line from aiormq's logger (on
+    stderr through logging's last-resort handler, when the program configured no logging).
+    """
+    logger = logging.getLogger("aiormq.connection")
+    if _RAISED_INSTEAD not in logger.filters:
+        logger.addFilter(_RAISED_INSTEAD)
+
+
 async def connect_confirming(
     url: str, *, heartbeat: int | None = None
 ) -> tuple[AbstractRobustConnection, AbstractRobustChannel]:
@@ -245,6 +268,7 @@ async def connect_confirming(
     connection left open keeps reconnecting on its own, for as long as the process runs.
     """
     read_frames_leniently()  # a message no client can read must not drop the connection
+    quiet_connect_failures()
     urls = [with_heartbeat(address, heartbeat) for address in amqp_urls(url)]
     unavailable: list[BrokerUnavailableError] = []
     for at, candidate in enumerate(urls):

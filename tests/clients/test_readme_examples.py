@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import socket
 import sys
 import uuid
 from collections.abc import Iterator
@@ -178,6 +179,15 @@ class TestTheExamplesFailClearly:
         name = f"task_build_histroy_{uuid.uuid4().hex[:8]}"
         code, out, err = await example.run(url=amqp_url, exchange=name, task_id=uuid.uuid4())
         assert_one_line_failure(code, out, err, f"no exchange '{name}'", "task-history migrate")
+
+    async def test_a_broker_that_is_not_there(self, example: Example) -> None:
+        """Nothing listens at the URL's port: one line, not a second one from the client's log."""
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]  # bound, never listening: refused
+            url = f"amqp://guest:guest@127.0.0.1:{port}/"
+            code, out, err = await example.run(url=url, exchange="x", task_id=uuid.uuid4())
+        assert_one_line_failure(code, out, err)
 
     async def test_a_return_is_a_failure(
         self, example: Example, amqp_url: str, unbound_exchange: str

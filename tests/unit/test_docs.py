@@ -201,6 +201,32 @@ class TestLinks:
         assert slug("Testing code: `consumer.testing`") == "testing-code-consumertesting"
 
 
+def paragraphs(page: Path) -> list[str]:
+    """The prose paragraphs of a page: no code, table, heading, list or quote."""
+    blocks = re.split(r"\n\s*\n", prose(page.read_text(encoding="utf-8")))
+    return [
+        block.strip()
+        for block in blocks
+        if block.strip() and not block.lstrip().startswith(("|", "#", "-", "*", ">", "<", "1."))
+    ]
+
+
+class TestProse:
+    """What an editor would catch: a sentence left half-written, a paragraph pasted twice."""
+
+    @pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+    def test_every_paragraph_ends_a_sentence(self, page: Path) -> None:
+        """Each paragraph ends with a full stop, a colon before what follows, or the like."""
+        unfinished = [text[-80:] for text in paragraphs(page) if not text.endswith(tuple(".:)!?"))]
+        assert unfinished == []
+
+    @pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+    def test_no_paragraph_twice(self, page: Path) -> None:
+        """No paragraph of a page is repeated on it."""
+        seen = paragraphs(page)
+        assert [text[:80] for text in seen if seen.count(text) > 1] == []
+
+
 class TestTheTestCommand:
     """The README gives the test command CI runs, so that a green CI means the README's works."""
 
