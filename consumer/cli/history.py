@@ -142,11 +142,18 @@ def _subject(query: HistoryQuery) -> str:
 
 
 def _print_table(subject: str, entries: Sequence[HistoryEntry], *, newest_first: bool) -> None:
-    console = Console(soft_wrap=False)
+    """A table on a terminal; piped or redirected, one plain line per entry, for grep and cut."""
     order = "newest first" if newest_first else "oldest first"
     count = f"{len(entries)} {'entry' if len(entries) == 1 else 'entries'}"
+    heading = inert(f"{subject}: {count}, {order}")
+    if not sys.stdout.isatty():
+        click.echo(heading)
+        for entry in entries:
+            click.echo(line_of(entry))
+        return
+    console = Console(soft_wrap=False)
     # Text, never markup: `[link=...]` or `[/bold]` in data is shown as it is.
-    console.print(Text(inert(f"{subject}: {count}, {order}")))
+    console.print(Text(heading))
     table = Table()
     table.add_column("created at (UTC)", no_wrap=True)
     table.add_column("type", no_wrap=True)

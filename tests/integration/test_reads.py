@@ -120,12 +120,15 @@ class TestShowCommand:
     def test_table(
         self, database_url: str, task: uuid.UUID, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        """Without flags it prints a table, oldest first."""
+        """Without flags, oldest first; not on a terminal, a plain line per entry, no box."""
         assert main(["--database-url", database_url, "show", str(task)]) == 0
-        out = capsys.readouterr().out
-        assert f"task {task}: 2 entries" in out
-        assert out.index("planned the fix") < out.index("tests failed")
-        assert "agent_turn" in out
+        heading, *lines = capsys.readouterr().out.splitlines()
+        assert heading == f"task {task}: 2 entries, oldest first"
+        assert [line.split(None, 3)[2:] for line in lines] == [
+            ["agent_turn", "planned the fix"],
+            ["error", "tests failed"],
+        ]
+        assert not set("".join(lines)) & set("│┃─━┏┓┗┛┡┩└┘")
 
     def test_json_lines(
         self, database_url: str, task: uuid.UUID, capsys: pytest.CaptureFixture[str]

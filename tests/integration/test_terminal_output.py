@@ -133,6 +133,7 @@ class TestHistory:
         assert_inert(screen, shown=EXPECTED)
         assert "MarkupError" not in screen
         assert "💀" not in screen
+        assert "┏━" in screen  # a table, on a terminal
 
     async def test_show_json(self, settings: Settings, sql: asyncpg.Connection) -> None:
         """--json on a terminal: JSON escapes, nothing raw."""
