@@ -211,16 +211,23 @@ class Worker:
             cleanup.callback(self._cancel_abandon)
             watch = asyncio.create_task(self._readiness.run())
             cleanup.push_async_callback(_cancelled, watch)
-            if not await self._until_up("database", self._store.open):
-                return
-            await self._store.check_schema()
-            await self._check_replication()
-            self._trust.signer = HeaderSigner(await self._store.header_key())
-            _, self._trust.retention = await self._store.limits()
-            if not await self._until_up("broker", self._broker.connect):
-                return
-            await self._broker.declare()
-            await self._consume()
+            if await self._connected():
+                await self._consume()
+            else:
+                log.info("stopped")  # before consuming: nothing was taken
+
+    async def _connected(self) -> bool:
+        """Connect to both servers and check the database; False if stopped first."""
+        if not await self._until_up("database", self._store.open):
+            return False
+        await self._store.check_schema()
+        await self._check_replication()
+        self._trust.signer = HeaderSigner(await self._store.header_key())
+        _, self._trust.retention = await self._store.limits()
+        if not await self._until_up("broker", self._broker.connect):
+            return False
+        await self._broker.declare()
+        return True
 
     async def _check_replication(self) -> None:
         """Warn, once at start-up, when a failover could lose events already acknowledged.
@@ -396,20 +403,39 @@ async def _cancelled(task: asyncio.Task[None]) -> None:
         await task
 
 
+class BoundedStop:
+    """What a signal does to a running worker: stop it, and end the process if the stop hangs.
+
+    `also` are called too, for whatever runs beside the worker in the same process.
+    """
+
+    def __init__(self, worker: Worker, settings: Settings, *also: Callable[[], None]) -> None:
+        """A stop for `worker`, bounded by the shutdown timeout of `settings`."""
+        self._worker = worker
+        self._also = also
+        self._after = settings.shutdown_timeout_seconds + CLOSING_SECONDS
+        self._watchdog: asyncio.TimerHandle | None = None
+
+    def __call__(self) -> None:
+        """Stop; the first call arms the watchdog."""
+        self._worker.stop()
+        for stop in self._also:
+            stop()
+        if self._watchdog is None:
+            self._watchdog = exit_if_stuck(after=self._after)
+
+    def disarm(self) -> None:
+        """The stop ended: no exit."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+
+
 async def consume(settings: Settings) -> None:
     """Run the consumer until SIGTERM or SIGINT; a stop ends the process, whatever hangs."""
     worker = Worker.from_settings(settings)
-    watchdog: asyncio.TimerHandle | None = None
-
-    def stop() -> None:
-        nonlocal watchdog
-        worker.stop()
-        if watchdog is None:
-            watchdog = exit_if_stuck(after=settings.shutdown_timeout_seconds + CLOSING_SECONDS)
-
+    stop = BoundedStop(worker, settings)
     try:
         with stop_on_signals(stop):
             await worker.run()
     finally:
-        if watchdog is not None:
-            watchdog.cancel()
+        stop.disarm()

@@ -9,7 +9,7 @@ from consumer.cli.deadletters import dlq
 from consumer.cli.history import export, show, tail
 from consumer.cli.publishing import publish, schema
 from consumer.cli.serve import serve
-from consumer.cli.service import consume, demo, expire, health, migrate, schedule
+from consumer.cli.service import consume, demo, expire, health, migrate, schedule, up
 
 
 @click.group(
@@ -27,6 +27,7 @@ def cli() -> None:
 
 
 for _command in (
+    up,
     migrate,
     consume,
     expire,

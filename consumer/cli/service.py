@@ -14,6 +14,7 @@ from consumer import schedule as expiry_schedule
 from consumer.cli.context import Command, run_async, settings_from
 from consumer.cli.options import MOST, NumberRange
 from consumer.errors import NotConnectedError, TaskHistoryError
+from consumer.settings import Settings
 from consumer.signals import run_until_stopped, stop_on_signals
 
 
@@ -22,10 +23,13 @@ from consumer.signals import run_until_stopped, stop_on_signals
 @click.pass_context
 def migrate(ctx: click.Context, *, skip_broker: bool) -> None:
     """Apply the pending SQL migrations and declare the AMQP topology (both idempotent)."""
+    _migrate(settings_from(ctx), declare=not skip_broker)
+
+
+def _migrate(settings: Settings, *, declare: bool) -> None:
+    """Apply the migrations and (with `declare`) declare the topology, saying what was done."""
     from consumer.broker.client import Broker  # noqa: PLC0415  # loads aio-pika: at run time only
     from consumer.store import Store  # noqa: PLC0415  # loads asyncpg: at run time only
-
-    settings = settings_from(ctx)
 
     async def run() -> list[str]:
         async with Store(settings.database_url, max_connections=1) as store:
@@ -38,13 +42,13 @@ def migrate(ctx: click.Context, *, skip_broker: bool) -> None:
         click.echo("database is up to date")
     if not sys.stderr.isatty():  # a log (a container's, a CI's) keeps it; a terminal has it
         structlog.get_logger().info("migrated", applied=applied)
-    if not skip_broker:
+    if declare:
 
-        async def declare() -> None:
+        async def run_declare() -> None:
             async with Broker(settings.amqp_url, topology=settings.topology) as broker:
                 await broker.declare()
 
-        run_async(declare)
+        run_async(run_declare)
         click.echo(f"declared exchange {settings.exchange} and queue {settings.queue}")
 
 
@@ -79,6 +83,39 @@ def consume(ctx: click.Context, /, **options: int | None) -> None:
             # A bug, not an outage: the log of a crashed container must say where it was.
             structlog.get_logger().exception("consumer crashed")
         raise
+
+
+@click.command(cls=Command)
+@click.option(
+    "--demo",
+    is_flag=True,
+    help="Also publish a realistic stream from 3 simulated agents, which create their tasks.",
+)
+@click.option("--host", help="Interface the API listens on [TASK_HISTORY_API_HOST]")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65_535),
+    help="Port of the API and page, 0 for any free one [TASK_HISTORY_API_PORT; default: 8080]",
+)
+@click.pass_context
+def up(ctx: click.Context, *, demo: bool, host: str | None, port: int | None) -> None:
+    """Migrate, then consume and serve the API and console page in one process, until Ctrl-C.
+
+    One command to see it work on one machine: what `migrate`, `consume` and `serve` do, and
+    with --demo what `demo` does, together. In production run them apart, each on its own.
+    """
+    from consumer.all_in_one import DEMO_AGENTS, run_all  # noqa: PLC0415  # every client
+
+    settings = settings_from(ctx, api_host=host, api_port=port)
+    _migrate(settings, declare=True)
+
+    def announce(url: str) -> None:
+        click.echo(f"serving on {url}")
+        if demo:
+            click.echo(f"publishing a demo stream from {DEMO_AGENTS} agents")
+        click.echo(f"open {url}/ to see the tasks and their entries (Ctrl-C to stop)")
+
+    run_until_stopped(lambda: run_all(settings, demo=demo, announce=announce))
 
 
 @click.command(cls=Command)

@@ -1,16 +1,18 @@
-"""The README's quick start, run as a newcomer runs it: three steps, then the event is shown.
+"""The README's quick start, run as a newcomer runs it: install, `up --demo`, then an own event.
 
 Its shell lines are taken from README.md and run with bash, in a folder of the test's own,
 against a fresh database and a fresh RabbitMQ vhost (where nothing was ever declared), with
 this environment's `task-history` first on PATH: the lines that make and enter the virtual
-environment are the only ones left out. The consumer of step 2 runs in the background, as in
-the other terminal; the last line of step 3 is repeated until it shows the event, as a person
-would run it again.
+environment are the only ones left out. `up` runs in the background, as in its own terminal,
+until it prints the page's address; the page and the demo's entries are then read over HTTP,
+and the last line of "Your own event" is repeated until it shows the event, as a person would
+run it again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shlex
@@ -20,6 +22,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tests.harness import wait_for
@@ -32,7 +35,7 @@ RUN_SECONDS = 60
 
 
 def quick_start_steps() -> list[list[str]]:
-    """The shell lines of each step of the README's "Quick start", continuations joined."""
+    """The shell lines of each block of the README's "Quick start", continuations joined."""
     text = README.read_text(encoding="utf-8")
     section = text.split("\n## Quick start\n", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"^ *```sh\n(.*?)^ *```", section, flags=re.MULTILINE | re.DOTALL)
@@ -77,8 +80,8 @@ def run_line(line: str, *, cwd: Path, environment: dict[str, str]) -> tuple[int,
 def start_in_background(
     line: str, *, cwd: Path, environment: dict[str, str]
 ) -> subprocess.Popen[bytes]:
-    """Start one README line with bash, as in another terminal; its output to consume.log."""
-    with (cwd / "consume.log").open("wb") as log:
+    """Start one README line with bash, as in another terminal; its output to up.log."""
+    with (cwd / "up.log").open("wb") as log:
         return subprocess.Popen(
             ["bash", "-c", line],  # noqa: S607  # bash from PATH, as a reader's shell
             cwd=cwd,
@@ -87,6 +90,21 @@ def start_in_background(
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: the signal reaches bash's child
         )
+
+
+def page_address(log: Path) -> str | None:
+    """The address `up` said to open, once it has."""
+    found = re.search(r"^open (http://\S+/) ", log.read_text(errors="replace"), re.MULTILINE)
+    return found.group(1) if found else None
+
+
+async def demo_entries(address: str) -> int:
+    """Entries the page's API shows across the recent tasks."""
+    async with aiohttp.ClientSession() as http, http.get(f"{address}tasks") as response:
+        if response.status != 200:
+            return 0
+        body = json.loads(await response.text())
+    return sum(int(task["entries"]) for task in body["tasks"])
 
 
 def stop(process: subprocess.Popen[bytes]) -> int:
@@ -101,31 +119,40 @@ def stop(process: subprocess.Popen[bytes]) -> int:
 
 
 class TestTheQuickStart:
-    """From nothing to an event stored and shown, by the README's three steps."""
+    """From nothing to the page showing a demo stream, and an own event stored and shown."""
 
-    def test_it_has_three_steps(self) -> None:
-        """Three shell blocks: install and migrate, consume, then publish and show."""
-        steps = quick_start_steps()
-        assert len(steps) == 3, steps
-        assert any("task-history consume" in line for line in steps[1])
-        assert "task-history show" in steps[2][-1]
+    def test_it_is_install_then_one_command(self) -> None:
+        """Install; `task-history up --demo`; then publishing and showing an own event."""
+        install, up, own_event = quick_start_steps()
+        assert all(SETUP.search(line) for line in install), install
+        assert up == ["task-history up --demo"]
+        assert "task-history show" in own_event[-1]
 
-    async def test_the_event_is_stored_and_shown(
+    async def test_the_page_the_demo_and_an_own_event(
         self, newcomer_environment: dict[str, str], tmp_path: Path
     ) -> None:
-        """Each line exits 0, and the last shows the content step 3 published."""
-        install, consume, publish_and_show = quick_start_steps()
-
-        def runnable(lines: list[str]) -> list[str]:
-            return [line for line in lines if not SETUP.search(line)]
-
-        for line in runnable(install):
-            code, out, err = run_line(line, cwd=tmp_path, environment=newcomer_environment)
-            assert code == 0, f"{line}\n{out}{err}"
-        (consume_line,) = runnable(consume)
-        consumer = start_in_background(consume_line, cwd=tmp_path, environment=newcomer_environment)
+        """`up` prints the page, which answers and shows the demo's entries; the event is shown."""
+        _, (up_line,), own_event = quick_start_steps()
+        everything = start_in_background(up_line, cwd=tmp_path, environment=newcomer_environment)
+        log = tmp_path / "up.log"
         try:
-            *first, show = runnable(publish_and_show)
+            address = await wait_for(
+                lambda: asyncio.to_thread(page_address, log),
+                lambda found: found is not None or everything.poll() is not None,
+                what="up to print the page's address",
+                interval=0.2,
+            )
+            assert address is not None, log.read_text(errors="replace")
+            async with aiohttp.ClientSession() as http, http.get(address) as response:
+                assert response.status == 200
+                assert "text/html" in response.headers["Content-Type"]
+            await wait_for(
+                lambda: demo_entries(address),
+                lambda entries: entries >= 5,
+                what="the demo's entries on the page's API",
+                interval=0.5,
+            )
+            *first, show = [line for line in own_event if not SETUP.search(line)]
             content = ""
             for line in first:
                 code, out, err = run_line(line, cwd=tmp_path, environment=newcomer_environment)
@@ -133,7 +160,7 @@ class TestTheQuickStart:
                 words = shlex.split(line)
                 if "--content" in words:
                     content = words[words.index("--content") + 1]
-            assert content, "step 3 publishes no --content"
+            assert content, "no --content is published"
 
             async def shown() -> str:
                 code, out, err = await asyncio.to_thread(
@@ -148,5 +175,5 @@ class TestTheQuickStart:
                 interval=0.5,
             )
         finally:
-            exit_code = await asyncio.to_thread(stop, consumer)
-        assert exit_code == 0, (tmp_path / "consume.log").read_text(errors="replace")
+            exit_code = await asyncio.to_thread(stop, everything)
+        assert exit_code == 0, log.read_text(errors="replace")

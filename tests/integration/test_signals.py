@@ -149,7 +149,7 @@ def wrong(endings: list[Ending], *, code: int, last_line: str | None = None) -> 
 
 
 class TestLongRunningCommandsStopCleanly:
-    """tail, consume, serve and demo, signalled as they announce themselves: exit 0, no error."""
+    """tail, consume, serve, demo and up, signalled as they announce themselves: exit 0."""
 
     async def test_tail_when_it_says_it_waits(self, env: Env) -> None:
         """`tail` prints "waiting for entries": a signal then ends it with exit 0."""
@@ -189,6 +189,17 @@ class TestLongRunningCommandsStopCleanly:
         found = wrong(endings, code=0)
         assert not found, "\n".join(found)
         assert all("published " in ending.output for ending in endings)
+
+    async def test_up_when_it_says_to_open_the_page(self, env: Env) -> None:
+        """`up --demo` prints "open URL/ ... (Ctrl-C to stop)": a signal then stops it all, 0."""
+        endings = await tries(
+            lambda number: signalled_after(
+                ["up", "--demo", "--port", "0"], "(Ctrl-C to stop)", number, environment(env)
+            )
+        )
+        found = wrong(endings, code=0)
+        assert not found, "\n".join(found)
+        assert all('"stopped"' in ending.output for ending in endings)
 
 
 class TestQuestionsAreAnswered:
