@@ -11,8 +11,10 @@ import click
 from consumer.cli.context import Group, run_async, settings_from
 from consumer.cli.options import (
     dry_run_option,
+    json_option,
     limit_option,
     non_negative_option,
+    print_json,
     selection_options,
 )
 from consumer.cli.output import export_to, output_option, write_lines
@@ -58,7 +60,7 @@ def _on_store(ctx: click.Context, work: Callable[[Store], Awaitable[T]]) -> T:
 
 @dlq.command(name="list")
 @selection_options
-@click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
+@json_option
 @non_negative_option(
     "--sample", default=5, most=10_000, description="How many of the newest to show."
 )
@@ -69,7 +71,7 @@ def dlq_list(ctx: click.Context, *, selection: Selection, as_json: bool, sample:
 
     found = _on_store(ctx, lambda store: replay.census(store, selection, sample_size=sample))
     if as_json:
-        click.echo(inert_json(json.dumps(found.to_json(), ensure_ascii=False)))
+        print_json(found.to_json())
         return
     _print_census(found, selection)
 
@@ -120,14 +122,16 @@ def dlq_show(ctx: click.Context, key: str) -> None:
     description="Leave (and report) a letter already replayed this many times.",
 )
 @dry_run_option
+@json_option
 @click.pass_context
-def dlq_replay(
+def dlq_replay(  # noqa: PLR0913  # one parameter per flag
     ctx: click.Context,
     *,
     selection: Selection,
     limit: int | None,
     max_replays: int,
     dry_run: bool,
+    as_json: bool,
 ) -> None:
     """Send dead letters back to the exchange with their original routing key.
 
@@ -177,26 +181,10 @@ def dlq_replay(
 
     with progress_bar("replaying") as progress:
         outcome = run_async(lambda: run(progress))
-    if dry_run:
-        _print_sample("would replay", outcome.done)
-    for letter in outcome.at_max_replays.sample:
-        click.echo(
-            f"left #{letter.id}: replayed {letter.replay_count} times already"
-            f" (--max-replays {max_replays})"
-        )
-    _more(outcome.at_max_replays, "at --max-replays")
-    for letter in outcome.not_whole.sample:
-        click.echo(f"left #{letter.id}: {refusal_to_replay(letter)}")
-    _more(outcome.not_whole, "kept only in part")
-    for letter, reason in outcome.unroutable.sample:
-        click.echo(f"left #{letter.id}: {inert(reason)}")
-    _more(outcome.unroutable, "unroutable")
-    partial = f", {outcome.not_whole.count} kept only in part" if outcome.not_whole.count else ""
-    click.echo(
-        f"{'dry run: would move' if dry_run else 'moved'} {outcome.done.count}, skipped"
-        f" {outcome.at_max_replays.count} at --max-replays{partial}, unroutable"
-        f" {outcome.unroutable.count}; {outcome.left} dead letters left"
-    )
+    if as_json:
+        print_json(_outcome_json(outcome, dry_run=dry_run))
+    else:
+        _print_replayed(outcome, dry_run=dry_run, max_replays=max_replays)
     if outcome.unroutable.count:
         ctx.exit(1)
 
@@ -207,6 +195,7 @@ def dlq_replay(
 @click.option("--all", "everything", is_flag=True, help="Delete every dead letter (no filter).")
 @click.option("--yes", is_flag=True, help="Don't ask for confirmation.")
 @dry_run_option
+@json_option
 @click.pass_context
 def dlq_purge(  # noqa: PLR0913  # one parameter per flag
     ctx: click.Context,
@@ -216,6 +205,7 @@ def dlq_purge(  # noqa: PLR0913  # one parameter per flag
     everything: bool,
     yes: bool,
     dry_run: bool,
+    as_json: bool,
 ) -> None:
     """Delete dead letters for good: those the filters select, or --all.
 
@@ -258,6 +248,9 @@ def dlq_purge(  # noqa: PLR0913  # one parameter per flag
 
     with progress_bar("purging") as progress:
         outcome = _on_store(ctx, lambda store: run(store, progress))
+    if as_json:
+        print_json(_outcome_json(outcome, dry_run=dry_run, purge=True))
+        return
     if dry_run:
         _print_sample("would delete", outcome.done)
     verb = "dry run: would delete" if dry_run else "deleted"
@@ -289,7 +282,7 @@ def dlq_export(ctx: click.Context, *, selection: Selection, limit: int | None, o
 
 
 @dlq.command(name="actions")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
+@json_option
 @click.option(
     "--limit",
     type=click.IntRange(1, 1000),
@@ -319,7 +312,7 @@ def dlq_actions(ctx: click.Context, *, as_json: bool, limit: int, before: int | 
             "actions": [action.to_json() for action in page.actions],
             "next": page.next,
         }
-        click.echo(inert_json(json.dumps(document, ensure_ascii=False)))
+        print_json(document)
         return
     if not page.actions:
         click.echo("no replay or purge recorded" + (f" before #{before}" if before else ""))
@@ -352,6 +345,43 @@ def _print_action(action: Action) -> None:
     click.echo(f"    {inert(filters or 'every dead letter')}; {counts}")
     if action.detail:
         click.echo(f"    {inert(action.detail)}")
+
+
+def _print_replayed(outcome: Outcome, *, dry_run: bool, max_replays: int) -> None:
+    """What a replay did (or would do), each letter it left with why, then the counts."""
+    if dry_run:
+        _print_sample("would replay", outcome.done)
+    for letter in outcome.at_max_replays.sample:
+        click.echo(
+            f"left #{letter.id}: replayed {letter.replay_count} times already"
+            f" (--max-replays {max_replays})"
+        )
+    _more(outcome.at_max_replays, "at --max-replays")
+    for letter in outcome.not_whole.sample:
+        click.echo(f"left #{letter.id}: {refusal_to_replay(letter)}")
+    _more(outcome.not_whole, "kept only in part")
+    for letter, reason in outcome.unroutable.sample:
+        click.echo(f"left #{letter.id}: {inert(reason)}")
+    _more(outcome.unroutable, "unroutable")
+    partial = f", {outcome.not_whole.count} kept only in part" if outcome.not_whole.count else ""
+    click.echo(
+        f"{'dry run: would move' if dry_run else 'moved'} {outcome.done.count}, skipped"
+        f" {outcome.at_max_replays.count} at --max-replays{partial}, unroutable"
+        f" {outcome.unroutable.count}; {outcome.left} dead letters left"
+    )
+
+
+def _outcome_json(outcome: Outcome, *, dry_run: bool, purge: bool = False) -> dict[str, object]:
+    """What a replay or purge did, as `--json` prints it: the API's fields for the same."""
+    from consumer.operations import left_behind  # noqa: PLC0415  # loads aio-pika: run time
+
+    return {
+        "dry_run": dry_run,
+        "count": outcome.done.count,
+        # A purge deletes whatever it chose: it leaves nothing behind, as the API says.
+        "left_behind": {} if purge else left_behind(outcome),
+        "left": outcome.left,
+    }
 
 
 def _print_sample(verb: str, tally: Tally[DeadLetter]) -> None:

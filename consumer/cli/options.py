@@ -15,6 +15,7 @@ import click
 from consumer.deadletters import ERROR_CODES, Selection
 from consumer.entries import ContextType
 from consumer.errors import InvalidCursorError
+from consumer.inert import inert_json
 from consumer.moments import parse_moment
 from consumer.pages import Cursor, HistoryQuery
 
@@ -277,6 +278,18 @@ def limit_option(what: str) -> Callable[[Command], Command]:
     return click.option(
         "--limit", type=click.IntRange(1, MOST), metavar="N", help=f"At most this many {what}."
     )
+
+
+def json_option(command: Command) -> Command:
+    """--json: the result as one JSON object on stdout, for scripts; messages stay on stderr."""
+    return click.option(
+        "--json", "as_json", is_flag=True, help="The result as one JSON object, for scripts."
+    )(command)
+
+
+def print_json(document: object) -> None:
+    """One JSON object on one line, inert for a terminal (consumer.inert)."""
+    click.echo(inert_json(json.dumps(document, ensure_ascii=False)))
 
 
 def dry_run_option(command: Command) -> Command:

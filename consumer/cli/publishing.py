@@ -14,7 +14,7 @@ import click
 from consumer import schema as schema_module
 from consumer.cli.context import Command, run_async, settings_from
 from consumer.cli.hints import absence_of, unknown_task_hint
-from consumer.cli.options import json_object_option
+from consumer.cli.options import json_object_option, json_option, print_json
 from consumer.cli.progress import counting
 from consumer.entries import ContextType
 from consumer.errors import InvalidEventError, TaskHistoryError
@@ -59,6 +59,7 @@ WAIT_SECONDS = 30
     is_flag=True,
     help=f"Wait (up to {WAIT_SECONDS} s) until the consumer has stored the event; print it.",
 )
+@json_option
 @click.pass_context
 def publish(
     ctx: click.Context,
@@ -67,6 +68,7 @@ def publish(
     source: BinaryIO | None,
     create_task: bool,
     wait: bool,
+    as_json: bool,
     **fields: Any,  # noqa: ANN401  # the flags
 ) -> None:
     """Publish events to the history exchange, validated and confirmed.
@@ -74,7 +76,9 @@ def publish(
     One event from --task, --type and --content (and optionally --metadata, --workspace,
     --session): prints its id; with --wait, then the entry once stored. Or many from --file: a
     bad line is reported on stderr as `line N: reason` and skipped, the rest are sent, and a
-    last line says `sent N, refused M`; the exit status is 1 when any line was refused.
+    last line says `sent N, refused M`; the exit status is 1 when any line was refused. With
+    --json the result is one object: {"id": ...} (and "entry" with --wait), or {"sent": N,
+    "refused": M}.
 
     The consumer stores events only for tasks that exist: --create-task creates the task.
     """
@@ -85,7 +89,10 @@ def publish(
         if given or create_task or wait:
             raise click.UsageError("--file goes alone, without --task, --type, --content, ...")
         sent, refused = _publish_file(settings_from(ctx), source)
-        click.echo(f"sent {sent}, refused {refused}")
+        if as_json:
+            print_json({"sent": sent, "refused": refused})
+        else:
+            click.echo(f"sent {sent}, refused {refused}")
         if refused:
             ctx.exit(1)
         return
@@ -103,18 +110,33 @@ def publish(
             async with HistoryPublisher(settings.amqp_url, exchange=settings.exchange) as sender:
                 return await sender.publish(outgoing)
 
-        click.echo(run_async(run))
+        event_id = run_async(run)
+        if as_json:
+            print_json({"id": str(event_id)})
+        else:
+            click.echo(event_id)
         return
     task_id: UUID = given["task_id"]
     run_async(
         lambda: _publish_and_wait(
-            settings, outgoing, task_id=task_id, create_task=create_task, wait=wait
+            settings,
+            outgoing,
+            task_id=task_id,
+            create_task=create_task,
+            wait=wait,
+            as_json=as_json,
         )
     )
 
 
-async def _publish_and_wait(
-    settings: Settings, outgoing: OutgoingEvent, *, task_id: UUID, create_task: bool, wait: bool
+async def _publish_and_wait(  # noqa: PLR0913  # the command's choices, each by name
+    settings: Settings,
+    outgoing: OutgoingEvent,
+    *,
+    task_id: UUID,
+    create_task: bool,
+    wait: bool,
+    as_json: bool,
 ) -> None:
     """Publish one event, creating its task first and/or waiting until it is stored."""
     from consumer.cli.history import line_of  # noqa: PLC0415  # loads rich: at run time
@@ -131,8 +153,11 @@ async def _publish_and_wait(
             for line in unknown_task_hint(task_id, absent, settings)[:2]:
                 click.echo(line, err=True)
         event_id = await publisher.publish(outgoing)
-        click.echo(event_id)
+        if not as_json:
+            click.echo(event_id)
         if not wait:
+            if as_json:
+                print_json({"id": str(event_id)})
             return
         try:
             entry = await asyncio.wait_for(_stored(store, task_id, event_id), WAIT_SECONDS)
@@ -150,7 +175,10 @@ async def _publish_and_wait(
                 f"event {event_id} was published but not stored within {WAIT_SECONDS} s: is"
                 " `task-history consume` running, on this broker and this database?"
             ) from None
-        click.echo(f"stored: {line_of(entry)}")
+        if as_json:
+            print_json({"id": str(event_id), "entry": entry.model_dump(mode="json")})
+        else:
+            click.echo(f"stored: {line_of(entry)}")
 
 
 async def _stored(store: Store, task_id: UUID, event_id: UUID) -> HistoryEntry:

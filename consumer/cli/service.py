@@ -12,7 +12,7 @@ import structlog
 
 from consumer import schedule as expiry_schedule
 from consumer.cli.context import Command, run_async, settings_from
-from consumer.cli.options import MOST, NumberRange
+from consumer.cli.options import MOST, NumberRange, json_option, print_json
 from consumer.errors import NotConnectedError, TaskHistoryError
 from consumer.settings import Settings
 from consumer.signals import run_until_stopped, stop_on_signals
@@ -20,13 +20,14 @@ from consumer.signals import run_until_stopped, stop_on_signals
 
 @click.command(cls=Command)
 @click.option("--skip-broker", is_flag=True, help="Migrate the database only; declare nothing.")
+@json_option
 @click.pass_context
-def migrate(ctx: click.Context, *, skip_broker: bool) -> None:
+def migrate(ctx: click.Context, *, skip_broker: bool, as_json: bool) -> None:
     """Apply the pending SQL migrations and declare the AMQP topology (both idempotent)."""
-    _migrate(settings_from(ctx), declare=not skip_broker)
+    _migrate(settings_from(ctx), declare=not skip_broker, as_json=as_json)
 
 
-def _migrate(settings: Settings, *, declare: bool) -> None:
+def _migrate(settings: Settings, *, declare: bool, as_json: bool = False) -> None:
     """Apply the migrations and (with `declare`) declare the topology, saying what was done."""
     from consumer.broker.client import Broker  # noqa: PLC0415  # loads aio-pika: at run time only
     from consumer.store import Store  # noqa: PLC0415  # loads asyncpg: at run time only
@@ -36,12 +37,13 @@ def _migrate(settings: Settings, *, declare: bool) -> None:
             return await store.migrate()
 
     applied = run_async(run)
-    for name in applied:
+    for name in [] if as_json else applied:
         click.echo(f"applied {name}")
-    if not applied:
+    if not (applied or as_json):
         click.echo("database is up to date")
     if not sys.stderr.isatty():  # a log (a container's, a CI's) keeps it; a terminal has it
         structlog.get_logger().info("migrated", applied=applied)
+    declared = None
     if declare:
 
         async def run_declare() -> None:
@@ -49,7 +51,11 @@ def _migrate(settings: Settings, *, declare: bool) -> None:
                 await broker.declare()
 
         run_async(run_declare)
-        click.echo(f"declared exchange {settings.exchange} and queue {settings.queue}")
+        declared = {"exchange": settings.exchange, "queue": settings.queue}
+        if not as_json:
+            click.echo(f"declared exchange {settings.exchange} and queue {settings.queue}")
+    if as_json:
+        print_json({"applied": applied, "declared": declared})
 
 
 @click.command(cls=Command)
@@ -119,8 +125,9 @@ def up(ctx: click.Context, *, demo: bool, host: str | None, port: int | None) ->
 
 
 @click.command(cls=Command)
+@json_option
 @click.pass_context
-def expire(ctx: click.Context) -> None:
+def expire(ctx: click.Context, *, as_json: bool) -> None:
     """Delete expired entries and old dead letters now; print how many of each went."""
     from consumer.expiry import Expired  # noqa: PLC0415  # the same
     from consumer.store import Store  # noqa: PLC0415  # loads asyncpg: at run time only
@@ -132,6 +139,9 @@ def expire(ctx: click.Context) -> None:
             return await store.expire(batch_size=settings.expire_batch_size)
 
     deleted = run_async(run)
+    if as_json:
+        print_json(deleted._asdict())
+        return
     entries = f"{deleted.entries} expired {'entry' if deleted.entries == 1 else 'entries'}"
     letters = f"{deleted.dead_letters} dead {'letter' if deleted.dead_letters == 1 else 'letters'}"
     click.echo(f"deleted {entries} and {letters} past their retention")

@@ -449,3 +449,66 @@ class TestOneVocabulary:
         os.close(leader)
         text = b"".join(chunks).decode(errors="replace")
         assert text.replace("\r\n", "\n") == "database is up to date\n"
+
+
+def one_object(out: str) -> dict[str, Any]:
+    """Stdout holding exactly one JSON object on one line."""
+    assert out.count("\n") == 1, out
+    document = json.loads(out)
+    assert isinstance(document, dict)
+    return document
+
+
+class TestJsonForScripts:
+    """Every command that prints a result prints it as one JSON object with --json."""
+
+    async def test_migrate_expire_and_publish(self, settings: Settings, tmp_path: Path) -> None:
+        """migrate, expire, publish one event and a file: one object each, nothing else."""
+        environment = settings_environment(settings)
+        code, out, err = await run_command("migrate", "--json", environment=environment)
+        assert code == 0, err
+        assert one_object(out) == {
+            "applied": [],
+            "declared": {"exchange": settings.exchange, "queue": settings.queue},
+        }
+        code, out, err = await run_command("expire", "--json", environment=environment)
+        assert code == 0, err
+        assert one_object(out) == {"entries": 0, "dead_letters": 0}
+        task = str(uuid.uuid4())
+        code, out, err = await run_command(
+            *("publish", "--json", "--create-task", "--task", task),
+            *("--type", "agent_turn", "--content", "x"),
+            environment=environment,
+        )
+        assert code == 0, err
+        assert uuid.UUID(one_object(out)["id"])
+        lines = tmp_path / "events.jsonl"
+        good = {"task_id": task, "context_type": "error", "content": "y"}
+        lines.write_text(json.dumps(good) + "\n{not json\n")
+        code, out, err = await run_command(
+            "publish", "--json", "--file", str(lines), environment=environment
+        )
+        assert code == 1
+        assert one_object(out) == {"sent": 1, "refused": 1}
+        assert err.startswith("line 2: ")
+
+    async def test_replay_and_purge(self, settings: Settings) -> None:
+        """Dlq replay --dry-run and dlq purge: the counts, as the API's answer has them."""
+        await bury(settings.database_url, [letter(n, code="invalid_json") for n in range(3)])
+        environment = settings_environment(settings)
+        code, out, err = await run_command(
+            "dlq", "replay", "--dry-run", "--json", environment=environment
+        )
+        assert code == 0, err
+        assert one_object(out) == {
+            "dry_run": True,
+            "count": 3,
+            "left_behind": {"at_max_replays": 0, "not_whole": 0, "unroutable": 0},
+            "left": 3,
+        }
+        code, out, err = await run_command(
+            *("dlq", "purge", "--error", "invalid_json", "--yes", "--json"),
+            environment=environment,
+        )
+        assert code == 0, err
+        assert one_object(out) == {"dry_run": False, "count": 3, "left_behind": {}, "left": 0}
