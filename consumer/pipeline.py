@@ -18,6 +18,7 @@ from uuid import UUID
 
 import structlog
 
+from consumer import tracing
 from consumer.bookkeeping import Bookkeeping
 from consumer.deadletters import DeadLetter, letter_row, one_line
 from consumer.entries import NewEntry
@@ -142,10 +143,11 @@ class Pipeline:
         """
         self._metrics.received.inc(len(batch))  # once a batch: a lock per message costs
         started = asyncio.get_running_loop().time()
-        outcome = await self._settle(batch)
-        if not outcome.settled:
-            return
-        unacked = await self._broker.ack([d.message for d in outcome.settled])
+        with tracing.batch_span([delivery.message.headers for delivery in batch]):
+            outcome = await self._settle(batch)
+            if not outcome.settled:
+                return
+            unacked = await self._broker.ack([d.message for d in outcome.settled])
         try:
             self._books.report(outcome, unacked=unacked, started=started)
         except Exception:  # the batch is acked: counting it must not undo that
@@ -389,7 +391,8 @@ class Pipeline:
         if not entries:
             return set(), [], 0
         try:
-            stored = await self._store.write_batch(entries, letters)
+            with tracing.span("task_build_history write", rows=len(entries), letters=len(letters)):
+                stored = await self._store.write_batch(entries, letters)
         except DataRejectedError as exc:
             stored, refused = await self._bisect(triage.valid, refusal=exc)
             return stored, refused, 0

@@ -15,6 +15,7 @@ import aio_pika
 import aio_pika.exceptions
 from aio_pika.abc import AbstractExchange, AbstractRobustChannel, AbstractRobustConnection
 
+from consumer import tracing
 from consumer.broker.amqp import (
     CLOSE_GRACE,
     check_exchange,
@@ -214,11 +215,14 @@ class HistoryPublisher(AsyncResource):
         if self._exchange is None or self._channel is None:
             raise NotConnectedError("the publisher is not connected")
         await self._reopened(self._channel)
+        headers: dict[str, Any] = {}
+        tracing.inject(headers)  # the trace this publish is part of, for the consumer
         message = aio_pika.Message(
             outgoing.body,
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             message_id=str(outgoing.id),
+            headers=headers or None,
         )
         with translated_errors():
             await self._exchange.publish(

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import time
 
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from consumer import tracing
 from consumer.metrics import DeadLetterCensus, new_registry
 
 log = structlog.get_logger("access")
 
 # A path or query longer than this is cut in the log line: they come from the client.
 _LOGGED_CHARACTERS = 200
+# FastAPI makes a span for each request itself once OpenTelemetry is installed (its
+# `telemetry` package, in recent releases): then a span of ours would be a second one.
+_TRACED_BY_FASTAPI = importlib.util.find_spec("fastapi.telemetry") is not None
+# The request headers a caller's trace context comes in (W3C Trace Context).
+_TRACE_HEADERS = frozenset(name.encode() for name in tracing.CONTEXT_HEADERS)
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -97,21 +105,36 @@ class Accounting:
                 sent += len(message.get("body", b""))
             await send(message)
 
-        try:
-            await self._app(scope, receive, counting)
-        finally:
-            seconds = time.monotonic() - started
-            route = route_of(scope)
-            self._metrics.requests.labels(route, str(status)).inc()
-            self._metrics.seconds.labels(route).observe(seconds)
-            client = scope.get("client")
-            log.info(
-                "request",
-                method=scope["method"],
-                path=_cut(scope["path"]),
-                query=_cut(scope["query_string"].decode("latin-1")),
-                status=status,
-                bytes=sent,
-                ms=round(seconds * 1000, 1),
-                client=f"{client[0]}:{client[1]}" if client else None,
-            )
+        carried = {
+            name.decode("latin-1"): value.decode("latin-1")
+            for name, value in scope["headers"]
+            if name in _TRACE_HEADERS
+        }
+        request_span = (
+            contextlib.nullcontext()
+            if _TRACED_BY_FASTAPI
+            else tracing.request_span(scope["method"], "HTTP", carried)
+        )
+        with request_span as traced:
+            try:
+                await self._app(scope, receive, counting)
+            finally:
+                seconds = time.monotonic() - started
+                route = route_of(scope)
+                if traced is not None:  # named by its route once the router has matched it
+                    traced.update_name(f"{scope['method']} {route}")
+                    traced.set_attribute("http.route", route)
+                    traced.set_attribute("http.response.status_code", status)
+                self._metrics.requests.labels(route, str(status)).inc()
+                self._metrics.seconds.labels(route).observe(seconds)
+                client = scope.get("client")
+                log.info(
+                    "request",
+                    method=scope["method"],
+                    path=_cut(scope["path"]),
+                    query=_cut(scope["query_string"].decode("latin-1")),
+                    status=status,
+                    bytes=sent,
+                    ms=round(seconds * 1000, 1),
+                    client=f"{client[0]}:{client[1]}" if client else None,
+                )
