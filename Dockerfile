@@ -15,11 +15,11 @@ RUN apt-get update \
 
 FROM python:3.12-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY consumer ./consumer
 COPY sql ./sql
-# Wheels of the project and of its runtime dependencies only (no test extras).
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# Wheels of the project and of what the service runs on (the `service` extra; no test extras).
+RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[service]'
 
 
 FROM python:3.12-slim AS app
@@ -30,7 +30,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN useradd --system --uid 10001 --home-dir /app task-history
 WORKDIR /app
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index /wheels/*.whl && rm -rf /wheels
+RUN pip install --no-cache-dir --no-index --find-links /wheels 'task-build-history[service]' \
+    && rm -rf /wheels
 USER task-history
 EXPOSE 9464
 # Alive means the consumer's HTTP server answers /healthz (the slim image has no curl; the

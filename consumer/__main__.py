@@ -1,7 +1,5 @@
 """`python -m consumer`: the same as the `task-history` command."""
 
-import sys
+from consumer.launcher import run
 
-from consumer.cli import main
-
-sys.exit(main())
+run()

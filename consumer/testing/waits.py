@@ -19,7 +19,6 @@ from consumer.publisher import (
     HistoryPublisher,
     prepare_events,
 )
-from consumer.store import Store
 from consumer.testing.memory import InMemoryPublisher, as_uuid
 
 T = TypeVar("T")
@@ -50,6 +49,9 @@ async def _opened(database: str | HistorySource) -> AsyncIterator[HistorySource]
     if not isinstance(database, str):
         yield database
         return
+    # Imported here: a project that tests only against an InMemoryPublisher needs no driver.
+    from consumer.store import Store  # noqa: PLC0415
+
     async with Store(database, max_connections=1) as store:
         yield store
 
