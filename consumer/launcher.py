@@ -13,7 +13,6 @@ from typing import Final
 
 # What the command line, the consumer and the API import, beyond the publishing library.
 SERVICE_MODULES: Final = (
-    "aiohttp",
     "asyncpg",
     "click",
     "dotenv",

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from datetime import datetime
 
 import structlog
-from aiohttp import web
+import uvicorn
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -19,9 +21,14 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from consumer.deadletters import ERROR_CODES
-from consumer.errors import ConfigurationError
+from consumer.errors import ConfigurationError, TaskHistoryError
+from consumer.http import QuietServer, bind
 
 log = structlog.get_logger("metrics")
 
@@ -245,7 +252,11 @@ class DeadLetterCensus:
 
 
 class HealthServer:
-    """Serves /metrics, /healthz (the process answers) and /readyz (it is consuming)."""
+    """Serves /metrics, /healthz (the process answers) and /readyz (it is consuming).
+
+    On the HTTP stack `serve` runs on (consumer.http), with the same answers: `{"status":
+    "ok"}`, `{"status": "ready"}`, or 503 with `{"status": "not ready: REASON"}`.
+    """
 
     def __init__(  # keyword-only, one per thing it serves
         self,
@@ -260,48 +271,69 @@ class HealthServer:
         self._ready = ready
         self._host = host
         self._port = port
-        self._runner: web.AppRunner | None = None
+        self._server: QuietServer | None = None
+        self._serving: asyncio.Task[None] | None = None
+        self._listener: socket.socket | None = None
         self.port = port
 
     async def start(self) -> None:
         """Listen; a port already taken is a configuration error, raised at once."""
-        app = web.Application()
-        app.router.add_get("/metrics", self._serve_metrics)
-        app.router.add_get("/healthz", self._serve_health)
-        app.router.add_get("/readyz", self._serve_readiness)
-        # Its handlers answer at once: a stop waits 2 s at most for one under way, not 60.
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
-        await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port)
         try:
-            await site.start()
-        except OSError as exc:
-            await runner.cleanup()
+            listener = bind(self._host, self._port)
+        except TaskHistoryError as exc:
             raise ConfigurationError(
-                f"can't serve metrics on {self._host}:{self._port} ({exc.strerror});"
-                " set TASK_HISTORY_METRICS_PORT to a free port, or 0 for none"
-            ) from exc
-        self._runner = runner
+                f"can't serve metrics: {exc}; set TASK_HISTORY_METRICS_PORT to a free port, or"
+                " 0 for none"
+            ) from None
+        app = Starlette(
+            routes=[
+                Route("/metrics", self._serve_metrics),
+                Route("/healthz", self._serve_health),
+                Route("/readyz", self._serve_readiness),
+            ]
+        )
+        config = uvicorn.Config(
+            app,
+            log_config=None,  # the project's logging takes uvicorn's records
+            log_level="warning",  # not its start-up lines: the consumer logs the one below
+            access_log=False,
+            lifespan="off",
+            server_header=False,
+            # Its handlers answer at once: a stop waits 2 s at most for one under way.
+            timeout_graceful_shutdown=2,
+        )
+        server = QuietServer(config)
+        self._serving = asyncio.create_task(server.serve(sockets=[listener]))
+        listening = asyncio.create_task(server.listening.wait())
+        await asyncio.wait([self._serving, listening], return_when=asyncio.FIRST_COMPLETED)
+        listening.cancel()
+        if self._serving.done():
+            listener.close()
+            self._serving.result()  # what stopped it
+            raise ConfigurationError(f"can't serve metrics on {self._host}:{self._port}")
+        self._server, self._listener = server, listener
         # The port actually bound (port 0 picks a free one).
-        self.port = runner.addresses[0][1]
+        self.port = listener.getsockname()[1]
         log.info("serving metrics and health", host=self._host, port=self.port)
 
     async def stop(self) -> None:
         """Stop listening."""
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await runner.cleanup()
+        if self._server is not None and self._serving is not None:
+            server, serving, self._server, self._serving = self._server, self._serving, None, None
+            server.stop()
+            await serving
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
 
-    async def _serve_metrics(self, _request: web.Request) -> web.Response:
-        response = web.Response(body=self._metrics.render())
-        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
-        return response
+    async def _serve_metrics(self, _request: Request) -> Response:
+        return Response(self._metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    async def _serve_health(self, _request: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
+    async def _serve_health(self, _request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
 
-    async def _serve_readiness(self, _request: web.Request) -> web.Response:
+    async def _serve_readiness(self, _request: Request) -> Response:
         reason = await self._ready()
         if reason is None:
-            return web.Response(text="ready\n")
-        return web.Response(status=503, text=f"not ready: {reason}\n")
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": f"not ready: {reason}"}, status_code=503)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import ipaddress
 import resource
 import socket
@@ -17,6 +16,7 @@ from consumer.api.app import STARTUP_WAIT_SECONDS, create_app
 from consumer.api.protocol import with_header_timeout
 from consumer.api.state import ApiState
 from consumer.errors import TaskHistoryError
+from consumer.http import QuietServer, bind
 from consumer.settings import Settings
 from consumer.signals import stop_on_signals
 
@@ -29,29 +29,12 @@ HEADER_BYTES = 16 * 1024
 SPARE_DESCRIPTORS = 256
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on host:port; TaskHistoryError in one line if it can't be had."""
-    try:
-        family, kind, protocol, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-    except (socket.gaierror, UnicodeError) as exc:
-        raise TaskHistoryError(f"cannot listen on {host}:{port}: unknown host ({exc})") from None
-    listener = socket.socket(family, kind, protocol)
-    try:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(address)
-        listener.listen(2048)
-    except OSError as exc:
-        listener.close()
-        reason = "the port is taken" if exc.errno == errno.EADDRINUSE else exc.strerror
-        raise TaskHistoryError(f"cannot listen on {host}:{port}: {reason}") from None
-    listener.set_inheritable(True)
-    return listener
+class _Server(QuietServer):
+    """The API's uvicorn: started once the store is open, stopped on the project's signals.
 
-
-class _Server(uvicorn.Server):
-    """uvicorn, stopping on the project's signal handling: exit 0, the streams ended at once."""
+    With `signals`, SIGTERM and SIGINT stop it (exit 0, the streams ended at once); else its
+    owner does.
+    """
 
     def __init__(self, config: uvicorn.Config, *, state: ApiState, signals: bool = True) -> None:
         super().__init__(config)
@@ -72,8 +55,7 @@ class _Server(uvicorn.Server):
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
-        # uvicorn's own handlers raise the signal again once stopped: the exit code would be
-        # the signal's, not 0.
+        """The project's signal handling, when this server owns the process's signals."""
         if not self._signals:
             yield
             return
@@ -82,9 +64,7 @@ class _Server(uvicorn.Server):
 
     def stop(self) -> None:
         """Stop taking requests, end every stream, and let running requests finish."""
-        if self.should_exit:
-            self.force_exit = True  # a second signal: stop now
-        self.should_exit = True
+        super().stop()
         self._state.feeds.close()
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import sys
 import urllib.error
 import urllib.request
@@ -14,6 +16,7 @@ from consumer import schedule as expiry_schedule
 from consumer.cli.context import Command, run_async, settings_from
 from consumer.cli.options import MOST, NumberRange, json_option, print_json
 from consumer.errors import NotConnectedError, TaskHistoryError
+from consumer.inert import inert
 from consumer.settings import Settings
 from consumer.signals import run_until_stopped, stop_on_signals
 
@@ -196,13 +199,19 @@ def health(ctx: click.Context, *, ready: bool, host: str) -> None:
     url = f"http://{host}:{settings.metrics_port}{path}"
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
-            click.echo(response.read().decode(errors="replace").strip())
+            click.echo(_status(response.read()))
     except urllib.error.HTTPError as exc:
-        raise TaskHistoryError(
-            f"{path}: {exc.code} {exc.read().decode(errors='replace').strip()}"
-        ) from None
+        raise TaskHistoryError(f"{path}: {exc.code} {_status(exc.read())}") from None
     except OSError as exc:
         raise TaskHistoryError(f"{url} does not answer: {exc}") from None
+
+
+def _status(body: bytes) -> str:
+    """The `status` of a health answer (`{"status": "ready"}`), else its text as it came."""
+    text = body.decode(errors="replace").strip()
+    with contextlib.suppress(ValueError, TypeError, KeyError):
+        return inert(str(json.loads(text)["status"]))
+    return inert(text)
 
 
 @click.command(cls=Command)

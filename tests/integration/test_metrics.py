@@ -16,6 +16,7 @@ import pytest
 import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
+from consumer.api.server import serving as serving_api
 from consumer.cli import main
 from consumer.errors import ConfigurationError
 from consumer.settings import Settings
@@ -23,6 +24,7 @@ from consumer.topology import Topology
 from consumer.worker import Worker
 from tests.harness import Bus, event, proxied, running, through, wait_for
 from tests.helpers import insert_rows, new_task
+from tests.integration.test_api import api_settings
 
 
 def free_port() -> int:
@@ -206,7 +208,7 @@ class TestHealth:
         settings = with_metrics(through_proxy)
         async with serving(settings):
             await wait_for(lambda: get(settings, "/readyz"), lambda r: r[0] == 200, what="ready")
-            assert await get(settings, "/healthz") == (200, "ok\n")
+            assert await get(settings, "/healthz") == (200, '{"status":"ok"}')
             await proxy.cut()
             _, body = await wait_for(
                 lambda: get(settings, "/readyz"), lambda r: r[0] == 503, what="not ready"
@@ -330,6 +332,20 @@ class TestHealth:
         assert err.startswith("task-history: error: http://127.0.0.1:")
         assert len(err.splitlines()) == 1
 
+    async def test_the_same_answers_as_serve(self, settings: Settings, database_url: str) -> None:
+        """/healthz and /readyz of `consume` and of `serve`: the same status, type and body."""
+        settings = with_metrics(settings)
+        async with serving(settings), serving_api(api_settings(database_url)) as api:
+            await wait_for(lambda: get(settings, "/readyz"), lambda r: r[0] == 200, what="ready")
+            async with aiohttp.ClientSession() as http:
+                for path in ("/healthz", "/readyz"):
+                    answers = []
+                    for url in (f"http://127.0.0.1:{settings.metrics_port}{path}", api + path):
+                        async with http.get(url) as response:
+                            kind = response.headers["Content-Type"]
+                            answers.append((response.status, kind, await response.json()))
+                    assert answers[0] == answers[1], path
+
     async def test_a_taken_port_is_one_clear_error(self, settings: Settings) -> None:
         """A metrics port already in use stops the consumer at start with a readable error."""
         with socket.socket() as taken:
@@ -338,6 +354,9 @@ class TestHealth:
             settings = settings.model_copy(
                 update={"metrics_host": "127.0.0.1", "metrics_port": taken.getsockname()[1]}
             )
-            with pytest.raises(ConfigurationError, match=r"can't serve metrics on 127\.0\.0\.1"):
+            with pytest.raises(
+                ConfigurationError,
+                match=r"can't serve metrics: cannot listen on 127\.0\.0\.1:\d+: the port is taken",
+            ):
                 async with running(settings):
                     pass

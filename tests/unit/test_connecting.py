@@ -102,6 +102,6 @@ class TestHealthServer:
                 aiohttp.ClientSession() as session,
                 session.get(f"http://127.0.0.1:{server.port}/healthz") as response,
             ):
-                assert (response.status, await response.text()) == (200, "ok\n")
+                assert (response.status, await response.json()) == (200, {"status": "ok"})
         finally:
             await server.stop()

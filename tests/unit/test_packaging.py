@@ -117,7 +117,7 @@ class TestAPublisherOnlyInstall:
         service = {
             re.split(r"[<>=]", name)[0] for name in PROJECT["optional-dependencies"]["service"]
         }
-        assert {"asyncpg", "fastapi", "uvicorn", "aiohttp", "rich", "click"} <= service
+        assert {"asyncpg", "fastapi", "uvicorn", "rich", "click"} <= service
 
     def test_publishing_and_its_test_double_work_without_the_service(self) -> None:
         """HistoryPublisher imports; InMemoryPublisher publishes, and the waits read it."""
