@@ -15,16 +15,18 @@ from consumer.settings import Settings
 from consumer.signals import stop_on_signals
 from consumer.worker import BoundedStop, Worker
 
-# The demo stream of `up --demo`: as `task-history demo` by default.
-DEMO_AGENTS = 3
-DEMO_RATE = 2.0
 
+async def run_all(
+    settings: Settings,
+    *,
+    demo: tuple[int, float] | None,
+    announce: Callable[[str], None],
+) -> None:
+    """Consume and serve until SIGTERM or SIGINT; `announce(url)` once the API answers.
 
-async def run_all(settings: Settings, *, demo: bool, announce: Callable[[str], None]) -> None:
-    """Consume and serve (and publish a demo stream) until SIGTERM or SIGINT; `announce(url)`.
-
-    The page's URL is announced once the API answers and a signal stops everything: the demo
-    ends its stories, the consumer writes and acks what it holds, then the API stops.
+    With `demo` (agents, events per second each), a demo stream is published too. A signal
+    stops everything: the demo ends its stories, the consumer writes and acks what it holds,
+    then the API stops.
     """
     worker = Worker.from_settings(settings)
     demo_done = asyncio.Event()
@@ -33,15 +35,10 @@ async def run_all(settings: Settings, *, demo: bool, announce: Callable[[str], N
         with stop_on_signals(stop):
             async with serving_with_state(settings) as (url, _state), asyncio.TaskGroup() as group:
                 group.create_task(worker.run())
-                if demo:
+                if demo is not None:
+                    agents, rate = demo
                     group.create_task(
-                        run_demo(
-                            settings,
-                            agents=DEMO_AGENTS,
-                            rate=DEMO_RATE,
-                            count=None,
-                            stop=demo_done,
-                        )
+                        run_demo(settings, agents=agents, rate=rate, count=None, stop=demo_done)
                     )
                 announce(url)
     except ExceptionGroup as failed:

@@ -20,6 +20,7 @@ SERVICE_MODULES: Final = (
     "prometheus_client",
     "pydantic_settings",
     "rich",
+    "starlette",
     "structlog",
     "uvicorn",
 )

@@ -32,9 +32,6 @@ from consumer.http import QuietServer, bind
 
 log = structlog.get_logger("metrics")
 
-# A `_created` series beside every counter and histogram doubles what is scraped for a time
-# no query here needs (a restart shows as a counter reset anyway).
-disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
 
 # What /readyz asks: None when ready, else why not (one short line).
 Readiness = Callable[[], Awaitable[str | None]]
@@ -61,6 +58,10 @@ def new_registry() -> CollectorRegistry:
     One registry per worker or application, not the process-wide default: two of them in one
     process (tests) count separately.
     """
+    # A `_created` series beside every counter and histogram doubles what is scraped for a time
+    # no query here needs (a restart shows as a counter reset anyway). The switch is the
+    # library's, process-wide: thrown where a process makes its metrics.
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
     registry = CollectorRegistry(auto_describe=True)
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
@@ -212,10 +213,13 @@ class DeadLetterCensus:
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        """Expose the census in `registry`; zero until `show()`."""
+        """Expose the census in `registry`, from the first `show()` on."""
         self._counts: dict[str, int] = dict.fromkeys(KNOWN_CODES, 0)
         self._replayed = 0
         self._purged = 0
+        # Nothing is exposed before the database was read: zeros would read as "none", and
+        # the first real totals as a burst.
+        self._read = False
         registry.register(self)
 
     def show(self, counts: Mapping[str, int], *, replayed: int, purged: int) -> None:
@@ -224,9 +228,14 @@ class DeadLetterCensus:
         for code, count in counts.items():
             self._counts[metric_code(code)] += count
         self._replayed, self._purged = replayed, purged
+        self._read = True
 
     def collect(self) -> Iterator[Metric]:
-        """The three families, as a scrape reads them."""
+        """The three families, as a scrape reads them; none until the database was read."""
+        return self.describe() if self._read else iter(())
+
+    def describe(self) -> Iterator[Metric]:
+        """The three families with the last values read (their names, for the registry)."""
         letters = GaugeMetricFamily(
             "task_history_dead_letters",
             "Dead letters in the database now, by x-error code (other: a code of another tool)",
@@ -245,10 +254,6 @@ class DeadLetterCensus:
             "Dead letters deleted by `task-history dlq purge` or the API, ever",
             value=self._purged,
         )
-
-    def describe(self) -> Iterator[Metric]:
-        """The same families, for the registry's check of duplicate names."""
-        return self.collect()
 
 
 class HealthServer:
@@ -295,7 +300,6 @@ class HealthServer:
         config = uvicorn.Config(
             app,
             log_config=None,  # the project's logging takes uvicorn's records
-            log_level="warning",  # not its start-up lines: the consumer logs the one below
             access_log=False,
             lifespan="off",
             server_header=False,

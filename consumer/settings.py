@@ -314,11 +314,15 @@ def unknown_variables(
     """
     known = [name.upper() for name in Settings.model_fields]
     found: list[UnknownVariable] = []
+    seen: set[str] = set()  # a name set in both places is reported once, where it is read first
     for names, source in ((environment, "environment"), (dotenv, ".env")):
         for name in sorted(names):
             upper = name.upper()
             if not upper.startswith(PREFIX) or upper.startswith(RESERVED_PREFIXES):
                 continue
+            if upper in seen:
+                continue
+            seen.add(upper)
             setting = upper.removeprefix(PREFIX)
             if setting in known:
                 continue

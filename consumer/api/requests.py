@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import time
+from typing import Any
 
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
@@ -19,7 +20,7 @@ log = structlog.get_logger("access")
 _LOGGED_CHARACTERS = 200
 # FastAPI makes a span for each request itself once OpenTelemetry is installed (its
 # `telemetry` package, in recent releases): then a span of ours would be a second one.
-_TRACED_BY_FASTAPI = importlib.util.find_spec("fastapi.telemetry") is not None
+_TRACING_HERE = tracing.enabled() and importlib.util.find_spec("fastapi.telemetry") is None
 # The request headers a caller's trace context comes in (W3C Trace Context).
 _TRACE_HEADERS = frozenset(name.encode() for name in tracing.CONTEXT_HEADERS)
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -105,16 +106,14 @@ class Accounting:
                 sent += len(message.get("body", b""))
             await send(message)
 
-        carried = {
-            name.decode("latin-1"): value.decode("latin-1")
-            for name, value in scope["headers"]
-            if name in _TRACE_HEADERS
-        }
-        request_span = (
-            contextlib.nullcontext()
-            if _TRACED_BY_FASTAPI
-            else tracing.request_span(scope["method"], "HTTP", carried)
-        )
+        request_span: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        if _TRACING_HERE:
+            carried = {
+                name.decode("latin-1"): value.decode("latin-1")
+                for name, value in scope["headers"]
+                if name in _TRACE_HEADERS
+            }
+            request_span = tracing.request_span(scope["method"], "HTTP", carried)
         with request_span as traced:
             try:
                 await self._app(scope, receive, counting)

@@ -102,13 +102,7 @@ async def serve(settings: Settings, *, announce: Callable[[str], None]) -> None:
     server, url, _ = _server(settings, listener, signals=True)
 
     def started() -> None:
-        log.info("serving", url=url, token=settings.api_token is not None)
-        if settings.api_token is None and not _loopback(listener):
-            log.warning(
-                "listening beyond loopback without a token: whoever reaches this address reads"
-                " every history and dead letter; set TASK_HISTORY_API_TOKEN",
-                url=url,
-            )
+        _log_start(settings, listener, url)
         announce(url)
 
     server.on_started = started
@@ -116,6 +110,17 @@ async def serve(settings: Settings, *, announce: Callable[[str], None]) -> None:
         await server.serve(sockets=[listener])
     finally:
         listener.close()
+
+
+def _log_start(settings: Settings, listener: socket.socket, url: str) -> None:
+    """Say where the API listens, and warn when anyone who reaches it reads everything."""
+    log.info("serving", url=url, token=settings.api_token is not None)
+    if settings.api_token is None and not _loopback(listener):
+        log.warning(
+            "listening beyond loopback without a token: whoever reaches this address reads"
+            " every history and dead letter; set TASK_HISTORY_API_TOKEN",
+            url=url,
+        )
 
 
 def _loopback(listener: socket.socket) -> bool:
@@ -157,6 +162,7 @@ async def serving(settings: Settings) -> AsyncIterator[str]:
 async def serving_with_state(settings: Settings) -> AsyncIterator[tuple[str, ApiState]]:
     """The same as `serving`, yielding the application's state too (its feeds, its store)."""
     listener = bind(settings.api_host, settings.api_port)
+    _allow_descriptors(settings.api_connection_limit + SPARE_DESCRIPTORS)
     server, url, state = _server(settings, listener, signals=False)
     started = asyncio.Event()
     server.on_started = started.set
@@ -168,6 +174,7 @@ async def serving_with_state(settings: Settings) -> AsyncIterator[tuple[str, Api
         if running.done():
             running.result()
             raise TaskHistoryError(f"the server at {url} stopped at once")
+        _log_start(settings, listener, url)
         yield url, state
     finally:
         server.stop()

@@ -243,17 +243,29 @@ class _RaisedInstead(logging.Filter):
 
 
 _RAISED_INSTEAD = _RaisedInstead()
+_quieting = 0  # connects under way that raise their failures themselves
 
 
-def quiet_connect_failures() -> None:
-    """Keep aiormq from logging the connect failures it raises to us (idempotent).
+@contextmanager
+def connect_failures_raised() -> Iterator[None]:
+    """While inside, aiormq does not log the connect failures it raises to the caller.
 
     Without it a program that prints our error gets a second line from aiormq's logger (on
     stderr through logging's last-resort handler, when the program configured no logging).
+    Only a first connect is quieted: the failures of a robust connection's own reconnects,
+    which nobody raises, stay in the log.
     """
+    global _quieting  # noqa: PLW0603  # a count of the connects in this process
     logger = logging.getLogger("aiormq.connection")
-    if _RAISED_INSTEAD not in logger.filters:
+    _quieting += 1
+    if _quieting == 1:
         logger.addFilter(_RAISED_INSTEAD)
+    try:
+        yield
+    finally:
+        _quieting -= 1
+        if _quieting == 0:
+            logger.removeFilter(_RAISED_INSTEAD)
 
 
 async def connect_confirming(
@@ -268,12 +280,11 @@ async def connect_confirming(
     connection left open keeps reconnecting on its own, for as long as the process runs.
     """
     read_frames_leniently()  # a message no client can read must not drop the connection
-    quiet_connect_failures()
     urls = [with_heartbeat(address, heartbeat) for address in amqp_urls(url)]
     unavailable: list[BrokerUnavailableError] = []
     for at, candidate in enumerate(urls):
         try:
-            with translated_errors(url=candidate):
+            with translated_errors(url=candidate), connect_failures_raised():
                 connection = await aio_pika.connect_robust(
                     candidate,
                     timeout=CONNECT_TIMEOUT,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import select
 import sys
@@ -12,6 +11,7 @@ import click
 import structlog
 
 from consumer.cli.context import PROG, Invocation
+from consumer.cli.output import OUTPUT_ERRNOS
 from consumer.cli.root import cli
 from consumer.errors import (
     ConfigurationError,
@@ -28,8 +28,6 @@ log = structlog.get_logger()
 # A reader that went away (`| head -1`): the exit status of a process SIGPIPE ends, as every
 # other program in the pipeline gives it (128 + 13), and no message: nothing went wrong.
 BROKEN_PIPE_EXIT = 141
-# Errors of a full or broken output, for which the error line says "can't write".
-_OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,7 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = cli.main(args=argv, prog_name=PROG, standalone_mode=False, obj=invocation)
         # Here, not at exit: a failing final flush would be Python's own message and status.
-        sys.stdout.flush()
+        if sys.stdout is not None:  # None when the caller closed it (`>&-`)
+            sys.stdout.flush()
     except BrokenPipeError as exc:
         if not _stdout_reader_gone():  # a socket's, say: an error like any other
             return _report(exc, invocation)
@@ -104,7 +103,7 @@ def _summary(exc: Exception) -> tuple[str, int]:  # noqa: PLR0911  # one case pe
             return "interrupted", 1
         case ConfigurationError():
             return str(exc), 2
-        case OSError() if exc.errno in _OUTPUT_ERRNOS and exc.filename is None:
+        case OSError() if exc.errno in OUTPUT_ERRNOS and exc.filename is None:
             _discard_stdout()  # what is still buffered can't be written either
             return f"can't write the output: {exc.strerror}", 1
         case TaskHistoryError():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -11,6 +12,10 @@ import click
 
 from consumer.cli.progress import counting
 from consumer.inert import inert_json
+
+# Errors of an output that can't take what is written (a full disk, a quota, a file too large
+# or a failing device), for which the error line says "can't write".
+OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
 
 output_option = click.option(
     "--output",
@@ -50,6 +55,8 @@ def export_to(output: str, write: Callable[[TextIO], int], *, noun: str) -> None
     try:
         with sink:
             written = write(sink)
-    except OSError as exc:  # a full disk, a quota
+    except OSError as exc:
+        if exc.errno not in OUTPUT_ERRNOS:  # not the file's: a connection's, say
+            raise
         raise click.ClickException(f"can't write {output}: {exc.strerror}") from None
     click.echo(f"exported {written} {noun} to {output}")

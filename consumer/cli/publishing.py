@@ -162,23 +162,32 @@ async def _publish_and_wait(  # noqa: PLR0913  # the command's choices, each by 
         try:
             entry = await asyncio.wait_for(_stored(store, task_id, event_id), WAIT_SECONDS)
         except TimeoutError:
-            if await absence_of(store, task_id) is not None:
-                # Not the consumer's fault: the event waits for its task, as the hint said.
-                raise TaskHistoryError(
-                    f"event {event_id} was published but not stored within {WAIT_SECONDS} s:"
-                    f" task {task_id} still does not exist, so the consumer holds the event for"
-                    f" it up to {settings.unknown_task_retry_seconds:g} s"
-                    " (TASK_HISTORY_UNKNOWN_TASK_RETRY_SECONDS), then dead-letters it; create"
-                    " the task, or publish with --create-task"
-                ) from None
-            raise TaskHistoryError(
-                f"event {event_id} was published but not stored within {WAIT_SECONDS} s: is"
-                " `task-history consume` running, on this broker and this database?"
-            ) from None
+            if as_json:  # the id is what a script needs to look again
+                print_json({"id": str(event_id), "entry": None})
+            raise await _not_stored(store, settings, task_id, event_id) from None
         if as_json:
             print_json({"id": str(event_id), "entry": entry.model_dump(mode="json")})
         else:
             click.echo(f"stored: {line_of(entry)}")
+
+
+async def _not_stored(
+    store: Store, settings: Settings, task_id: UUID, event_id: UUID
+) -> TaskHistoryError:
+    """Why an event published was not stored in time: its missing task, or no consumer."""
+    if await absence_of(store, task_id) is not None:
+        # Not the consumer's fault: the event waits for its task, as the hint said.
+        return TaskHistoryError(
+            f"event {event_id} was published but not stored within {WAIT_SECONDS} s:"
+            f" task {task_id} still does not exist, so the consumer holds the event for"
+            f" it up to {settings.unknown_task_retry_seconds:g} s"
+            " (TASK_HISTORY_UNKNOWN_TASK_RETRY_SECONDS), then dead-letters it; create"
+            " the task, or publish with --create-task"
+        )
+    return TaskHistoryError(
+        f"event {event_id} was published but not stored within {WAIT_SECONDS} s: is"
+        " `task-history consume` running, on this broker and this database?"
+    )
 
 
 async def _stored(store: Store, task_id: UUID, event_id: UUID) -> HistoryEntry:

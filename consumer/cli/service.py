@@ -20,6 +20,10 @@ from consumer.inert import inert
 from consumer.settings import Settings
 from consumer.signals import run_until_stopped, stop_on_signals
 
+# The stream `demo` and `up --demo` publish by default.
+DEMO_AGENTS = 3
+DEMO_RATE = 2.0
+
 
 @click.command(cls=Command)
 @click.option("--skip-broker", is_flag=True, help="Migrate the database only; declare nothing.")
@@ -98,7 +102,8 @@ def consume(ctx: click.Context, /, **options: int | None) -> None:
 @click.option(
     "--demo",
     is_flag=True,
-    help="Also publish a realistic stream from 3 simulated agents, which create their tasks.",
+    help=f"Also publish a realistic stream from {DEMO_AGENTS} simulated agents, which create"
+    " their tasks.",
 )
 @click.option("--host", help="Interface the API listens on [TASK_HISTORY_API_HOST]")
 @click.option(
@@ -113,7 +118,7 @@ def up(ctx: click.Context, *, demo: bool, host: str | None, port: int | None) ->
     One command to see it work on one machine: what `migrate`, `consume` and `serve` do, and
     with --demo what `demo` does, together. In production run them apart, each on its own.
     """
-    from consumer.all_in_one import DEMO_AGENTS, run_all  # noqa: PLC0415  # every client
+    from consumer.all_in_one import run_all  # noqa: PLC0415  # loads every client
 
     settings = settings_from(ctx, api_host=host, api_port=port)
     _migrate(settings, declare=True)
@@ -124,7 +129,8 @@ def up(ctx: click.Context, *, demo: bool, host: str | None, port: int | None) ->
             click.echo(f"publishing a demo stream from {DEMO_AGENTS} agents")
         click.echo(f"open {url}/ to see the tasks and their entries (Ctrl-C to stop)")
 
-    run_until_stopped(lambda: run_all(settings, demo=demo, announce=announce))
+    stream = (DEMO_AGENTS, DEMO_RATE) if demo else None
+    run_until_stopped(lambda: run_all(settings, demo=stream, announce=announce))
 
 
 @click.command(cls=Command)
@@ -218,14 +224,14 @@ def _status(body: bytes) -> str:
 @click.option(
     "--agents",
     type=click.IntRange(1, 100),
-    default=3,
+    default=DEMO_AGENTS,
     show_default=True,
     help="How many agents publish at once, each through its own tasks.",
 )
 @click.option(
     "--rate",
     type=NumberRange(0.01, 1000),
-    default=2.0,
+    default=DEMO_RATE,
     show_default=True,
     help="Events per second per agent, on average.",
 )

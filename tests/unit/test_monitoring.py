@@ -23,10 +23,12 @@ OUR_NAME = re.compile(r"\btask_history_[a-z_]+[a-z]\b")
 
 
 def expositions() -> dict[str, str]:
-    """The text a scrape of each process gets: the consumer, and `serve`."""
+    """What a scrape of each process gets: the consumer, and `serve` once it read the database."""
+    api = ApiMetrics()
+    api.dead_letters.show({"invalid_json": 2}, replayed=1, purged=0)
     return {
         "consume": Metrics().render().decode(),
-        "serve": generate_latest(ApiMetrics().registry).decode(),
+        "serve": generate_latest(api.registry).decode(),
     }
 
 
@@ -66,6 +68,14 @@ class TestMetricConventions:
         """`promtool check metrics` finds nothing to say about either process's scrape."""
         result = promtool("check", "metrics", stdin=expositions()[process])
         assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+    def test_the_census_waits_for_the_database(self) -> None:
+        """Before serve has read the dead letters, their series are absent, not zero."""
+        api = ApiMetrics()
+        assert b"task_history_dead_letters" not in generate_latest(api.registry)
+        api.dead_letters.show({}, replayed=0, purged=0)
+        text = generate_latest(api.registry).decode()
+        assert 'task_history_dead_letters{code="invalid_json"} 0.0' in text
 
     def test_no_created_series(self) -> None:
         """No `_created` sample beside the counters and histograms."""

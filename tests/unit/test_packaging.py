@@ -88,60 +88,14 @@ class TestProjectMetadata:
         assert f"Programming Language :: Python :: 3.{sys.version_info.minor}" in classifiers
 
 
-# The modules of the `service` extra, made unimportable as in an install without it.
-WITHOUT_SERVICE = """
-import sys
-from consumer.launcher import SERVICE_MODULES
-for name in SERVICE_MODULES:
-    sys.modules[name] = None
-"""
+class TestExtras:
+    """What each install pulls (tests/clients/test_installs.py installs it for real)."""
 
-
-def without_service(code: str) -> subprocess.CompletedProcess[str]:
-    """Run `code` in a Python where none of the service extra's modules can be imported."""
-    return subprocess.run(
-        [sys.executable, "-c", WITHOUT_SERVICE + code],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-
-
-class TestAPublisherOnlyInstall:
-    """`pip install task-build-history` is what publishing needs, and the rest is an extra."""
-
-    def test_the_base_install_is_four_packages(self) -> None:
-        """aio-pika, aiormq, pamqp and pydantic; the service's packages under `service`."""
+    def test_the_base_install_is_five_packages(self) -> None:
+        """aio-pika, aiormq, pamqp, pydantic and yarl; the service's packages under `service`."""
         base = {re.split(r"[<>=]", name)[0] for name in PROJECT["dependencies"]}
-        assert base == {"aio-pika", "aiormq", "pamqp", "pydantic"}
+        assert base == {"aio-pika", "aiormq", "pamqp", "pydantic", "yarl"}
         service = {
             re.split(r"[<>=]", name)[0] for name in PROJECT["optional-dependencies"]["service"]
         }
         assert {"asyncpg", "fastapi", "uvicorn", "rich", "click"} <= service
-
-    def test_publishing_and_its_test_double_work_without_the_service(self) -> None:
-        """HistoryPublisher imports; InMemoryPublisher publishes, and the waits read it."""
-        result = without_service(
-            """
-import asyncio, uuid
-from consumer import HistoryPublisher, InMemoryPublisher
-from consumer.testing import wait_for_entries
-
-async def main():
-    history = InMemoryPublisher()
-    task = uuid.uuid4()
-    await history.publish({"task_id": task, "context_type": "agent_turn", "content": "x"})
-    print(len(await wait_for_entries(history, task, 1)), HistoryPublisher.__name__)
-
-asyncio.run(main())
-"""
-        )
-        assert (result.returncode, result.stdout) == (0, "1 HistoryPublisher\n"), result.stderr
-
-    def test_the_command_line_says_which_extra_it_needs(self) -> None:
-        """`task-history` without the service extra: one line naming it, exit 1."""
-        result = without_service("from consumer.launcher import run; run()")
-        assert result.returncode == 1
-        [line] = result.stderr.splitlines()
-        assert line.startswith("task-history: error: the command line needs the service extra")
-        assert line.endswith("pip install 'task-build-history[service]'")

@@ -82,6 +82,11 @@ class TestUnknownVariables:
             ("TASK_HISTORY_AMQP_URLS", ".env", "TASK_HISTORY_AMQP_URL"),
         ]
 
+    def test_a_name_set_twice_is_reported_once(self) -> None:
+        """The same misspelt name in the environment and in .env: one report, the environment's."""
+        [found] = unknown_variables({"TASK_HISTORY_PREFECH": "2"}, ["task_history_prefech"])
+        assert (found.source, found.closest) == ("environment", "TASK_HISTORY_PREFETCH")
+
     def test_names_are_compared_as_the_settings_read_them(self) -> None:
         """Lower case is a known setting (they are read case-insensitively), not an unknown one."""
         assert unknown_variables({"task_history_log_level": "debug"}) == []
