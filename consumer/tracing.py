@@ -50,8 +50,11 @@ def batch_span(headers: Sequence[Mapping[str, object]]) -> Iterator[None]:
         yield
         return
     links = []
-    for carried in headers:
-        context = trace.get_current_span(propagate.extract(_carried(carried))).get_span_context()
+    for message_headers in headers:
+        if "traceparent" not in message_headers:  # most messages: nothing to extract
+            continue
+        carried = _carried(message_headers)
+        context = trace.get_current_span(propagate.extract(carried)).get_span_context()
         if context.is_valid:
             links.append(trace.Link(context))
             if len(links) == MAX_LINKS:
