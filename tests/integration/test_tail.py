@@ -141,7 +141,9 @@ class TestTailCommand:
         run_sync(admin(database_url, "DROP FUNCTION task_build_history_notify_v1() CASCADE"))
         assert main(["--database-url", database_url, "tail", str(uuid.uuid4())]) == 1
         err = capsys.readouterr().err
-        assert err == (
+        database = database_url.rsplit("/", 1)[1]
+        assert err.startswith(
             "task-history: error: the database lacks sql/0002_notify.sql:"
-            " run `task-history migrate`\n"
+            f" run `task-history migrate` [database '{database}' on "
         )
+        assert len(err.splitlines()) == 1
