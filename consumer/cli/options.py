@@ -280,6 +280,24 @@ def limit_option(what: str) -> Callable[[Command], Command]:
     )
 
 
+def api_address_options(command: Command) -> Command:
+    """--host and --port: where the HTTP API and the page listen (`serve`, `up`)."""
+    return _with_options(
+        command,
+        [
+            click.option(
+                "--host",
+                help="Interface to listen on [TASK_HISTORY_API_HOST; default: 127.0.0.1]",
+            ),
+            click.option(
+                "--port",
+                type=click.IntRange(0, 65_535),
+                help="Port to listen on, 0 for any free one [TASK_HISTORY_API_PORT; default: 8080]",
+            ),
+        ],
+    )
+
+
 def json_option(command: Command) -> Command:
     """--json: the result as one JSON object on stdout, for scripts; messages stay on stderr."""
     return click.option(

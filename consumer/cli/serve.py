@@ -5,16 +5,12 @@ from __future__ import annotations
 import click
 
 from consumer.cli.context import settings_from
+from consumer.cli.options import api_address_options
 from consumer.signals import run_until_stopped
 
 
 @click.command()
-@click.option("--host", help="Interface to listen on [TASK_HISTORY_API_HOST; default: 127.0.0.1]")
-@click.option(
-    "--port",
-    type=click.IntRange(0, 65_535),
-    help="Port to listen on, 0 for any free one [TASK_HISTORY_API_PORT; default: 8080]",
-)
+@api_address_options
 @click.pass_context
 def serve(ctx: click.Context, *, host: str | None, port: int | None) -> None:
     """Serve the history over HTTP and the console page, until SIGTERM or SIGINT.

@@ -14,7 +14,13 @@ import structlog
 
 from consumer import schedule as expiry_schedule
 from consumer.cli.context import Command, run_async, settings_from
-from consumer.cli.options import MOST, NumberRange, json_option, print_json
+from consumer.cli.options import (
+    MOST,
+    NumberRange,
+    api_address_options,
+    json_option,
+    print_json,
+)
 from consumer.errors import NotConnectedError, TaskHistoryError
 from consumer.inert import inert
 from consumer.settings import Settings
@@ -105,12 +111,7 @@ def consume(ctx: click.Context, /, **options: int | None) -> None:
     help=f"Also publish a realistic stream from {DEMO_AGENTS} simulated agents, which create"
     " their tasks.",
 )
-@click.option("--host", help="Interface the API listens on [TASK_HISTORY_API_HOST]")
-@click.option(
-    "--port",
-    type=click.IntRange(0, 65_535),
-    help="Port of the API and page, 0 for any free one [TASK_HISTORY_API_PORT; default: 8080]",
-)
+@api_address_options
 @click.pass_context
 def up(ctx: click.Context, *, demo: bool, host: str | None, port: int | None) -> None:
     """Migrate, then consume and serve the API and console page in one process, until Ctrl-C.
