@@ -1,4 +1,4 @@
-"""A batch's outcome counted and told: the metrics, the batch's log line, warnings once each.
+"""A batch's outcome counted and told: the metrics, the batches' log lines, warnings once each.
 
 No decisions here, and no I/O but the log: the pipeline decides (consumer.triage), this keeps
 the count of what it decided.
@@ -7,6 +7,7 @@ the count of what it decided.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from datetime import UTC, datetime
 from uuid import UUID
 
@@ -27,12 +28,60 @@ HINTED_TASKS = 10_000
 WARNED_REASONS = 100
 
 
+# The batch line's fields that a summary adds up; `ms` is summed too, and its largest kept.
+SUMMED = (
+    "size",
+    "stored",
+    "duplicates",
+    "dead_lettered",
+    "waiting_for_task",
+    "refused_waiting",
+    "ms",
+)
+
+
+class BatchSummary:
+    """Batch lines added up into one line per interval: pure, the caller tells the time."""
+
+    def __init__(self, interval: float) -> None:
+        """Tell a summary at most once per `interval` seconds."""
+        self.interval = interval
+        self.batches = 0
+        self._sums: Counter[str] = Counter()
+        self._slowest = 0.0
+        self._opened = 0.0
+        self._told = float("-inf")
+
+    def add(self, line: dict[str, float], *, now: float) -> None:
+        """Count one batch's line."""
+        if not self.batches:
+            self._opened = now
+        self.batches += 1
+        self._sums.update({key: line[key] for key in SUMMED})
+        self._slowest = max(self._slowest, line["ms"])
+
+    def due_in(self, now: float) -> float:
+        """Seconds until the summary may be told (0: now)."""
+        return max(0.0, self._told + self.interval - now)
+
+    def take(self, *, now: float) -> dict[str, float]:
+        """The summary line's fields since the last one; counting starts again."""
+        ms = self._sums.pop("ms", 0)
+        line: dict[str, float] = {"batches": self.batches, **self._sums}
+        line |= {"ms_total": round(ms, 1), "ms_max": self._slowest}
+        line["seconds"] = round(now - self._opened, 1)
+        self.batches, self._sums, self._slowest, self._told = 0, Counter(), 0.0, now
+        return line
+
+
 class Bookkeeping:
     """The metrics and the log lines of the batches one pipeline settles."""
 
-    def __init__(self, metrics: Metrics) -> None:
-        """Count into `metrics`."""
+    def __init__(self, metrics: Metrics, *, log_every: float = 0) -> None:
+        """Count into `metrics`; log the batches summed up once per `log_every` s (0: each)."""
         self._metrics = metrics
+        self._summary = BatchSummary(log_every)
+        self._timer: asyncio.TimerHandle | None = None
         self._routing = RoutingKeyCheck()
         # Tasks whose waiting events were explained in the log: once each, not per message.
         self._hinted: dict[UUID, None] = {}
@@ -80,17 +129,38 @@ class Bookkeeping:
         # One lag per stored row: a batch may hold the same event twice (a republish).
         created = {e.id: e.created_at for _, e in outcome.valid if e.id in stored}
         metrics.observe_lag(list(created.values()), now=datetime.now(UTC))
-        log.info(
-            "batch",
-            size=len(outcome.settled),
-            stored=len(stored),
-            duplicates=duplicates,
-            dead_lettered=len(outcome.rejected),
-            waiting_for_task=len(waiting),
-            refused_waiting=len(outcome.parked) - len(waiting),
-            unacked=unacked,
-            ms=round((asyncio.get_running_loop().time() - started) * 1000, 1),
-        )
+        loop = asyncio.get_running_loop()
+        line: dict[str, float] = {
+            "size": len(outcome.settled),
+            "stored": len(stored),
+            "duplicates": duplicates,
+            "dead_lettered": len(outcome.rejected),
+            "waiting_for_task": len(waiting),
+            "refused_waiting": len(outcome.parked) - len(waiting),
+            "unacked": unacked,
+            "ms": round((loop.time() - started) * 1000, 1),
+        }
+        if not self._summary.interval:
+            log.info("batch", **line)
+            return
+        # At a trickle a line per batch is a line per event: each goes to debug, and info has
+        # one line per interval at most, told as soon as the interval allows.
+        log.debug("batch", **line)
+        self._summary.add(line, now=loop.time())
+        wait = self._summary.due_in(loop.time())
+        if not wait:
+            self.flush()
+        elif self._timer is None:
+            self._timer = loop.call_later(wait, self.flush)
+
+    def flush(self) -> None:
+        """Log the summary of the batches not told yet, if any (at a stop, say)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._summary.batches:
+            now = asyncio.get_running_loop().time()
+            log.info("batches", **self._summary.take(now=now))
 
     def _count_ignored(self, message: Incoming) -> None:
         """Count what a message carried that was not believed; warn once per kind."""

@@ -123,7 +123,7 @@ class Pipeline:
         self._shutdown = shutdown
         self._retention = timedelta(0)
         self._retention_read_at = float("-inf")
-        self._books = Bookkeeping(metrics)
+        self._books = Bookkeeping(metrics, log_every=settings.batch_log_seconds)
         # Why the database refuses writes that are not any row's fault (a revoked grant), while
         # it does; None once a write goes through. /readyz and a gauge show it.
         self.refusal: str | None = None
@@ -152,6 +152,10 @@ class Pipeline:
             self._books.report(outcome, unacked=unacked, started=started)
         except Exception:  # the batch is acked: counting it must not undo that
             log.exception("batch bookkeeping failed")
+
+    def close(self) -> None:
+        """Log what is left of the batches' summary: the pipeline handles no more batches."""
+        self._books.flush()
 
     async def _settle(self, batch: list[Delivery]) -> Outcome:
         """Store, park or bury every message of `batch`; what could not be is left out."""

@@ -46,6 +46,10 @@ class Settings(BaseSettings):
         default=None, description="console or json; unset: console on a terminal, else json"
     )
     log_level: LogLevel = "info"
+    # The `batch` line of each batch is logged at debug; at info, a `batches` line adds them up
+    # at most once per this many seconds (a trickle would log a line per event). 0: a `batch`
+    # line per batch at info.
+    batch_log_seconds: float = Field(default=10, ge=0, le=86_400)
     unknown_task_retry_seconds: float = Field(default=300, ge=0)
     create_missing_tasks: bool = False
     expire_batch_size: int = Field(default=10_000, ge=1, le=1_000_000)

@@ -342,6 +342,7 @@ class Worker:
         finally:
             self._shutdown_timer = None
             await _cancelled(expiry)
+            self._pipeline.close()
         log.info("stopped")
 
     async def _handle(self, batch: list[Delivery]) -> None:

@@ -239,6 +239,7 @@ def settings(database_url: str, amqp_url: str, topology: Topology) -> Settings:
         expire_interval_seconds=0,
         retry_backoff_max_seconds=1,
         log_format="json",
+        batch_log_seconds=0,  # tests count events in each batch's own line
         metrics_port=0,  # tests run side by side; the metrics tests pick free ports
     )
 

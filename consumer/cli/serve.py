@@ -5,14 +5,15 @@ from __future__ import annotations
 import click
 
 from consumer.cli.context import settings_from
-from consumer.cli.options import api_address_options
+from consumer.cli.options import api_address_options, json_option, print_json
 from consumer.signals import run_until_stopped
 
 
 @click.command()
 @api_address_options
+@json_option
 @click.pass_context
-def serve(ctx: click.Context, *, host: str | None, port: int | None) -> None:
+def serve(ctx: click.Context, *, host: str | None, port: int | None, as_json: bool) -> None:
     """Serve the history over HTTP and the console page, until SIGTERM or SIGINT.
 
     Routes: /tasks (recent tasks), /tasks/ID/history, /workspaces/ID/history,
@@ -30,6 +31,9 @@ def serve(ctx: click.Context, *, host: str | None, port: int | None) -> None:
     settings = settings_from(ctx, api_host=host, api_port=port)
 
     def announce(url: str) -> None:
-        click.echo(f"serving on {url}")
+        if as_json:
+            print_json({"url": url})
+        else:
+            click.echo(f"serving on {url}")
 
     run_until_stopped(lambda: run_server(settings, announce=announce))

@@ -37,11 +37,16 @@ DEMO_RATE = 2.0
 @click.pass_context
 def migrate(ctx: click.Context, *, skip_broker: bool, as_json: bool) -> None:
     """Apply the pending SQL migrations and declare the AMQP topology (both idempotent)."""
-    _migrate(settings_from(ctx), declare=not skip_broker, as_json=as_json)
+    done = _migrate(settings_from(ctx), declare=not skip_broker, quiet=as_json)
+    if as_json:
+        print_json(done)
 
 
-def _migrate(settings: Settings, *, declare: bool, as_json: bool = False) -> None:
-    """Apply the migrations and (with `declare`) declare the topology, saying what was done."""
+def _migrate(settings: Settings, *, declare: bool, quiet: bool) -> dict[str, object]:
+    """Apply the migrations and (with `declare`) declare the topology; what was done.
+
+    It is said in lines on stdout too, unless `quiet` (the caller prints JSON).
+    """
     from consumer.broker.client import Broker  # noqa: PLC0415  # loads aio-pika: at run time only
     from consumer.store import Store  # noqa: PLC0415  # loads asyncpg: at run time only
 
@@ -50,9 +55,9 @@ def _migrate(settings: Settings, *, declare: bool, as_json: bool = False) -> Non
             return await store.migrate()
 
     applied = run_async(run)
-    for name in [] if as_json else applied:
+    for name in [] if quiet else applied:
         click.echo(f"applied {name}")
-    if not (applied or as_json):
+    if not (applied or quiet):
         click.echo("database is up to date")
     if not sys.stderr.isatty():  # a log (a container's, a CI's) keeps it; a terminal has it
         structlog.get_logger().info("migrated", applied=applied)
@@ -65,10 +70,9 @@ def _migrate(settings: Settings, *, declare: bool, as_json: bool = False) -> Non
 
         run_async(run_declare)
         declared = {"exchange": settings.exchange, "queue": settings.queue}
-        if not as_json:
+        if not quiet:
             click.echo(f"declared exchange {settings.exchange} and queue {settings.queue}")
-    if as_json:
-        print_json({"applied": applied, "declared": declared})
+    return {"applied": applied, "declared": declared}
 
 
 @click.command(cls=Command)
@@ -112,8 +116,11 @@ def consume(ctx: click.Context, /, **options: int | None) -> None:
     " their tasks.",
 )
 @api_address_options
+@json_option
 @click.pass_context
-def up(ctx: click.Context, *, demo: bool, host: str | None, port: int | None) -> None:
+def up(
+    ctx: click.Context, *, demo: bool, host: str | None, port: int | None, as_json: bool
+) -> None:
     """Migrate, then consume and serve the API and console page in one process, until Ctrl-C.
 
     One command to see it work on one machine: what `migrate`, `consume` and `serve` do, and
@@ -122,9 +129,12 @@ def up(ctx: click.Context, *, demo: bool, host: str | None, port: int | None) ->
     from consumer.all_in_one import run_all  # noqa: PLC0415  # loads every client
 
     settings = settings_from(ctx, api_host=host, api_port=port)
-    _migrate(settings, declare=True)
+    migrated = _migrate(settings, declare=True, quiet=as_json)
 
     def announce(url: str) -> None:
+        if as_json:
+            print_json({"url": url, "demo": demo, "applied": migrated["applied"]})
+            return
         click.echo(f"serving on {url}")
         if demo:
             click.echo(f"publishing a demo stream from {DEMO_AGENTS} agents")
@@ -167,8 +177,9 @@ def expire(ctx: click.Context, *, as_json: bool) -> None:
     help="When pg_cron runs expiry, in cron syntax, GMT.",
 )
 @click.option("--unschedule", is_flag=True, help="Remove the job; the consumers expire again.")
+@json_option
 @click.pass_context
-def schedule(ctx: click.Context, *, schedule: str, unschedule: bool) -> None:
+def schedule(ctx: click.Context, *, schedule: str, unschedule: bool, as_json: bool) -> None:
     """Let pg_cron run expiry in the database; the consumers' expiry loops then stand down."""
     if not expiry_schedule.is_schedule(schedule):
         raise click.BadParameter(
@@ -177,7 +188,9 @@ def schedule(ctx: click.Context, *, schedule: str, unschedule: bool) -> None:
     settings = settings_from(ctx)
     if unschedule:
         gone = run_async(lambda: expiry_schedule.unschedule_expiry(settings.database_url))
-        if gone is None:
+        if as_json:
+            print_json({"removed": None if gone is None else gone.name})
+        elif gone is None:
             click.echo("no pg_cron expiry job was registered")
         else:
             click.echo(f"removed pg_cron job {gone.name}; the consumers expire entries again")
@@ -187,6 +200,16 @@ def schedule(ctx: click.Context, *, schedule: str, unschedule: bool) -> None:
             settings.database_url, schedule=schedule, batch_size=settings.expire_batch_size
         )
     )
+    if as_json:
+        print_json(
+            {
+                "job": job.name,
+                "cron_database": job.cron_database,
+                "database": job.database,
+                "schedule": job.schedule,
+            }
+        )
+        return
     click.echo(
         f"pg_cron job {job.name} (in database {job.cron_database}) expires entries of"
         f" {job.database} at '{job.schedule}' (GMT); the consumers' expiry loops stand down"
@@ -196,21 +219,36 @@ def schedule(ctx: click.Context, *, schedule: str, unschedule: bool) -> None:
 @click.command(cls=Command)
 @click.option("--ready", is_flag=True, help="Ask /readyz (consuming) instead of /healthz (alive).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Where the consumer runs.")
+@json_option
 @click.pass_context
-def health(ctx: click.Context, *, ready: bool, host: str) -> None:
-    """Ask a running consumer whether it is alive (or ready); exit 1 if not. For health checks."""
+def health(ctx: click.Context, *, ready: bool, host: str, as_json: bool) -> None:
+    """Ask a running consumer whether it is alive (or ready); exit 1 if not. For health checks.
+
+    With --json, stdout has {"url", "code", "status"} whatever the answer (code and status are
+    null when nothing answers); the exit code and the error line on stderr are the same.
+    """
     settings = settings_from(ctx)
     if not settings.metrics_port:
         raise click.UsageError("TASK_HISTORY_METRICS_PORT is 0: the consumer serves no health")
     path = "/readyz" if ready else "/healthz"
     url = f"http://{host}:{settings.metrics_port}{path}"
+    code: int | None = None
+    status: str | None = None
+    failure: str | None = None
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
-            click.echo(_status(response.read()))
+            code, status = response.status, _status(response.read())
     except urllib.error.HTTPError as exc:
-        raise TaskHistoryError(f"{path}: {exc.code} {_status(exc.read())}") from None
+        code, status = exc.code, _status(exc.read())
+        failure = f"{path}: {code} {status}"
     except OSError as exc:
-        raise TaskHistoryError(f"{url} does not answer: {exc}") from None
+        failure = f"{url} does not answer: {exc}"
+    if as_json:
+        print_json({"url": url, "code": code, "status": status})
+    elif status is not None and failure is None:
+        click.echo(status)
+    if failure is not None:
+        raise TaskHistoryError(failure)
 
 
 def _status(body: bytes) -> str:
@@ -239,8 +277,9 @@ def _status(body: bytes) -> str:
 @click.option(
     "--count", type=click.IntRange(1, MOST), metavar="N", help="Stop after this many events."
 )
+@json_option
 @click.pass_context
-def demo(ctx: click.Context, *, agents: int, rate: float, count: int | None) -> None:
+def demo(ctx: click.Context, *, agents: int, rate: float, count: int | None, as_json: bool) -> None:
     """Publish a realistic stream from simulated agents until SIGTERM/SIGINT (or --count)."""
     from consumer.demo import run_demo  # noqa: PLC0415  # loads asyncpg and aio-pika: run time
 
@@ -260,4 +299,7 @@ def demo(ctx: click.Context, *, agents: int, rate: float, count: int | None) -> 
             )
 
     run_until_stopped(run)
-    click.echo(f"published {published} events")
+    if as_json:
+        print_json({"published": published})
+    else:
+        click.echo(f"published {published} events")

@@ -127,7 +127,7 @@ async def ceiling(url: str, topology: Topology, total: int) -> float:
 
 
 def consumer_environment(database_url: str, url: str, topology: Topology) -> dict[str, str]:
-    """The consumer's defaults, but for this run's database and names."""
+    """The consumer's defaults, but for this run's database and names, and a line per batch."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("TASK_HISTORY_")}
     environment |= {
         "TASK_HISTORY_DATABASE_URL": database_url,
@@ -138,6 +138,7 @@ def consumer_environment(database_url: str, url: str, topology: Topology) -> dic
         "TASK_HISTORY_DEAD_LETTER_QUEUE": topology.dead_letter_queue,
         "TASK_HISTORY_RETRY_QUEUE": topology.retry_queue,
         "TASK_HISTORY_LOG_FORMAT": "json",
+        "TASK_HISTORY_BATCH_LOG_SECONDS": "0",  # the rate is read from each batch's line
         "TASK_HISTORY_METRICS_PORT": "0",
     }
     return environment

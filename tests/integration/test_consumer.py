@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -17,8 +18,10 @@ import structlog
 from consumer.broker.client import Broker
 from consumer.settings import Settings
 from consumer.topology import Topology
+from tests.conftest import Env
 from tests.harness import (
     Bus,
+    ConsumerProcess,
     count_dead_letters,
     count_rows,
     dead_letter_rows,
@@ -332,3 +335,31 @@ class TestMemoryByBytes:
         assert counts[0] == 30  # widened for the small ones
         assert min(counts) == 3  # 1 MiB over 300 KB
         assert await contents(sql, task) == expected
+
+
+class TestQuietLogs:
+    """At a trickle the log has a line per interval, not a line per event."""
+
+    async def test_twenty_lone_events_make_two_info_lines(
+        self, env: Env, amqp_url: str, topology: Topology
+    ) -> None:
+        """Stored one by one, an interval of an hour: told once at first, once at the stop."""
+        task = await new_task(env.sql)
+        consumer = ConsumerProcess(
+            env.settings.model_copy(update={"batch_log_seconds": 3600}), env.tmp_path / "log"
+        )
+        consumer.start()
+        try:
+            async with Bus(amqp_url, topology) as bus:
+                for n in range(20):
+                    await bus.publish(event(task, f"event {n}"))
+                    await wait_for(lambda: count_rows(env.database_url), lambda c, n=n: c == n + 1)
+            consumer.signal(signal.SIGTERM)
+            assert await consumer.exit_code() == 0
+        finally:
+            consumer.kill()
+        lines = [json.loads(line) for line in consumer.log().splitlines() if line.startswith("{")]
+        assert [line for line in lines if line["event"] == "batch"] == []  # at debug
+        summaries = [line for line in lines if line["event"] == "batches"]
+        assert [line["size"] for line in summaries] == [1, 19], consumer.log()
+        assert sum(line["stored"] for line in summaries) == 20

@@ -6,8 +6,10 @@ import asyncio
 import json
 import os
 import pty
+import signal
 import subprocess
 import sys
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from tests.harness import (
     ConsumerProcess,
     run_command,
     settings_environment,
+    start_command,
     wait_for,
 )
 from tests.letters import bury, letter
@@ -459,6 +462,12 @@ def one_object(out: str) -> dict[str, Any]:
     return document
 
 
+def fetch_text(url: str) -> str:
+    """The body of a GET of `url`, as text."""
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310  # a test's own URL
+        return str(response.read().decode())
+
+
 class TestJsonForScripts:
     """Every command that prints a result prints it as one JSON object with --json."""
 
@@ -512,3 +521,35 @@ class TestJsonForScripts:
         )
         assert code == 0, err
         assert one_object(out) == {"dry_run": False, "count": 3, "left_behind": {}, "left": 0}
+
+    async def test_demo(self, settings: Settings) -> None:
+        """Demo --count: the number published."""
+        code, out, err = await run_command(
+            *("demo", "--count", "5", "--rate", "500", "--json"),
+            environment=settings_environment(settings),
+        )
+        assert code == 0, err
+        assert one_object(out) == {"published": 5}
+
+    @pytest.mark.parametrize("command", ["serve", "up"])
+    async def test_the_address_of_serve_and_up(self, settings: Settings, command: str) -> None:
+        """Serve and up: the address they listen on (here any free port), first thing on stdout."""
+        process = await start_command(
+            command, "--port", "0", "--json", environment=settings_environment(settings)
+        )
+        assert process.stdout is not None
+        try:
+            first = await asyncio.wait_for(process.stdout.readline(), 60)
+            announced = one_object(first.decode())
+            assert set(announced) == ({"url"} if command == "serve" else {"url", "demo", "applied"})
+            url = str(announced["url"])
+            answer = await asyncio.to_thread(fetch_text, url + "/healthz")
+            assert json.loads(answer) == {"status": "ok"}
+            process.send_signal(signal.SIGINT)
+            rest, err = await asyncio.wait_for(process.communicate(), 60)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        assert process.returncode == 0, err.decode()
+        assert rest == b""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import time
 import uuid
@@ -326,11 +327,20 @@ class TestHealth:
             await wait_for(lambda: get(settings, "/readyz"), lambda r: r[0] == 200, what="ready")
             assert await asyncio.to_thread(main, ["health"]) == 0
             assert await asyncio.to_thread(main, ["health", "--ready"]) == 0
-        assert capsys.readouterr().out.endswith("ok\nready\n")  # after the in-process logs
+            assert capsys.readouterr().out.endswith("ok\nready\n")  # after the in-process logs
+            assert await asyncio.to_thread(main, ["health", "--ready", "--json"]) == 0
+            url = f"http://127.0.0.1:{settings.metrics_port}/readyz"
+            ready = json.loads(capsys.readouterr().out.splitlines()[-1])
+            assert ready == {"url": url, "code": 200, "status": "ready"}
+        capsys.readouterr()  # the consumer's own lines as it stops
         assert await asyncio.to_thread(main, ["health"]) == 1
         err = capsys.readouterr().err
         assert err.startswith("task-history: error: http://127.0.0.1:")
         assert len(err.splitlines()) == 1
+        assert await asyncio.to_thread(main, ["health", "--ready", "--json"]) == 1
+        gone = capsys.readouterr()
+        assert json.loads(gone.out) == {"url": url, "code": None, "status": None}
+        assert gone.err.startswith(f"task-history: error: {url} does not answer")
 
     async def test_the_same_answers_as_serve(self, settings: Settings, database_url: str) -> None:
         """/healthz and /readyz of `consume` and of `serve`: the same status, type and body."""

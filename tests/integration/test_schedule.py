@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -135,10 +136,19 @@ class TestWithPgCron:
         postgres = with_database(cron_server_url, "postgres")
         async with Store(postgres, max_connections=1) as store:
             await store.migrate()
-        for cron in ("*/5 * * * *", "@hourly"):
-            assert await cli("--database-url", postgres, "schedule", "--cron", cron) == 0
-        jobs = await cron_jobs(cron_server_url, "task_build_history_expire:postgres")
+        job = "task_build_history_expire:postgres"
+        assert await cli("--database-url", postgres, "schedule", "--cron", "*/5 * * * *") == 0
+        capsys.readouterr()
+        assert await cli("--database-url", postgres, "schedule", "--cron", "@hourly", "--json") == 0
+        assert json.loads(capsys.readouterr().out) == {
+            "job": job,
+            "cron_database": "postgres",
+            "database": "postgres",
+            "schedule": "@hourly",
+        }
+        jobs = await cron_jobs(cron_server_url, job)
         assert [(j["schedule"], j["database"]) for j in jobs] == [("@hourly", "postgres")]
-        assert await cli("--database-url", postgres, "schedule", "--unschedule") == 0
-        assert await cron_jobs(cron_server_url, "task_build_history_expire:postgres") == []
-        assert "removed pg_cron job task_build_history_expire:postgres" in capsys.readouterr().out
+        for removed in (job, None):
+            assert await cli("--database-url", postgres, "schedule", "--unschedule", "--json") == 0
+            assert json.loads(capsys.readouterr().out) == {"removed": removed}
+        assert await cron_jobs(cron_server_url, job) == []

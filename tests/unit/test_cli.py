@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 
 from consumer.cli import main
@@ -343,3 +344,27 @@ class TestHelp:
         assert "Unacked messages the broker may send" in help_text
         assert main(["export", "--help"]) == 0
         assert "--task UUID" in capsys.readouterr().out
+
+    def test_every_command_that_prints_data_has_json(self) -> None:
+        """Every command has --json but those whose output is already JSON, logs or a schema."""
+        from consumer.cli.root import cli  # noqa: PLC0415  # the command tree itself
+
+        # Logs, JSON Lines, a schema or TypeScript, one indented JSON object.
+        already = {"consume", "export", "schema", "dlq export", "dlq show"}
+        missing = []
+        for name, command in _commands(cli):
+            options = {o for p in command.params for o in getattr(p, "opts", [])}
+            if name not in already and "--json" not in options:
+                missing.append(name)
+        assert missing == []
+
+
+def _commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
+    """Every command under `group`, by its full name (`dlq list`)."""
+    found: list[tuple[str, click.Command]] = []
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            found += _commands(command, f"{prefix}{name} ")
+        else:
+            found.append((f"{prefix}{name}", command))
+    return found

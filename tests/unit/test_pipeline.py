@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import structlog
 
+from consumer.bookkeeping import SUMMED, BatchSummary
 from consumer.broker.headers import RECEIVED_AT, REFUSED_SINCE, REPLAY_COUNT, WAITING_SINCE
 from consumer.errors import (
     BrokerUnavailableError,
@@ -661,3 +662,71 @@ class TestRefusedWrites:
         assert any(line["event"] == "the database accepts the writes again" for line in logs)
         assert bench.pipeline.refusal is None
         assert bench.sample("task_history_database_refusing") == 0
+
+
+class TestBatchLines:
+    """The batches are told at info once per interval at most, each one at debug."""
+
+    async def test_a_trickle_is_summed_up_not_logged_per_event(self) -> None:
+        """Twenty one-event batches: a line each at debug, two at info that add up to all."""
+        bench = Bench(batch_log_seconds=60)
+        with structlog.testing.capture_logs() as logs:
+            for n in range(20):
+                await bench.handle(bench.message(f"event {n}"))
+            bench.pipeline.close()
+        per_batch = [line for line in logs if line["event"] == "batch"]
+        summaries = [line for line in logs if line["event"] == "batches"]
+        assert {line["log_level"] for line in per_batch} == {"debug"}
+        assert len(per_batch) == 20
+        # The first batch is told at once; the others wait for the interval or, as here, the stop.
+        assert [(line["batches"], line["size"], line["stored"]) for line in summaries] == [
+            (1, 1, 1),
+            (19, 19, 19),
+        ]
+        assert {line["log_level"] for line in summaries} == {"info"}
+
+    async def test_told_when_the_interval_has_passed_without_a_stop(self) -> None:
+        """A batch's summary comes by itself once the interval allows, no later batch needed."""
+        bench = Bench(batch_log_seconds=0.05)
+        with structlog.testing.capture_logs() as logs:
+            await bench.handle(bench.message("first"))
+            await bench.handle(bench.message("second"))
+            await asyncio.sleep(0.2)
+        summaries = [line for line in logs if line["event"] == "batches"]
+        assert [line["size"] for line in summaries] == [1, 1]
+
+    async def test_zero_logs_each_batch_at_info(self) -> None:
+        """With 0 seconds every batch has its own info line, and there is nothing to sum up."""
+        bench = Bench(batch_log_seconds=0)
+        with structlog.testing.capture_logs() as logs:
+            for n in range(3):
+                await bench.handle(bench.message(f"event {n}"))
+            bench.pipeline.close()
+        assert [(line["event"], line["log_level"]) for line in logs] == [("batch", "info")] * 3
+
+
+class TestBatchSummary:
+    """The summary's arithmetic, on a clock the test turns."""
+
+    def test_sums_and_slowest(self) -> None:
+        """Counts are added up, the slowest batch is kept, and the window's length is told."""
+        summary = BatchSummary(10)
+        line = dict.fromkeys(SUMMED, 1.0)
+        summary.add(line, now=100.0)
+        summary.add(line | {"ms": 7.5, "stored": 0}, now=103.0)
+        assert summary.due_in(103.0) == 0  # never told yet
+        assert summary.take(now=104.0) == {
+            "batches": 2,
+            "size": 2,
+            "stored": 1,
+            "duplicates": 2,
+            "dead_lettered": 2,
+            "waiting_for_task": 2,
+            "refused_waiting": 2,
+            "ms_total": 8.5,
+            "ms_max": 7.5,
+            "seconds": 4.0,
+        }
+        assert summary.batches == 0
+        assert summary.due_in(110.0) == 4.0
+        assert summary.due_in(120.0) == 0
