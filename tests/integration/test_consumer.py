@@ -353,7 +353,7 @@ class TestQuietLogs:
             async with Bus(amqp_url, topology) as bus:
                 for n in range(20):
                     await bus.publish(event(task, f"event {n}"))
-                    await wait_for(lambda: count_rows(env.database_url), lambda c, n=n: c == n + 1)
+                    await wait_for(lambda: count_rows(env.database_url), (n + 1).__eq__)
             consumer.signal(signal.SIGTERM)
             assert await consumer.exit_code() == 0
         finally:
