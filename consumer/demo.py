@@ -11,6 +11,7 @@ from typing import Any
 
 import structlog
 
+from consumer.events import new_event_id
 from consumer.publisher import HistoryPublisher
 from consumer.settings import Settings
 from consumer.store import Store
@@ -42,7 +43,7 @@ def story(rng: random.Random, work: Assignment) -> list[dict[str, Any]]:
 
     def event(context_type: str, content: str, **metadata: object) -> dict[str, Any]:
         return {
-            "id": str(uuid.uuid4()),
+            "id": str(new_event_id()),
             "task_id": str(work.task_id),
             "workspace_id": str(work.workspace_id),
             "session_id": str(work.session_id),

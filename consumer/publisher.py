@@ -31,7 +31,7 @@ from consumer.errors import (
     NotConnectedError,
     TaskHistoryError,
 )
-from consumer.events import Event, parse_event
+from consumer.events import Event, new_event_id, parse_event
 from consumer.lifecycle import AsyncResource
 
 DEFAULT_EXCHANGE = "task_build_history"
@@ -88,7 +88,7 @@ def prepare_event(event: EventLike, *, now: datetime) -> OutgoingEvent:
     else:
         raise InvalidEventError(ErrorCode.INVALID_EVENT, "body must be a JSON object")
     if data.get("id") is None:
-        data["id"] = str(uuid.uuid4())
+        data["id"] = str(new_event_id())
     if data.get("created_at") is None:
         data["created_at"] = now
     body = _dumps(data)

@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -60,13 +61,18 @@ PREFETCH = 1000
 
 
 def backlog(
-    rng: random.Random, tasks: list[uuid.UUID], events: int, *, words: Vocabulary | None = None
+    rng: random.Random,
+    tasks: list[uuid.UUID],
+    events: int,
+    *,
+    words: Vocabulary | None = None,
+    new_id: Callable[[], uuid.UUID] = uuid.uuid4,
 ) -> list[bytes]:
-    """Event bodies as agents publish them, round-robin over the tasks."""
+    """Event bodies as agents publish them, round-robin over the tasks, with `new_id` ids."""
     return [
         json.dumps(
             {
-                "id": str(uuid.uuid4()),
+                "id": str(new_id()),
                 "task_id": str(tasks[n % len(tasks)]),
                 "context_type": rng.choice(CONTEXT_TYPES),
                 "content": content(rng) if words is None else words.text(rng),
@@ -126,8 +132,10 @@ async def ceiling(url: str, topology: Topology, total: int) -> float:
         return await clock.seconds()
 
 
-def consumer_environment(database_url: str, url: str, topology: Topology) -> dict[str, str]:
-    """The consumer's defaults, but for this run's database and names, and a line per batch."""
+def consumer_environment(
+    database_url: str, url: str, topology: Topology, extra: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The consumer's defaults but for this run's names, a line per batch and `extra`."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("TASK_HISTORY_")}
     environment |= {
         "TASK_HISTORY_DATABASE_URL": database_url,
@@ -141,7 +149,7 @@ def consumer_environment(database_url: str, url: str, topology: Topology) -> dic
         "TASK_HISTORY_BATCH_LOG_SECONDS": "0",  # the rate is read from each batch's line
         "TASK_HISTORY_METRICS_PORT": "0",
     }
-    return environment
+    return environment | (extra or {})
 
 
 def start_consumer(environment: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -180,7 +188,12 @@ def peak_rss_mb(pid: int) -> float:
 
 
 async def project(
-    database_url: str, url: str, topology: Topology, total: int
+    database_url: str,
+    url: str,
+    topology: Topology,
+    total: int,
+    *,
+    extra: dict[str, str] | None = None,
 ) -> tuple[float, float]:
     """`task-history consume` draining `total` events: (seconds, peak RSS in MB).
 
@@ -188,7 +201,7 @@ async def project(
     """
     with tempfile.TemporaryDirectory() as folder:
         log = Path(folder) / "consumer.log"
-        process = start_consumer(consumer_environment(database_url, url, topology), log)
+        process = start_consumer(consumer_environment(database_url, url, topology, extra), log)
         try:
             await until_consumed([process], [log], total)
             peak = peak_rss_mb(process.pid)

@@ -285,9 +285,11 @@ async def latencies(
         return await meter.rates(rates, seconds)
 
 
-def start_project(site: Site) -> Callable[[], contextlib.AbstractAsyncContextManager[Process]]:
-    """What starts `task-history consume` for the site."""
-    environment = consumer_environment(site.database_url, site.url, site.topology)
+def start_project(
+    site: Site, extra: dict[str, str] | None = None
+) -> Callable[[], contextlib.AbstractAsyncContextManager[Process]]:
+    """What starts `task-history consume` for the site, with `extra` variables."""
+    environment = consumer_environment(site.database_url, site.url, site.topology, extra)
     return lambda: running([sys.executable, "-m", "consumer", "consume"], env=environment)
 
 

@@ -12,7 +12,7 @@ everywhere and most are rare (tests.benchmarks.common.Vocabulary), 100,000 diffe
 shared out over the rows, each row ending in a word of its own (`run-` and 10 hex digits), so
 a search can be for something every task has, something a few have, or exactly one entry.
 About one entry in twelve is an error; half carry metadata with a link. Times spread over the
-last 19 days, a task's entries 5 minutes apart.
+last 19 days (or `--days`), a task's entries 5 minutes apart.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import sys
 import time
 import uuid
 
@@ -48,7 +49,8 @@ SELECT gen_random_uuid(), t.id, t.workspace_id, t.session_id, {KINDS},
        CASE WHEN h % 2 = 0 THEN jsonb_build_object(
            'tool', 'pytest', 'exit_code', h % 3,
            'url', 'https://ci.example.com/runs/' || (t.n * 100 + g)) END,
-       now() - interval '19 days' + t.n * interval '18 days' / $3 + g * interval '5 minutes'
+       now() - interval '1 day' * $5 + t.n * interval '1 day' * ($5 - 1) / $3
+           + g * interval '5 minutes'
 FROM bench_tasks AS t
 CROSS JOIN generate_series(1, $4) AS g
 CROSS JOIN LATERAL (SELECT abs(hashint4(t.n * 1000 + g)::bigint) % 100 AS h) AS k
@@ -58,8 +60,10 @@ ORDER BY t.n, g
 """
 
 
-async def load(url: str, *, tasks: int, per_task: int, before: str | None) -> None:
-    """Create, migrate and fill the database at `url`."""
+async def load(
+    url: str, *, tasks: int, per_task: int, before: str | None = None, days: int = 19
+) -> None:
+    """Create, migrate and fill the database at `url`, tasks begun over the last `days` days."""
     name = url.rsplit("/", 1)[1]
     server = with_database(url, "postgres")
     connection = await asyncpg.connect(server)
@@ -71,7 +75,7 @@ async def load(url: str, *, tasks: int, per_task: int, before: str | None) -> No
         await admin(server, f'CREATE DATABASE "{name}"')
     available = [m for m in migrations.discover() if before is None or m.name < before]
     async with Store(url, max_connections=1) as store:
-        print("migrated:", await store.migrate(available))
+        print("migrated:", await store.migrate(available), file=sys.stderr)
     rng = random.Random(30)
     words = Vocabulary(rng)
     connection = await asyncpg.connect(url)
@@ -99,9 +103,12 @@ async def load(url: str, *, tasks: int, per_task: int, before: str | None) -> No
         for start in range(done, tasks, TASKS_PER_STATEMENT):
             began = time.monotonic()
             await connection.execute(
-                INSERT, start, start + TASKS_PER_STATEMENT, tasks, per_task, timeout=3600
+                INSERT, start, start + TASKS_PER_STATEMENT, tasks, per_task, days, timeout=3600
             )
-            print(f"tasks to {start + TASKS_PER_STATEMENT}: {time.monotonic() - began:.0f} s")
+            print(
+                f"tasks to {start + TASKS_PER_STATEMENT}: {time.monotonic() - began:.0f} s",
+                file=sys.stderr,
+            )
         await connection.execute("VACUUM (ANALYZE)", timeout=3600)
     finally:
         await connection.close()
@@ -113,6 +120,7 @@ def main() -> None:
     parser.add_argument("database_url")
     parser.add_argument("--tasks", type=int, default=100_000)
     parser.add_argument("--per-task", type=int, default=100)
+    parser.add_argument("--days", type=int, default=19, help="tasks begin over this many days")
     parser.add_argument("--before", help="stop the migrations before this file")
     arguments = parser.parse_args()
     asyncio.run(
@@ -121,6 +129,7 @@ def main() -> None:
             tasks=arguments.tasks,
             per_task=arguments.per_task,
             before=arguments.before,
+            days=arguments.days,
         )
     )
 

@@ -284,13 +284,13 @@ class TestEventId:
 
     @pytest.mark.parametrize("message_id", [None, "", "order-42", "1234"])
     def test_new_uuid_otherwise(self, message_id: str | None) -> None:
-        """Without a body id or a UUID message_id, each parse makes a fresh UUID."""
+        """Without a body id or a UUID message_id, each parse makes a fresh, later UUIDv7."""
         body = encode(event())
         first = parse(body, message_id=message_id).id
         second = parse(body, message_id=message_id).id
-        assert isinstance(first, uuid.UUID)
-        assert first.version == 4
-        assert first != second
+        assert type(first) is uuid.UUID
+        assert first.version == 7
+        assert first < second
 
     def test_invalid_body_id(self) -> None:
         """An id in the body that is not a UUID is refused, not replaced."""

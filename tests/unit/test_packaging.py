@@ -91,10 +91,10 @@ class TestProjectMetadata:
 class TestExtras:
     """What each install pulls (tests/clients/test_installs.py installs it for real)."""
 
-    def test_the_base_install_is_five_packages(self) -> None:
-        """aio-pika, aiormq, pamqp, pydantic and yarl; the service's packages under `service`."""
-        base = {re.split(r"[<>=]", name)[0] for name in PROJECT["dependencies"]}
-        assert base == {"aio-pika", "aiormq", "pamqp", "pydantic", "yarl"}
+    def test_the_base_install_is_six_packages(self) -> None:
+        """aio-pika, aiormq, pamqp, pydantic, uuid6 and yarl; the rest under `service`."""
+        base = {re.split(r"[<>=;]", name)[0] for name in PROJECT["dependencies"]}
+        assert base == {"aio-pika", "aiormq", "pamqp", "pydantic", "uuid6", "yarl"}
         service = {
             re.split(r"[<>=]", name)[0] for name in PROJECT["optional-dependencies"]["service"]
         }

@@ -26,10 +26,11 @@ class TestPrepareEvent:
     """prepare_event validates like the consumer and fills what a publisher should."""
 
     def test_fills_id_and_created_at(self) -> None:
-        """A new id goes into the body too; created_at is the publisher's now."""
+        """A new id (a UUIDv7) goes into the body too; created_at is the publisher's now."""
         outgoing = prepare_event(minimal(), now=NOW)
         body = json.loads(outgoing.body)
         assert body["id"] == str(outgoing.id)
+        assert outgoing.id.version == 7
         assert datetime.fromisoformat(body["created_at"]) == NOW
         assert outgoing.routing_key == "history.agent_turn"
 
@@ -115,11 +116,13 @@ class TestReadEventLines:
         assert json.loads(last.body)["content"] == "last"
 
     def test_each_line_gets_its_own_id(self) -> None:
-        """Two identical lines without ids are two events."""
+        """Lines without ids are events with ids of their own, in the order of the lines."""
         line = json.dumps(minimal())
-        ids = {
+        ids = [
             item.id
-            for _, item in read_event_lines([line, line], clock=lambda: NOW)
+            for _, item in read_event_lines([line] * 100, clock=lambda: NOW)
             if isinstance(item, OutgoingEvent)
-        }
-        assert len(ids) == 2
+        ]
+        assert len(set(ids)) == 100
+        # Time-ordered (UUIDv7): ids made one after another sit side by side in the id index.
+        assert ids == sorted(ids)
