@@ -15,9 +15,10 @@ own triggers, then VACUUM ANALYZE. Then, in this order:
 
 1. drain: a backlog of `--events` (50,000) events to 500 recent tasks, all at the cap, with
    random ids (UUIDv4, as many publishers make them) or with `--ids v7` time-ordered ones (as
-   this project's publisher makes them), by
-   `task-history consume` on its defaults, from the start of its first batch to the end of its
-   last (start-up is not counted);
+   this project's publisher makes them), by `task-history consume` on its defaults, from the
+   start of its first batch to the end of its last (start-up is not counted); and the tables
+   and indexes that read the most blocks from outside PostgreSQL's buffers meanwhile, per
+   1,000 events: where a bigger table costs;
 2. task page and workspace page: the first page (100 entries) of 500 random live tasks, then
    of 200 random workspaces, as the API reads them (p50 and p99);
 3. export: `task-history export --limit 200000` (or half the entries, if fewer), rows a second;
@@ -67,6 +68,7 @@ PAGE_SAMPLES = 500
 WORKSPACE_SAMPLES = 200
 EXPORT_ROWS = 200_000
 RATE = 200
+READ_SOURCES = 4  # the tables and indexes that read the most blocks in the drain, reported
 BEFORE_SECONDS = 10
 DAYS = 22
 # The consumer's own expiry loop would expire the entries past retention as it starts: off, so
@@ -89,6 +91,21 @@ async def load(database_url: str, entries: int) -> float:
     await console_data.load(database_url, tasks=entries // CAP, per_task=CAP, days=DAYS)
     await admin(database_url, LEDGER_SQL, "VACUUM ANALYZE task_build_history_received")
     return time.perf_counter() - started
+
+
+async def block_reads(database_url: str) -> dict[str, int]:
+    """Blocks each table and index has read from outside PostgreSQL's buffers so far."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        await connection.execute("SELECT pg_stat_force_next_flush()")
+        rows = await connection.fetch(
+            "SELECT indexrelname AS name, idx_blks_read AS n FROM pg_statio_user_indexes"
+            " UNION ALL"
+            " SELECT relname, heap_blks_read FROM pg_statio_user_tables"
+        )
+    finally:
+        await connection.close()
+    return {row["name"]: row["n"] or 0 for row in rows}
 
 
 async def hot_tasks(database_url: str) -> list[uuid.UUID]:
@@ -203,7 +220,9 @@ async def one_size(entries: int, events: int, ids: str) -> dict[str, object]:
         print(f"  {entries:,} entries loaded in {load_seconds:.0f} s", file=sys.stderr)
         hot = await hot_tasks(database_url)
         await publish(url, names, backlog(rng, hot, events, new_id=ID_VERSIONS[ids]))
+        before = await block_reads(database_url)
         drain_seconds, _ = await project(database_url, url, names, events, extra=EXPIRY_OFF)
+        after = await block_reads(database_url)
         tasks = await sample(database_url, "id", PAGE_SAMPLES)
         workspaces = await sample(database_url, "workspace_id", WORKSPACE_SAMPLES)
         async with Store(database_url, max_connections=1) as store:
@@ -217,6 +236,10 @@ async def one_size(entries: int, events: int, ids: str) -> dict[str, object]:
         "entries": entries,
         "load_seconds": round(load_seconds),
         "drain_events_per_s": round(events / drain_seconds),
+        "drain_reads_per_1000_events": {
+            name: round((after[name] - before.get(name, 0)) * 1000 / events, 1)
+            for name in sorted(after, key=lambda n: before.get(n, 0) - after[n])[:READ_SOURCES]
+        },
         "task_page": task_page,
         "workspace_page": workspace_page,
         "export_rows_per_s": round(export),
@@ -250,6 +273,10 @@ def table(result: dict[str, object]) -> list[str]:
         ("stored p99 during expiry, ms", [s["latency_during"]["p99_ms"] for s in sizes]),
     ]
     width = 30
+    reads = [
+        f"  {name}: " + ", ".join(str(s["drain_reads_per_1000_events"].get(name, 0)) for s in sizes)
+        for name in sizes[-1]["drain_reads_per_1000_events"]
+    ]
     lines = [
         (
             f"{result['events']} events (ids: UUID{result['ids']}) drained to {HOT_TASKS} tasks"
@@ -261,7 +288,7 @@ def table(result: dict[str, object]) -> list[str]:
         cells = "".join(f"{v:>14,}" for v in values)
         ratio = f"   x{values[-1] / values[0]:.2f}" if values[0] and len(values) > 1 else ""
         lines.append(f"{name:<{width}}{cells}{ratio}")
-    return lines
+    return [*lines, "blocks read from outside the buffers per 1,000 events drained:", *reads]
 
 
 def main() -> None:
