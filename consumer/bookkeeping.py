@@ -36,6 +36,7 @@ SUMMED = (
     "dead_lettered",
     "waiting_for_task",
     "refused_waiting",
+    "unacked",
     "ms",
 )
 

@@ -221,6 +221,20 @@ async def start_command(
     )
 
 
+@contextlib.asynccontextmanager
+async def command_running(
+    *args: str, environment: dict[str, str] | None = None
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`task-history ARGS` started for the block, killed at its end if it still runs then."""
+    process = await start_command(*args, environment=environment)
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
 async def run_command(
     *args: str, environment: dict[str, str] | None = None
 ) -> tuple[int, str, str]:

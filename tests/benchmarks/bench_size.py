@@ -4,7 +4,7 @@ Run from the repository root (needs PostgreSQL and RabbitMQ; it makes and remove
 database, exchanges and queues for each size):
 
     .venv/bin/python -m tests.benchmarks.bench_size [--sizes 100000 1000000 10000000]
-        [--events 50000] [--ids v4|v7] [--json out.json]
+        [--events 50000] [--ids v4 v7] [--json out.json]
 
 Each size is a fresh database loaded by tests.benchmarks.console_data (text made of words,
 100 tasks to a workspace, a session per task, metadata on half, 100 entries a task, 5
@@ -13,19 +13,22 @@ about one entry in twelve is past the 20 days of retention. The redelivery ledge
 the ids of the last day, as a consumer's inserts leave it. The load runs through the table's
 own triggers, then VACUUM ANALYZE. Then, in this order:
 
-1. drain: a backlog of `--events` (50,000) events to 500 recent tasks, all at the cap, with
-   random ids (UUIDv4, as many publishers make them) or with `--ids v7` time-ordered ones (as
-   this project's publisher makes them), by `task-history consume` on its defaults, from the
-   start of its first batch to the end of its last (start-up is not counted); and the tables
-   and indexes that read the most blocks from outside PostgreSQL's buffers meanwhile, per
-   1,000 events: where a bigger table costs;
-2. task page and workspace page: the first page (100 entries) of 500 random live tasks, then
-   of 200 random workspaces, as the API reads them (p50 and p99);
-3. export: `task-history export --limit 200000` (or half the entries, if fewer), rows a second;
-4. expiry: the procedure pg_cron runs (`task_build_history_expire_v2`, called directly)
+1. task page and workspace page: the first page (100 entries) of 500 random live tasks, then
+   of 200 random workspaces, as the API reads them (p50 and p99), before anything else;
+2. export: `task-history export --limit 200000` (or half the entries, if fewer), rows a second;
+3. expiry: the procedure pg_cron runs (`task_build_history_expire_v2`, called directly)
    deleting what is past retention (rows a second), while the consumer stores 200 events a
    second; the publish-to-stored p99 at that rate before it, and while it runs. The
-   consumers' own expiry loop is off throughout.
+   consumers' own expiry loop is off throughout. Then VACUUM ANALYZE;
+4. drain: a backlog of `--events` (50,000) events to 500 recent tasks, all at the cap, by
+   `task-history consume` on its defaults, from the start of its first batch to the end of its
+   last (start-up is not counted); and the tables and indexes that read the most blocks from
+   outside PostgreSQL's buffers meanwhile, per 1,000 events: where a bigger table costs. Once
+   with random ids (UUIDv4, as many publishers make them), then to 500 other tasks with
+   time-ordered ones (UUIDv7, as this project's publisher makes them); `--ids` picks;
+5. writes: what one 500-row write into the first 500 tasks costs with each kind of id, the
+   kinds taking turns in blocks of ten batches, 40 batches each: ms (p50), blocks read from
+   outside the buffers (all, and those of the index of ids), WAL kB and full-page images.
 
 For 100 million entries: `--sizes 100000000` (about 60 GB of disk, and hours to load here).
 """
@@ -40,7 +43,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -57,6 +62,7 @@ from tests.benchmarks.common import (
     amqp_server,
     declared_topology,
     headed,
+    realistic_rows,
     run_and_report,
     scratch_database,
 )
@@ -68,6 +74,9 @@ PAGE_SAMPLES = 500
 WORKSPACE_SAMPLES = 200
 EXPORT_ROWS = 200_000
 RATE = 200
+Drain = dict[str, object]
+WRITE_BLOCKS = 4
+WRITE_BLOCK = 10
 READ_SOURCES = 4  # the tables and indexes that read the most blocks in the drain, reported
 BEFORE_SECONDS = 10
 DAYS = 22
@@ -108,12 +117,63 @@ async def block_reads(database_url: str) -> dict[str, int]:
     return {row["name"]: row["n"] or 0 for row in rows}
 
 
-async def hot_tasks(database_url: str) -> list[uuid.UUID]:
-    """The most recently begun tasks, which the drain and the meter write to."""
+async def counters(store: Store) -> dict[str, int]:
+    """Blocks read from outside the buffers by relation, and the server's WAL so far.
+
+    Through the store's one connection, whose own counts are flushed first.
+    """
+    await store.pool.execute("SELECT pg_stat_force_next_flush()")
+    rows = await store.pool.fetch(
+        "SELECT indexrelname AS name, idx_blks_read AS n FROM pg_statio_user_indexes"
+        " UNION ALL SELECT relname, heap_blks_read FROM pg_statio_user_tables"
+        " UNION ALL SELECT 'wal_bytes', wal_bytes::bigint FROM pg_stat_wal"
+        " UNION ALL SELECT 'wal_fpi', wal_fpi FROM pg_stat_wal"
+    )
+    return {row["name"]: row["n"] or 0 for row in rows}
+
+
+async def write_costs(database_url: str, tasks: list[uuid.UUID]) -> dict[str, dict[str, float]]:
+    """What one 500-row write into `tasks` at the cap costs, by kind of id.
+
+    Blocks of WRITE_BLOCK batches, the kinds taking turns (a checkpoint falls on both alike):
+    per batch, the median ms, the blocks read from outside the buffers (in all, and by the
+    index of ids), and the WAL written, in bytes and in full-page images.
+    """
+    rng = random.Random(500)
+    seen: dict[str, list[float]] = {kind: [] for kind in ID_VERSIONS}
+    totals: dict[str, Counter[str]] = {kind: Counter() for kind in ID_VERSIONS}
+    async with Store(database_url, max_connections=1) as store:
+        for _ in range(WRITE_BLOCKS):
+            for kind, new_id in ID_VERSIONS.items():
+                before = await counters(store)
+                for _ in range(WRITE_BLOCK):
+                    now = datetime.now(UTC)
+                    rows = [r._replace(id=new_id()) for r in realistic_rows(rng, tasks, 500, now)]
+                    started = time.perf_counter()
+                    await store.insert_entries(rows)
+                    seen[kind].append((time.perf_counter() - started) * 1000)
+                after = await counters(store)
+                totals[kind].update({name: after[name] - before.get(name, 0) for name in after})
+    batches = WRITE_BLOCKS * WRITE_BLOCK
+    costs = {}
+    for kind, total in totals.items():
+        relations = [name for name in total if not name.startswith("wal_")]
+        costs[kind] = {
+            "ms_p50": round(nearest_rank(sorted(seen[kind]), 0.5), 1),
+            "blocks_read": round(sum(total[name] for name in relations) / batches, 1),
+            "id_index_blocks_read": round(total["task_build_history_pkey"] / batches, 1),
+            "wal_kb": round(total["wal_bytes"] / batches / 1024),
+            "wal_full_page_images": round(total["wal_fpi"] / batches, 1),
+        }
+    return costs
+
+
+async def hot_tasks(database_url: str, *, skip: int) -> list[uuid.UUID]:
+    """Recently begun tasks, after the `skip` most recent, for a drain (or the meter)."""
     connection = await asyncpg.connect(database_url)
     try:
         rows = await connection.fetch(
-            "SELECT id FROM bench_tasks ORDER BY n DESC LIMIT $1", HOT_TASKS
+            "SELECT id FROM bench_tasks ORDER BY n DESC OFFSET $1 LIMIT $2", skip, HOT_TASKS
         )
     finally:
         await connection.close()
@@ -145,7 +205,7 @@ async def page_times(store: Store, queries: Sequence[HistoryQuery]) -> dict[str,
         page = await store.find_page(query)
         times.append((time.perf_counter() - started) * 1000)
         if not page.entries:
-            sys.exit("benchmark: a page of a live task or workspace came back empty")
+            sys.exit(f"benchmark: a page of a live task or workspace came back empty: {query}")
     ordered = sorted(times)
     return {
         "p50_ms": round(nearest_rank(ordered, 0.5), 2),
@@ -186,14 +246,17 @@ async def expiry_under_load(site: Site) -> dict[str, object]:
                 "SELECT count(*) FROM task_build_history WHERE expires_at <= now()"
             )
             during: list[float] = []
-            started = time.perf_counter()
-            expiry = asyncio.create_task(
-                connection.execute("CALL task_build_history_expire_v2(10000)")
-            )
+
+            async def expire() -> float:
+                """Run the procedure; the seconds it took (not when the meter next looks)."""
+                started = time.perf_counter()
+                await connection.execute("CALL task_build_history_expire_v2(10000)")
+                return time.perf_counter() - started
+
+            expiry = asyncio.create_task(expire())
             while not expiry.done():
                 during += await meter.measure(RATE, RATE)
-            await expiry
-            seconds = time.perf_counter() - started
+            seconds = await expiry
     finally:
         await connection.close()
     return {
@@ -212,17 +275,29 @@ async def loaded(entries: int) -> AsyncIterator[tuple[str, float]]:
         yield database_url, await load(database_url, entries)
 
 
-async def one_size(entries: int, events: int, ids: str) -> dict[str, object]:
+async def drain(database_url: str, names: Topology, *, events: int, ids: str, skip: int) -> Drain:
+    """A backlog of `events` with `ids` drained to tasks at the cap: events/s, blocks read."""
+    url = amqp_server()
+    hot = await hot_tasks(database_url, skip=skip)
+    await publish(url, names, backlog(random.Random(skip), hot, events, new_id=ID_VERSIONS[ids]))
+    before = await block_reads(database_url)
+    seconds, _ = await project(database_url, url, names, events, extra=EXPIRY_OFF)
+    after = await block_reads(database_url)
+    most = sorted(after, key=lambda name: before.get(name, 0) - after[name])[:READ_SOURCES]
+    return {
+        "events_per_s": round(events / seconds),
+        "reads_per_1000_events": {
+            name: round((after[name] - before.get(name, 0)) * 1000 / events, 1) for name in most
+        },
+    }
+
+
+async def one_size(entries: int, events: int, ids: list[str]) -> dict[str, object]:
     """Every figure at one size, on a database of its own."""
     url = amqp_server()
-    rng = random.Random(entries)
     async with loaded(entries) as (database_url, load_seconds), declared_topology(url) as names:
         print(f"  {entries:,} entries loaded in {load_seconds:.0f} s", file=sys.stderr)
-        hot = await hot_tasks(database_url)
-        await publish(url, names, backlog(rng, hot, events, new_id=ID_VERSIONS[ids]))
-        before = await block_reads(database_url)
-        drain_seconds, _ = await project(database_url, url, names, events, extra=EXPIRY_OFF)
-        after = await block_reads(database_url)
+        # Reads first, of the history as loaded: the drains replace whole histories.
         tasks = await sample(database_url, "id", PAGE_SAMPLES)
         workspaces = await sample(database_url, "workspace_id", WORKSPACE_SAMPLES)
         async with Store(database_url, max_connections=1) as store:
@@ -231,15 +306,21 @@ async def one_size(entries: int, events: int, ids: str) -> dict[str, object]:
                 store, [HistoryQuery(workspace_id=w, limit=100) for w in workspaces]
             )
         export = await asyncio.to_thread(export_rate, database_url, min(EXPORT_ROWS, entries // 2))
+        # Expiry before the drains, which at the smallest size replace every task's entries.
+        hot = await hot_tasks(database_url, skip=0)
         expiry = await expiry_under_load(Site(database_url, url, names, hot))
+        await admin(database_url, "VACUUM ANALYZE task_build_history")  # as autovacuum would
+        # Each kind of id drains to tasks of its own, all at the cap.
+        drains = {
+            kind: await drain(database_url, names, events=events, ids=kind, skip=n * HOT_TASKS)
+            for n, kind in enumerate(ids)
+        }
+        writes = await write_costs(database_url, hot)
     return {
         "entries": entries,
         "load_seconds": round(load_seconds),
-        "drain_events_per_s": round(events / drain_seconds),
-        "drain_reads_per_1000_events": {
-            name: round((after[name] - before.get(name, 0)) * 1000 / events, 1)
-            for name in sorted(after, key=lambda n: before.get(n, 0) - after[n])[:READ_SOURCES]
-        },
+        "drain": drains,
+        "write": writes,
         "task_page": task_page,
         "workspace_page": workspace_page,
         "export_rows_per_s": round(export),
@@ -247,7 +328,7 @@ async def one_size(entries: int, events: int, ids: str) -> dict[str, object]:
     }
 
 
-async def run(sizes: list[int], events: int, ids: str) -> dict[str, object]:
+async def run(sizes: list[int], events: int, ids: list[str]) -> dict[str, object]:
     """Each size in turn, smallest first."""
     figures = []
     for entries in sorted(sizes):
@@ -260,8 +341,23 @@ def table(result: dict[str, object]) -> list[str]:
     """The figures as printed: a column per size, and each against the smallest."""
     sizes = result["sizes"]
     assert isinstance(sizes, list)
+    kinds = list(sizes[0]["drain"])
     rows: list[tuple[str, list[float]]] = [
-        ("drain, events/s", [s["drain_events_per_s"] for s in sizes]),
+        *(
+            (f"drain, UUID{kind} ids, events/s", [s["drain"][kind]["events_per_s"] for s in sizes])
+            for kind in kinds
+        ),
+        *(
+            (f"500-row write, UUID{kind}: {what}", [s["write"][kind][key] for s in sizes])
+            for kind in ID_VERSIONS
+            for what, key in (
+                ("ms (p50)", "ms_p50"),
+                ("blocks read", "blocks_read"),
+                ("id index reads", "id_index_blocks_read"),
+                ("WAL kB", "wal_kb"),
+                ("WAL full pages", "wal_full_page_images"),
+            )
+        ),
         ("task page p50, ms", [s["task_page"]["p50_ms"] for s in sizes]),
         ("task page p99, ms", [s["task_page"]["p99_ms"] for s in sizes]),
         ("workspace page p50, ms", [s["workspace_page"]["p50_ms"] for s in sizes]),
@@ -272,15 +368,17 @@ def table(result: dict[str, object]) -> list[str]:
         ("stored p99 before expiry, ms", [s["latency_before"]["p99_ms"] for s in sizes]),
         ("stored p99 during expiry, ms", [s["latency_during"]["p99_ms"] for s in sizes]),
     ]
-    width = 30
+    width = 40
     reads = [
-        f"  {name}: " + ", ".join(str(s["drain_reads_per_1000_events"].get(name, 0)) for s in sizes)
-        for name in sizes[-1]["drain_reads_per_1000_events"]
+        f"  UUID{kind} ids, {name}: "
+        + ", ".join(str(s["drain"][kind]["reads_per_1000_events"].get(name, 0)) for s in sizes)
+        for kind in kinds
+        for name in sizes[-1]["drain"][kind]["reads_per_1000_events"]
     ]
     lines = [
         (
-            f"{result['events']} events (ids: UUID{result['ids']}) drained to {HOT_TASKS} tasks"
-            f" at the cap; {RATE} events/s while expiry runs"
+            f"{result['events']} events drained to {HOT_TASKS} tasks at the cap, per kind of id;"
+            f" {RATE} events/s while expiry runs"
         ),
         f"{'entries':<{width}}" + "".join(f"{s['entries']:>14,}" for s in sizes),
     ]
@@ -296,7 +394,7 @@ def main() -> None:
     options: dict[str, dict[str, Any]] = {
         "--sizes": {"type": int, "nargs": "+", "default": SIZES},
         "--events": {"type": int, "default": 50_000},
-        "--ids": {"choices": list(ID_VERSIONS), "default": "v4"},
+        "--ids": {"choices": list(ID_VERSIONS), "nargs": "+", "default": list(ID_VERSIONS)},
     }
     run_and_report(__doc__, options, run, table)
 

@@ -24,9 +24,9 @@ from tests.cluster import free_port
 from tests.harness import (
     REPOSITORY,
     ConsumerProcess,
+    command_running,
     run_command,
     settings_environment,
-    start_command,
     wait_for,
 )
 from tests.letters import bury, letter
@@ -534,11 +534,10 @@ class TestJsonForScripts:
     @pytest.mark.parametrize("command", ["serve", "up"])
     async def test_the_address_of_serve_and_up(self, settings: Settings, command: str) -> None:
         """Serve and up: the address they listen on (here any free port), first thing on stdout."""
-        process = await start_command(
+        async with command_running(
             command, "--port", "0", "--json", environment=settings_environment(settings)
-        )
-        assert process.stdout is not None
-        try:
+        ) as process:
+            assert process.stdout is not None
             first = await asyncio.wait_for(process.stdout.readline(), 60)
             announced = one_object(first.decode())
             assert set(announced) == ({"url"} if command == "serve" else {"url", "demo", "applied"})
@@ -547,9 +546,5 @@ class TestJsonForScripts:
             assert json.loads(answer) == {"status": "ok"}
             process.send_signal(signal.SIGINT)
             rest, err = await asyncio.wait_for(process.communicate(), 60)
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
         assert process.returncode == 0, err.decode()
         assert rest == b""

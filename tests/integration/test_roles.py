@@ -22,7 +22,7 @@ from consumer.settings import Settings
 from consumer.store import Store
 from consumer.topology import Topology
 from tests.cluster import free_port
-from tests.harness import Bus, event, run_command, running, start_command, wait_for
+from tests.harness import Bus, command_running, event, run_command, running, wait_for
 from tests.helpers import admin, insert_rows, new_task
 from tests.letters import bury, letter
 
@@ -152,8 +152,7 @@ def reader_environment(url: str) -> dict[str, str]:
 
 async def tail_until_waiting(task: uuid.UUID, url: str) -> tuple[int, str]:
     """`tail TASK` as the role of `url`, stopped by SIGINT once it waits; (exit code, stderr)."""
-    process = await start_command("tail", str(task), environment=reader_environment(url))
-    try:
+    async with command_running("tail", str(task), environment=reader_environment(url)) as process:
         assert process.stderr is not None
         lines: list[str] = []
         while not lines or (lines[-1] and not lines[-1].startswith("waiting for entries")):
@@ -162,10 +161,6 @@ async def tail_until_waiting(task: uuid.UUID, url: str) -> tuple[int, str]:
         if lines[-1]:  # waiting; else it ended on its own, and communicate says how
             process.send_signal(signal.SIGINT)
         _, rest = await asyncio.wait_for(process.communicate(), 60)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
     assert process.returncode is not None
     return process.returncode, "".join(lines) + rest.decode()
 

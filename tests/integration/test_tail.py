@@ -15,7 +15,7 @@ import pytest
 from consumer.cli import main
 from consumer.entries import HistoryEntry
 from consumer.store import NOTIFY_CHANNEL, Store
-from tests.harness import start_command
+from tests.harness import command_running
 from tests.helpers import admin, at, insert_rows, new_task, run_sync
 
 # Generous: it is a bound for a loaded CI machine, not the expected delay (well under a second).
@@ -112,10 +112,9 @@ class TestTailCommand:
             "TASK_HISTORY_DATABASE_URL": database_url,
             "TASK_HISTORY_LOG_FORMAT": "json",
         }
-        process = await start_command(
+        async with command_running(
             "tail", str(task), "--from-start", "--json", environment=environment
-        )
-        try:
+        ) as process:
             assert process.stdout is not None
             # The history line means it is listening already: it listens before it reads.
             first = await asyncio.wait_for(process.stdout.readline(), 30)
@@ -125,10 +124,6 @@ class TestTailCommand:
             assert json.loads(line)["id"] == str(new)
             process.send_signal(stop)
             out, err = await asyncio.wait_for(process.communicate(), 30)
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
         assert process.returncode == 0, err.decode()
         assert out == b""
         # Off a terminal the line that says what it waits for stays: nothing else on stderr.

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import math
 import uuid
+from collections.abc import MutableMapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -664,16 +665,22 @@ class TestRefusedWrites:
         assert bench.sample("task_history_database_refusing") == 0
 
 
+async def lone_events_logged(count: int, *, every: float) -> list[MutableMapping[str, Any]]:
+    """The log lines of `count` one-event batches and a stop, batches told once per `every` s."""
+    bench = Bench(batch_log_seconds=every)
+    with structlog.testing.capture_logs() as logs:
+        for n in range(count):
+            await bench.handle(bench.message(f"event {n}"))
+        bench.pipeline.close()
+    return logs
+
+
 class TestBatchLines:
     """The batches are told at info once per interval at most, each one at debug."""
 
     async def test_a_trickle_is_summed_up_not_logged_per_event(self) -> None:
         """Twenty one-event batches: a line each at debug, two at info that add up to all."""
-        bench = Bench(batch_log_seconds=60)
-        with structlog.testing.capture_logs() as logs:
-            for n in range(20):
-                await bench.handle(bench.message(f"event {n}"))
-            bench.pipeline.close()
+        logs = await lone_events_logged(20, every=60)
         per_batch = [line for line in logs if line["event"] == "batch"]
         summaries = [line for line in logs if line["event"] == "batches"]
         assert {line["log_level"] for line in per_batch} == {"debug"}
@@ -697,11 +704,7 @@ class TestBatchLines:
 
     async def test_zero_logs_each_batch_at_info(self) -> None:
         """With 0 seconds every batch has its own info line, and there is nothing to sum up."""
-        bench = Bench(batch_log_seconds=0)
-        with structlog.testing.capture_logs() as logs:
-            for n in range(3):
-                await bench.handle(bench.message(f"event {n}"))
-            bench.pipeline.close()
+        logs = await lone_events_logged(3, every=0)
         assert [(line["event"], line["log_level"]) for line in logs] == [("batch", "info")] * 3
 
 
@@ -723,6 +726,7 @@ class TestBatchSummary:
             "dead_lettered": 2,
             "waiting_for_task": 2,
             "refused_waiting": 2,
+            "unacked": 2,
             "ms_total": 8.5,
             "ms_max": 7.5,
             "seconds": 4.0,
