@@ -6,6 +6,9 @@ database, exchanges and queues for each size):
     .venv/bin/python -m tests.benchmarks.bench_size [--sizes 100000 1000000 10000000]
         [--events 50000] [--ids v4 v7] [--json out.json]
 
+About 25 minutes with the defaults on a 2-core machine, most of it loading the 10 million
+entries (7 GB of disk).
+
 Each size is a fresh database loaded by tests.benchmarks.console_data (text made of words,
 100 tasks to a workspace, a session per task, metadata on half, 100 entries a task, 5
 minutes apart, so every task is at the cap), the tasks begun evenly over the last 22 days:
@@ -68,13 +71,12 @@ from tests.benchmarks.common import (
 )
 from tests.helpers import admin
 
-SIZES = [100_000, 1_000_000]
+SIZES = [100_000, 1_000_000, 10_000_000]
 HOT_TASKS = 500  # the tasks the drain and the latency meter write to: recent, at the cap
 PAGE_SAMPLES = 500
 WORKSPACE_SAMPLES = 200
 EXPORT_ROWS = 200_000
 RATE = 200
-Drain = dict[str, object]
 WRITE_BLOCKS = 4
 WRITE_BLOCK = 10
 READ_SOURCES = 4  # the tables and indexes that read the most blocks in the drain, reported
@@ -86,6 +88,9 @@ EXPIRY_OFF = {"TASK_HISTORY_EXPIRE_INTERVAL_SECONDS": "0"}
 # The drained events' ids: random, as many publishers make them, or time-ordered, as this
 # project's publisher does.
 ID_VERSIONS = {"v4": uuid.uuid4, "v7": new_event_id}
+
+# One drain's figures, as the result file holds them.
+Drain = dict[str, object]
 
 # What a consumer's inserts leave in the redelivery ledger: the ids of the last day.
 LEDGER_SQL = """
