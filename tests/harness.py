@@ -285,6 +285,10 @@ class ConsumerProcess:
         """What it logged so far."""
         return self.log_path.read_text(errors="replace")
 
+    def log_lines(self) -> list[dict[str, Any]]:
+        """Its JSON log lines so far."""
+        return [json.loads(line) for line in self.log().splitlines() if line.startswith("{")]
+
     def kill(self) -> None:
         """Make sure it is gone."""
         if self.process is not None and self.process.poll() is None:

@@ -245,7 +245,7 @@ def health(ctx: click.Context, *, ready: bool, host: str, as_json: bool) -> None
         failure = f"{url} does not answer: {exc}"
     if as_json:
         print_json({"url": url, "code": code, "status": status})
-    elif status is not None and failure is None:
+    elif failure is None:
         click.echo(status)
     if failure is not None:
         raise TaskHistoryError(failure)

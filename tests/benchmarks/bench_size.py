@@ -109,17 +109,9 @@ async def load(database_url: str, entries: int) -> float:
 
 async def block_reads(database_url: str) -> dict[str, int]:
     """Blocks each table and index has read from outside PostgreSQL's buffers so far."""
-    connection = await asyncpg.connect(database_url)
-    try:
-        await connection.execute("SELECT pg_stat_force_next_flush()")
-        rows = await connection.fetch(
-            "SELECT indexrelname AS name, idx_blks_read AS n FROM pg_statio_user_indexes"
-            " UNION ALL"
-            " SELECT relname, heap_blks_read FROM pg_statio_user_tables"
-        )
-    finally:
-        await connection.close()
-    return {row["name"]: row["n"] or 0 for row in rows}
+    async with Store(database_url, max_connections=1) as store:
+        found = await counters(store)
+    return {name: n for name, n in found.items() if not name.startswith("wal_")}
 
 
 async def counters(store: Store) -> dict[str, int]:

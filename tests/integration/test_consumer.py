@@ -358,7 +358,7 @@ class TestQuietLogs:
             assert await consumer.exit_code() == 0
         finally:
             consumer.kill()
-        lines = [json.loads(line) for line in consumer.log().splitlines() if line.startswith("{")]
+        lines = consumer.log_lines()
         assert [line for line in lines if line["event"] == "batch"] == []  # at debug
         summaries = [line for line in lines if line["event"] == "batches"]
         assert [line["size"] for line in summaries] == [1, 19], consumer.log()

@@ -65,11 +65,6 @@ def assert_one_error_line(code: int, out: str, err: str, *, exit_code: int) -> s
     return err.strip()
 
 
-def log_lines(consumer: ConsumerProcess) -> list[dict[str, Any]]:
-    """The consumer's JSON log lines so far."""
-    return [json.loads(line) for line in consumer.log().splitlines() if line.startswith("{")]
-
-
 async def new_task(sql: asyncpg.Connection) -> uuid.UUID:
     """A task row created the way the host application does."""
     task = uuid.uuid4()
@@ -334,14 +329,14 @@ class TestUnknownTasks:
 
             async def parked() -> int:
                 """How many events the consumer's batches have parked so far."""
-                batches = [line for line in log_lines(consumer) if line.get("event") == "batch"]
+                batches = [line for line in consumer.log_lines() if line.get("event") == "batch"]
                 return sum(int(line.get("waiting_for_task", 0)) for line in batches)
 
             await wait_for(parked, lambda seen: seen >= 3, what="three events parked")
         finally:
             consumer.kill()
         hints = [
-            line for line in log_lines(consumer) if "a task that doesn't exist" in line["event"]
+            line for line in consumer.log_lines() if "a task that doesn't exist" in line["event"]
         ]
         assert len(hints) == 1, consumer.log()
         assert hints[0]["task_id"] == task
